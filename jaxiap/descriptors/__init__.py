@@ -1,0 +1,1 @@
+"""Descriptors: pure functions of positions to per-atom and per-structure features."""

@@ -1,0 +1,1 @@
+"""Molecular dynamics on jax-md: ensembles, quenches, QoIs, sensitivities."""

@@ -1,0 +1,1 @@
+"""Potentials: linear in coefficients, Gaussian processes, neural networks."""

@@ -1,0 +1,1 @@
+"""Reference systems (pure-JAX potentials, known minima) and labelling oracles."""
