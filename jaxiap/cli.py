@@ -1,0 +1,168 @@
+"""The ``jaxiap`` command.
+
+Importing this module stays light (argparse only); the study code, JAX and
+jax-md are imported when a subcommand runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage dump)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _positive_int(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
+def _positive_float(text):
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not v > 0 or v != v or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
+    return v
+
+
+def _nonneg_float(text):
+    try:
+        v = float(text)
+    except ValueError:
+        v = -1.0
+    if not 0 <= v < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return v
+
+
+def _add_lj13(sub):
+    from jaxiap.workflows.lj13 import POSTERIOR_CHOICES, PRESET_CHOICES, DEFAULTS as d
+
+    p = sub.add_parser(
+        "lj13",
+        help="LJ13 study: fit a potential, compare first-rearrangement times with the true LJ",
+        description=(
+            "Generate LJ13 reference data from the true Lennard-Jones potential, fit a radial linear "
+            "potential, run the first-rearrangement-time (FRT) ensemble for the true and the fitted "
+            "potential with the same thermostat seeds, and write summary.json, figures and report.md "
+            "to the run folder. Reduced LJ units throughout. Re-running the same command resumes."
+        ),
+    )
+    g = p.add_argument_group("run")
+    g.add_argument("--out", default="runs/lj13", help="run folder [runs/lj13]")
+    g.add_argument("--preset", choices=PRESET_CHOICES, default="cpu",
+                   help="size preset: cpu (default run, minutes on 2 cores), gpu (4096 seeds, float32), "
+                        "tiny (seconds; smoke test); explicit options override the preset [cpu]")
+    g.add_argument("--seed", type=int, default=None, help=f"master random seed [{d.seed}]")
+    g.add_argument("--overwrite", action="store_true", help="discard a run folder that holds another configuration")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars or stage messages")
+    g.add_argument("--chunk-size", type=_positive_int, default=None,
+                   help="replicas per compiled MD chunk [chosen from available memory]")
+    g.add_argument("--devices", type=_positive_int, default=None,
+                   help="split the CPU into this many JAX devices (sharding the replica axis; 2 suits a 2-core machine)")
+    g = p.add_argument_group("MD and FRT protocol")
+    g.add_argument("--kT", type=_positive_float, default=None, help=f"temperature (epsilon) [{d.kT}]")
+    g.add_argument("--gamma", type=_positive_float, default=None, help=f"Langevin friction (1/tau) [{d.gamma}]")
+    g.add_argument("--dt", type=_positive_float, default=None, help=f"time step (tau) [{d.dt}]")
+    g.add_argument("--n-q", type=_positive_int, default=None, help=f"MD steps between basin checks [{d.n_q}]")
+    g.add_argument("--t-max", type=_positive_float, default=None, help=f"follow-up time per run (tau) [{d.t_max}]")
+    g.add_argument("--r-b", type=_positive_float, default=None, help=f"bond cutoff of the basin criterion (sigma) [{d.r_b}]")
+    g.add_argument("--criterion", choices=("graph", "energy", "n12"), default=None,
+                   help=f"basin-change criterion [{d.criterion}]")
+    g.add_argument("--seeds", type=_positive_int, default=None, help=f"thermostat seeds per potential [{d.n_seeds}]")
+    g.add_argument("--dtype", choices=("float64", "float32"), default=None, help=f"MD precision [{d.dtype}]")
+    g = p.add_argument_group("reference data")
+    g.add_argument("--train-trajectories", type=_positive_int, default=None,
+                   help=f"Langevin trajectories sampled for data [{d.n_trajectories}]")
+    g.add_argument("--samples-per-trajectory", type=_positive_int, default=None,
+                   help=f"snapshots per trajectory [{d.n_samples}]")
+    g.add_argument("--sample-every", type=_positive_int, default=None, help=f"MD steps between snapshots [{d.sample_every}]")
+    g = p.add_argument_group("fitted potential")
+    g.add_argument("--basis", choices=("chebyshev", "bessel", "gaussian"), default=None,
+                   help=f"radial function family [{d.basis}]")
+    g.add_argument("--basis-size", type=_positive_int, default=None, help=f"number of radial functions [{d.basis_size}]")
+    g.add_argument("--r-min", type=_positive_float, default=None, help=f"inner radius of the basis (sigma) [{d.r_min}]")
+    g.add_argument("--r-cut", type=_positive_float, default=None, help=f"cutoff radius (sigma) [{d.r_cut}]")
+    g.add_argument("--energy-weight", type=_nonneg_float, default=None, help=f"weight of energy rows [{d.energy_weight}]")
+    g.add_argument("--force-weight", type=_nonneg_float, default=None, help=f"weight of force rows [{d.force_weight}]")
+    g.add_argument("--posterior", choices=POSTERIOR_CHOICES, default=None, help=f"fit / posterior kind [{d.posterior}]")
+    p.set_defaults(func=_run_lj13)
+
+
+_LJ13_FIELDS = {
+    "seed": "seed", "kT": "kT", "gamma": "gamma", "dt": "dt", "n_q": "n_q", "t_max": "t_max",
+    "r_b": "r_b", "criterion": "criterion", "seeds": "n_seeds", "dtype": "dtype",
+    "train_trajectories": "n_trajectories", "samples_per_trajectory": "n_samples",
+    "sample_every": "sample_every", "basis": "basis", "basis_size": "basis_size", "r_min": "r_min",
+    "r_cut": "r_cut", "energy_weight": "energy_weight", "force_weight": "force_weight",
+    "posterior": "posterior", "chunk_size": "chunk_size",
+}
+
+
+def _run_lj13(args) -> int:
+    if args.devices:
+        import os
+
+        if "jax" in sys.modules:
+            print("jaxiap lj13: --devices must be set before JAX starts; ignoring", file=sys.stderr)
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                                   f" --xla_force_host_platform_device_count={args.devices}").strip()
+    from jaxiap.workflows.lj13 import LJ13Config, run_lj13
+
+    overrides = {field: getattr(args, name) for name, field in _LJ13_FIELDS.items()
+                 if getattr(args, name) is not None}
+    config = LJ13Config.from_preset(args.preset, **overrides)
+    summary = run_lj13(config, args.out, overwrite=args.overwrite, progress=not args.no_progress)
+    t, f = summary["true"], summary["fitted"]
+    print(f"mean FRT true   {t['frt_mean']:.3g} tau  95% [{t['frt_mean_ci95'][0]:.3g}, {t['frt_mean_ci95'][1]:.3g}]"
+          f"  ({t['n_events']}/{t['n_runs']} events)")
+    print(f"mean FRT fitted {f['frt_mean']:.3g} tau  95% [{f['frt_mean_ci95'][0]:.3g}, {f['frt_mean_ci95'][1]:.3g}]"
+          f"  ({f['n_events']}/{f['n_runs']} events)")
+    print(f"KS D = {summary['ks_statistic']:.3f} (p = {summary['ks_pvalue']:.3g}); results in {args.out}/report.md")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="jaxiap",
+        description="jaxiap: differentiable Bayesian interatomic potentials on JAX.",
+    )
+    parser.add_argument("--version", action="version", version="jaxiap 0.1.0")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    _add_lj13(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    from jaxiap.errors import JaxiapInputError
+
+    try:
+        return args.func(args)
+    except JaxiapInputError as exc:
+        print(f"jaxiap {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"jaxiap {args.command}: interrupted; finished chunks are kept, re-run the same command to resume",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""End-to-end studies used by the CLI and the notebooks."""

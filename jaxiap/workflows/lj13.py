@@ -1,0 +1,332 @@
+"""The LJ13 study: how does a fitted potential change first-rearrangement times?
+
+Stages (each timed; finished stages are reused when the same command runs again):
+
+1. data:   Langevin MD of the true LJ13 at kT, snapshots labelled with exact
+           energies and forces, split into train / test (extended XYZ files);
+2. fit:    a radial linear potential fitted by weighted least squares;
+3. frt:    the FRT ensemble for the true LJ and for the fitted potential with
+           the same thermostat seeds (chunked, resumable);
+4. report: summary.json, figures (PNG) and report.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxiap.errors import JaxiapInputError
+
+PRESETS = {
+    # defaults: the 2-core CPU run of the README (under 5 minutes)
+    "cpu": {},
+    # thousands of seeds on a GPU, float32 MD
+    "gpu": dict(n_seeds=4096, n_trajectories=64, dtype="float32"),
+    # seconds-long smoke runs for tests and notebooks
+    "tiny": dict(n_seeds=8, t_max=5.0, n_trajectories=4, n_samples=20, sample_every=50),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class LJ13Config:
+    """Every setting of the study (reduced LJ units: sigma = epsilon = mass = 1)."""
+
+    seed: int = 0
+    # MD / FRT protocol (SCIENCE.md section 1)
+    kT: float = 0.30
+    gamma: float = 1.0
+    dt: float = 0.005
+    n_q: int = 100
+    t_max: float = 100.0
+    r_b: float = 1.35
+    criterion: str = "graph"
+    n_seeds: int = 256
+    dtype: str = "float64"
+    # reference data
+    n_trajectories: int = 16
+    n_samples: int = 50
+    sample_every: int = 100
+    n_equilibrate: int = 200
+    test_fraction: float = 0.2
+    # fitted potential
+    basis: str = "chebyshev"
+    basis_size: int = 5
+    r_min: float = 0.8
+    r_cut: float = 3.0
+    energy_weight: float = 1.0
+    force_weight: float = 1.0
+    posterior: str = "lstsq"
+    # execution
+    chunk_size: int | None = None
+
+    def __post_init__(self):
+        def bad(name, why):
+            raise JaxiapInputError(f"{name}={getattr(self, name)!r}: {why}")
+
+        for name in ("kT", "gamma", "dt", "t_max", "r_b", "r_cut", "r_min"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v > 0):
+                bad(name, "must be a positive number")
+        for name in ("n_q", "n_seeds", "n_trajectories", "n_samples", "sample_every", "basis_size"):
+            if getattr(self, name) < 1:
+                bad(name, "must be a positive integer")
+        if self.n_equilibrate < 0:
+            bad("n_equilibrate", "must be >= 0")
+        if not 0.0 < self.test_fraction < 1.0:
+            bad("test_fraction", "must be in (0, 1)")
+        if self.r_min >= self.r_cut:
+            bad("r_min", f"must be smaller than r_cut={self.r_cut}")
+        if self.energy_weight < 0 or self.force_weight < 0 or self.energy_weight + self.force_weight == 0:
+            bad("force_weight", "energy and force weights must be >= 0 and not both 0")
+        if self.chunk_size is not None and self.chunk_size < 1:
+            bad("chunk_size", "must be a positive integer")
+        from jaxiap.descriptors.radial import FAMILIES
+
+        if self.basis not in FAMILIES:
+            bad("basis", f"choose one of {FAMILIES}")
+        if self.posterior not in POSTERIORS:
+            bad("posterior", f"choose one of {tuple(POSTERIORS)}")
+
+    @classmethod
+    def from_preset(cls, preset: str = "cpu", **overrides) -> "LJ13Config":
+        if preset not in PRESETS:
+            raise JaxiapInputError(f"preset={preset!r} is unknown; choose one of {tuple(PRESETS)}")
+        return cls(**{**PRESETS[preset], **overrides})
+
+    def frt_settings(self):
+        from jaxiap.md.ensemble import FRTSettings
+
+        return FRTSettings(kT=self.kT, gamma=self.gamma, dt=self.dt, n_q=self.n_q, t_max=self.t_max,
+                           r_b=self.r_b, criterion=self.criterion, dtype=self.dtype)
+
+
+def _fit_lstsq(design, key):
+    from jaxiap.inference.linear import fit_lstsq
+
+    return fit_lstsq(design)
+
+
+#: posterior kind -> fit(design, key) -> Posterior
+POSTERIORS = {"lstsq": _fit_lstsq}
+
+
+POSTERIOR_CHOICES = tuple(POSTERIORS)
+PRESET_CHOICES = tuple(PRESETS)
+DEFAULTS = LJ13Config()
+
+
+def true_lj_energy(coefficients, positions):
+    """The true LJ energy in the ``energy_fn(coefficients, positions)`` form (coefficients unused)."""
+    from jaxiap.systems.lj import lj_energy
+
+    return lj_energy(positions)
+
+
+def make_basis(config: LJ13Config):
+    from jaxiap.descriptors.radial import RadialBasis
+    from jaxiap.potentials.linear import LinearBasis
+
+    return LinearBasis(RadialBasis(config.basis, config.basis_size, config.r_min, config.r_cut))
+
+
+def generate_data(config: LJ13Config, folder: Path | None = None):
+    """(train, test) Datasets; read from ``folder`` when already written there."""
+    from jaxiap.data import read_extxyz, split, write_extxyz
+    from jaxiap.systems.lj import lj13_dataset
+
+    if folder is not None and (folder / "train.xyz").exists() and (folder / "test.xyz").exists():
+        return read_extxyz(folder / "train.xyz"), read_extxyz(folder / "test.xyz")
+    ds = lj13_dataset(config.seed, config.n_trajectories, config.n_samples, config.sample_every,
+                      config.kT, config.gamma, config.dt, config.n_equilibrate)
+    train, test = split(jax.random.key(config.seed + 1), ds, (1 - config.test_fraction, config.test_fraction))
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        write_extxyz(folder / "train.xyz", train)
+        write_extxyz(folder / "test.xyz", test)
+    return train, test
+
+
+def fit_potential(config: LJ13Config, train):
+    """Fit the configured posterior; returns (basis, posterior, design)."""
+    from jaxiap.inference.linear import reweight
+    from jaxiap.potentials.linear import design_matrix
+
+    basis = make_basis(config)
+    design = reweight(design_matrix(basis, train), config.energy_weight, config.force_weight)
+    posterior = POSTERIORS[config.posterior](design, jax.random.key(config.seed + 2))
+    return basis, posterior, design
+
+
+def evaluate_fit(basis, coefficients, dataset):
+    from jaxiap.inference.metrics import fit_errors, parity_data
+    from jaxiap.potentials.linear import LinearPotential
+
+    e, f = LinearPotential(basis, jnp.asarray(coefficients)).batch_energy_and_forces(dataset.structures)
+    return fit_errors(dataset, e, f), parity_data(dataset, e, f)
+
+
+def frt_samples(result):
+    """(times, events) of non-failed replicas; events False means censored (or evaporated)."""
+    from jaxiap.md.qoi import EVENT, FAILED
+
+    ok = result.code.ravel() != FAILED
+    return result.time.ravel()[ok], (result.code.ravel() == EVENT)[ok]
+
+
+def compare_frt(true_result, fitted_result) -> dict:
+    """Two-sample KS test of min(FRT, t_censor) between true and fitted runs.
+
+    Censored runs enter at their censoring time; both ensembles share t_censor,
+    so this compares the distributions of the censored times.
+    """
+    from jaxiap.md.qoi import ks_two_sample
+
+    (ta, _), (tb, _) = frt_samples(true_result), frt_samples(fitted_result)
+    stat, p = ks_two_sample(ta, tb)
+    return {"ks_statistic": float(stat), "ks_pvalue": float(p)}
+
+
+def run_lj13(config: LJ13Config = LJ13Config(), out_dir="runs/lj13", overwrite: bool = False,
+             progress: bool = True) -> dict:
+    """Run the whole study into ``out_dir``; returns the summary dict (also in summary.json)."""
+    from jaxiap.md.ensemble import run_frt_ensemble
+    from jaxiap.potentials.linear import energy_fn
+    from jaxiap.systems.lj import lj13_minimum
+    from jaxiap.workflows.runfolder import StageTimer, open_run_folder, write_json
+
+    out = open_run_folder(out_dir, dataclasses.asdict(config), overwrite)
+    timer = StageTimer(verbose=progress)
+    with timer("data"):
+        train, test = generate_data(config, out / "data")
+    with timer("fit"):
+        basis, posterior, design = fit_potential(config, train)
+        posterior.save(out / "posterior.npz")
+        coef = np.asarray(posterior.mean)
+        errors = {"train": evaluate_fit(basis, coef, train)[0]}
+        errors["test"], parity = evaluate_fit(basis, coef, test)
+
+    settings = config.frt_settings()
+    seeds = np.arange(config.n_seeds)
+    start = lj13_minimum()
+    common = dict(base_seed=config.seed, chunk_size=config.chunk_size, progress=progress)
+    with timer("frt_true"):
+        true_res = run_frt_ensemble(true_lj_energy, np.zeros((1, 1)), seeds, start, settings,
+                                    run_dir=out / "frt_true", **common)
+    with timer("frt_fitted"):
+        fit_res = run_frt_ensemble(energy_fn(basis), coef[None], seeds, start, settings,
+                                   run_dir=out / "frt_fitted", **common)
+    with timer("report"):
+        true_sum, fit_sum = true_res.summary()["all"], fit_res.summary()["all"]
+        summary = {
+            "study": "lj13",
+            "data": {"n_train": len(train), "n_test": len(test),
+                     "n_train_rows": int(np.sum(np.asarray(design.w) > 0)),
+                     "n_atoms": 13, "kT": config.kT},
+            "fit": {"basis": config.basis, "basis_size": config.basis_size, "r_min": config.r_min,
+                    "r_cut": config.r_cut, "posterior": config.posterior,
+                    "coefficients": coef.tolist(), **errors},
+            "true": true_sum,
+            "fitted": fit_sum,
+            **compare_frt(true_res, fit_res),
+            "t_censor": settings.t_censor,
+            "settings": {"kT": config.kT, "gamma": config.gamma, "dt": config.dt, "n_q": config.n_q,
+                         "t_max": config.t_max, "r_b": config.r_b, "criterion": config.criterion,
+                         "seed": config.seed, "n_seeds": config.n_seeds, "dtype": config.dtype},
+        }
+        write_figures(out, config, basis, coef, parity, true_res, fit_res)
+        summary["wall_time_s"] = dict(timer.times)
+        write_json(out / "summary.json", summary)
+        write_report(out, summary)
+    summary["wall_time_s"] = dict(timer.times)
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def pair_curves(basis, coefficients, r=None):
+    """Pair energy and force of the fitted radial model and of the true LJ on a grid r (P,)."""
+    from jaxiap.systems.lj import lj_pair
+
+    r = jnp.linspace(0.88, basis.radial.r_cut + 0.3, 300) if r is None else jnp.asarray(r)
+    fit_e = basis.radial(r) @ jnp.asarray(coefficients)[: basis.radial.n_basis]
+    fit_f = -jax.vmap(jax.grad(lambda x: basis.radial(x) @ jnp.asarray(coefficients)[: basis.radial.n_basis]))(r)
+    true_e = lj_pair(r)
+    true_f = -jax.vmap(jax.grad(lj_pair))(r)
+    return tuple(np.asarray(v) for v in (r, true_e, fit_e, true_f, fit_f))
+
+
+def write_figures(out: Path, config, basis, coef, parity, true_res, fit_res) -> None:
+    from jaxiap import plots
+    from jaxiap.md.qoi import kaplan_meier
+
+    plots.parity(parity, out / "parity.png", title="fitted potential on held-out LJ13 data")
+    plots.pair_profiles(*pair_curves(basis, coef), path=out / "pair_profiles.png")
+    samples = {"true LJ": frt_samples(true_res), "fitted": frt_samples(fit_res)}
+    plots.frt_histograms(samples, out / "frt_histogram.png", t_max=true_res.settings.t_censor)
+    plots.survival_curves({k: kaplan_meier(*v) for k, v in samples.items()}, out / "survival.png")
+    plots.energy_histograms(true_res.energy_bin_edges,
+                            {"true LJ": true_res.pooled_energy_hist(), "fitted": fit_res.pooled_energy_hist()},
+                            out / "energy_histogram.png")
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+
+
+def _fmt(x, spec=".3g"):
+    if x is None:
+        return "n/a"
+    if isinstance(x, str):
+        return x
+    return format(x, spec)
+
+
+def write_report(out: Path, s: dict) -> None:
+    rows = []
+    for key in ("true", "fitted"):
+        d = s[key]
+        lo, hi = d["frt_mean_ci95"]
+        rows.append(f"| {key} | {d['n_runs']} | {d['n_events']} | {d['n_censored']} | {d['n_evaporated']} | "
+                    f"{d['n_failed']} | {_fmt(d['frt_mean'])} | [{_fmt(lo)}, {_fmt(hi)}] | {_fmt(d['frt_median'])} |")
+    fit = s["fit"]
+    st = s["settings"]
+    text = f"""# LJ13 first-rearrangement times: true vs fitted potential
+
+Settings: kT = {st['kT']}, gamma = {st['gamma']}, dt = {st['dt']}, basin check every n_q = {st['n_q']} steps,
+t_max = {st['t_max']} tau (censoring at {s['t_censor']:.4g} tau), criterion `{st['criterion']}` (r_b = {st['r_b']}),
+{st['n_seeds']} thermostat seeds, seed {st['seed']}, {st['dtype']}.
+
+## Fitted potential
+
+{fit['basis']} radial basis, {fit['basis_size']} functions, r in [{fit['r_min']}, {fit['r_cut']}], posterior `{fit['posterior']}`;
+trained on {s['data']['n_train']} structures, tested on {s['data']['n_test']}.
+
+| set | energy RMSE / atom | force RMSE | force RMSE / force std |
+|---|---|---|---|
+| train | {fit['train']['energy_rmse_per_atom']:.3g} | {fit['train']['force_rmse']:.3g} | {fit['train']['force_rmse_relative']:.3g} |
+| test | {fit['test']['energy_rmse_per_atom']:.3g} | {fit['test']['force_rmse']:.3g} | {fit['test']['force_rmse_relative']:.3g} |
+
+![parity](parity.png)
+
+![pair profiles](pair_profiles.png)
+
+## First rearrangement times
+
+| potential | runs | events | censored | evaporated | failed | mean FRT (MLE) | 95% interval | median (KM) |
+|---|---|---|---|---|---|---|---|---|
+{chr(10).join(rows)}
+
+Two-sample KS (min(FRT, t_censor), true vs fitted): D = {s['ks_statistic']:.3f}, p = {s['ks_pvalue']:.3g}.
+
+![FRT histograms](frt_histogram.png)
+
+![survival](survival.png)
+
+![energy histograms](energy_histogram.png)
+
+Wall time per stage (s): {', '.join(f'{k} {v:.1f}' for k, v in s.get('wall_time_s', {}).items())}
+"""
+    (out / "report.md").write_text(text)
