@@ -170,3 +170,21 @@ def read_extxyz(path, species_names=None, n_max=None, index=":") -> Dataset:
     import ase.io
 
     return from_atoms_list(ase.io.read(str(path), index=index, format="extxyz"), species_names, n_max)
+
+
+def save_npz(path, dataset: Dataset) -> None:
+    """Lossless float64 copy of a dataset (extxyz keeps only 8 decimals of positions)."""
+    st = dataset.structures
+    arrays = dict(positions=st.positions, species=st.species, mask=st.mask, energy=dataset.energy,
+                  forces=dataset.forces, energy_weight=dataset.energy_weight, force_weight=dataset.force_weight,
+                  species_names=np.asarray(st.species_names))
+    if st.box is not None:
+        arrays["box"] = st.box
+    np.savez(path, **{k: np.asarray(v) for k, v in arrays.items()})
+
+
+def load_npz(path) -> Dataset:
+    with np.load(path, allow_pickle=False) as z:
+        st = Structures(jnp.asarray(z["positions"]), jnp.asarray(z["species"]), jnp.asarray(z["mask"]),
+                        jnp.asarray(z["box"]) if "box" in z else None, tuple(str(s) for s in z["species_names"]))
+        return Dataset(st, z["energy"], z["forces"], z["energy_weight"], z["force_weight"])

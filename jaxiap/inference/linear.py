@@ -1,19 +1,46 @@
-"""Linear solvers on a weighted design matrix (float64).
+"""Linear solvers on a weighted design matrix (float64 throughout).
 
-``fit_lstsq`` is weighted least squares, i.e. the Gaussian-likelihood MLE
-c* = (A^T W A)^-1 A^T W y. It returns a ``GaussianPosterior`` whose
-covariance is the MLE's sampling covariance sig^2 (A^T W A)^-1, with
-sig^2 = r^T W r / (R - K) the residual variance per unit weight.
+Every solver takes a ``DesignMatrix`` (A (R, K), y (R,), row weights w (R,))
+and returns a Posterior (SCIENCE.md section 2). Row weights are precisions
+relative to a noise variance: y_r ~ N(A_r . c, noise_var / w_r); rows with
+w_r = 0 are ignored (they do not count toward N).
+
+- ``fit_lstsq``: weighted least squares (the Gaussian MLE) via an SVD, with
+  covariance sighat^2 (A^T W A)^-1, sighat^2 = r^T W r / (N - K).
+- ``fit_blr``: known noise, Gaussian prior c ~ N(m0, S0), S0^-1 = prior_precision.
+- ``fit_nig``: unknown noise, normal-inverse-gamma prior -> Student-t posterior.
+- ``log_evidence_blr`` / ``log_evidence_nig``: closed-form log p(y) from K x K
+  Cholesky factors (determinant lemma / Woodbury; never an N x N matrix).
+- ``optimize_hyperparameters``: type-II maximum likelihood of (sigma_E,
+  sigma_F, prior scale) with optax L-BFGS in log space.
+- ``select_by_evidence``: evidence-based choice among candidate designs.
+
+The Bayesian solvers work on the sufficient statistics ``NormalEquations``
+(A^T W A, A^T W y, y^T W y, N, sum log w), kept separately for energy and
+force rows, so the same code serves in-memory designs and the streaming
+accumulator in ``jaxiap.inference.streaming``. Every public function here
+accepts either a ``DesignMatrix`` or a ``NormalEquations``; with a design the
+quadratic forms are evaluated from residuals (more accurate than the
+statistics' y^T W y - b^T Lambda^-1 b, which cancels when the fit is close).
 """
 
 from __future__ import annotations
 
+from typing import Callable, Mapping, NamedTuple
+
+import jax
 import jax.numpy as jnp
+import jax.scipy.linalg as jsl
 import numpy as np
+import optax
+from jax.scipy.special import gammaln
 
 from jaxiap.errors import JaxiapInputError, SingularSystemError
-from jaxiap.inference.posterior import GaussianPosterior
+from jaxiap.inference.posterior import GaussianPosterior, StudentTPosterior
 from jaxiap.potentials.linear import ENERGY_ROW, FORCE_ROW, DesignMatrix
+
+N_KINDS = 2  # ENERGY_ROW = 0, FORCE_ROW = 1: the leading axis of NormalEquations
+_LOG_2PI = float(np.log(2 * np.pi))
 
 
 def reweight(design: DesignMatrix, energy_weight: float = 1.0, force_weight: float = 1.0,
@@ -71,3 +98,478 @@ def fit_lstsq(design: DesignMatrix, rcond: float = 1e-12) -> GaussianPosterior:
     noise_var = jnp.sum(resid**2) / (n_rows - k)
     cov_factor = vt.T / s * jnp.sqrt(noise_var)
     return GaussianPosterior(coef, cov_factor, noise_var, kind="lstsq")
+
+
+# ---------------------------------------------------------------------------
+# sufficient statistics
+
+
+class NormalEquations(NamedTuple):
+    """Sufficient statistics of a weighted linear system, split by row kind.
+
+    The leading axis (2,) is the row kind (ENERGY_ROW = 0, FORCE_ROW = 1):
+    AtWA (2, K, K), AtWy (2, K), ytWy (2,), n_rows (2,) rows with w > 0 and
+    sum_log_w (2,) = sum of log w over those rows. ``total()`` sums the kinds.
+    Statistics of disjoint row sets add: ``combine(a, b)``.
+    """
+
+    AtWA: jnp.ndarray
+    AtWy: jnp.ndarray
+    ytWy: jnp.ndarray
+    n_rows: jnp.ndarray
+    sum_log_w: jnp.ndarray
+
+    @property
+    def n_features(self) -> int:
+        return self.AtWA.shape[-1]
+
+    def total(self) -> "NormalEquations":
+        """Statistics of all rows (kind axis summed): AtWA (K, K), AtWy (K,), scalars."""
+        return NormalEquations(*(jnp.sum(v, axis=0) for v in self))
+
+    def scale_kinds(self, factor) -> "NormalEquations":
+        """Multiply the row weights of each kind by factor (2,) (e.g. 1 / sigma_kind^2)."""
+        f = jnp.asarray(factor, self.AtWA.dtype)
+        return NormalEquations(self.AtWA * f[:, None, None], self.AtWy * f[:, None], self.ytWy * f,
+                               self.n_rows, self.sum_log_w + self.n_rows * jnp.log(f))
+
+
+def combine(a: NormalEquations, b: NormalEquations) -> NormalEquations:
+    """Statistics of the union of two disjoint row sets."""
+    return NormalEquations(*(x + y for x, y in zip(a, b)))
+
+
+def stats_arrays(A, y, w, kind):
+    """Pure-JAX NormalEquations of rows A (R, K), y (R,), w (R,), kind (R,).
+
+    Rows with w <= 0 contribute nothing. Returns (NormalEquations, n_bad) with
+    n_bad the number of rows holding NaN/inf (jit-, vmap- and shard_map-safe).
+    """
+    bad = ~(jnp.all(jnp.isfinite(A), axis=1) & jnp.isfinite(y) & jnp.isfinite(w))
+    pos = (w > 0) & ~bad
+    onehot = (kind[None, :] == jnp.arange(N_KINDS)[:, None]) & pos[None, :]  # (2, R)
+    wk = jnp.where(onehot, w[None, :], 0.0).astype(A.dtype)
+    A0 = jnp.where(bad[:, None], 0.0, A)
+    y0 = jnp.where(bad, 0.0, y)
+    wA = wk[:, :, None] * A0[None]  # (2, R, K)
+    AtWA = jnp.einsum("grk,rl->gkl", wA, A0)
+    AtWy = jnp.einsum("grk,r->gk", wA, y0)
+    ytWy = wk @ (y0 * y0)
+    n_rows = jnp.sum(onehot, axis=1).astype(A.dtype)
+    sum_log_w = jnp.sum(jnp.where(onehot, jnp.log(jnp.where(pos, w, 1.0))[None, :], 0.0), axis=1)
+    return NormalEquations(AtWA, AtWy, ytWy, n_rows, sum_log_w), jnp.sum(bad)
+
+
+_stats_jit = jax.jit(stats_arrays)
+
+
+def normal_equations(design: DesignMatrix) -> NormalEquations:
+    """In-memory NormalEquations of a whole design (checked for NaN / negative weights)."""
+    _check_design(design)
+    A = jnp.asarray(design.A, jnp.float64)
+    return _stats_jit(A, jnp.asarray(design.y, A.dtype), jnp.asarray(design.w, A.dtype),
+                      jnp.asarray(design.kind))[0]
+
+
+def _as_stats(data) -> tuple[NormalEquations, DesignMatrix | None]:
+    if isinstance(data, NormalEquations):
+        return data, None
+    if isinstance(data, DesignMatrix):
+        return normal_equations(data), data
+    raise JaxiapInputError(f"expected a DesignMatrix or NormalEquations, got {type(data).__name__}")
+
+
+# ---------------------------------------------------------------------------
+# input checks
+
+
+def prior_precision_matrix(prior_precision, k: int, name: str = "prior_precision"):
+    """Validate a prior precision (scalar, (K,) diagonal or (K, K)) -> (K, K) array, or None (flat)."""
+    if prior_precision is None:
+        return None
+    p = np.asarray(prior_precision, np.float64)
+    fix = (f"pass a positive scalar, a positive ({k},) diagonal, a symmetric positive-definite "
+           f"({k}, {k}) matrix, or None for a flat prior")
+    if not np.isfinite(p).all():
+        raise JaxiapInputError(f"{name} contains NaN/inf; {fix}")
+    if p.ndim == 0 or p.shape == (k,):
+        if (p <= 0).any():
+            raise JaxiapInputError(f"{name} must be > 0 (got min {p.min():g}); {fix}")
+        return np.diag(np.broadcast_to(p, (k,)).copy())
+    if p.shape != (k, k):
+        raise JaxiapInputError(f"{name} has shape {p.shape} but the design has K={k} features; {fix}")
+    if not np.allclose(p, p.T, rtol=1e-10, atol=1e-14 * np.abs(p).max()):
+        raise JaxiapInputError(f"{name} is not symmetric; {fix}")
+    ev = np.linalg.eigvalsh(p)
+    if ev[0] <= 1e-14 * max(ev[-1], 0.0) or ev[0] <= 0:
+        raise JaxiapInputError(
+            f"{name} is not positive definite (eigenvalues in [{ev[0]:.3g}, {ev[-1]:.3g}]); {fix}")
+    return 0.5 * (p + p.T)
+
+
+def _noise_vars(noise_var, name: str = "noise_var") -> jnp.ndarray:
+    """Scalar or (2,) (energy, force) noise variances -> validated (2,) array."""
+    v = np.asarray(noise_var, np.float64)
+    if v.shape not in ((), (N_KINDS,)):
+        raise JaxiapInputError(f"{name} must be a scalar or (energy, force) pair, got shape {v.shape}")
+    if not np.isfinite(v).all() or (v <= 0).any():
+        raise JaxiapInputError(f"{name} must be finite and > 0 (a variance per unit row weight), "
+                               f"got {v}; use a small positive value for near-noise-free data")
+    return jnp.asarray(np.broadcast_to(v, (N_KINDS,)).copy())
+
+
+def _prior_mean(prior_mean, k: int, name: str = "prior_mean") -> jnp.ndarray:
+    if prior_mean is None:
+        return jnp.zeros(k)
+    m = np.broadcast_to(np.asarray(prior_mean, np.float64), (k,)) if np.ndim(prior_mean) == 0 \
+        else np.asarray(prior_mean, np.float64)
+    if m.shape != (k,) or not np.isfinite(m).all():
+        raise JaxiapInputError(f"{name} must be finite with shape ({k},), got shape {m.shape}")
+    return jnp.asarray(m)
+
+
+def _checked_cholesky(M, what: str, fix: str, rcond: float = 1e-13) -> jnp.ndarray:
+    """Lower Cholesky factor of a symmetric K x K matrix, or SingularSystemError.
+
+    Singular means: a zero diagonal, or a smallest eigenvalue of the
+    Jacobi-scaled matrix D^-1/2 M D^-1/2 below ``rcond`` (i.e. a condition number
+    of the underlying design above ~ 1 / sqrt(rcond) after column scaling).
+    """
+    m = np.asarray(M)
+    d = np.diag(m)
+    if not np.isfinite(m).all():
+        raise SingularSystemError(f"{what} contains NaN/inf; {fix}")
+    zero = d <= 0
+    if zero.any():
+        raise SingularSystemError(f"{what} is singular: {int(zero.sum())} of {len(d)} coefficients "
+                                  f"(indices {np.flatnonzero(zero)[:8].tolist()}) are not constrained; {fix}")
+    s = 1 / np.sqrt(d)
+    ev = np.linalg.eigvalsh(m * s[:, None] * s[None, :])
+    if ev[0] <= rcond * ev[-1]:
+        raise SingularSystemError(
+            f"{what} is singular or numerically rank-deficient (scaled eigenvalue ratio "
+            f"{max(ev[0], 0) / ev[-1]:.3g} <= {rcond:g}); {fix}")
+    return jnp.linalg.cholesky(jnp.asarray(m))
+
+
+def _logdet_chol(L) -> jnp.ndarray:
+    return 2 * jnp.sum(jnp.log(jnp.diag(L)))
+
+
+def _inv_factor(L) -> jnp.ndarray:
+    """F = L^-T, so F F^T = (L L^T)^-1."""
+    return jsl.solve_triangular(L, jnp.eye(L.shape[0], dtype=L.dtype), lower=True).T
+
+
+_FLAT_FIX = ("with a flat prior the design must have full column rank: reduce n_basis, add data, "
+             "or pass a prior precision")
+
+
+# ---------------------------------------------------------------------------
+# known noise: Bayesian linear regression
+
+
+def _gaussian_system(ne: NormalEquations, P0, m0, noise_vars):
+    """Lambda = P0 + sum_g AtWA_g / nv_g and b = P0 m0 + sum_g AtWy_g / nv_g (P0 may be None)."""
+    inv = 1 / noise_vars
+    Lam = jnp.einsum("g,gkl->kl", inv, ne.AtWA)
+    b = inv @ ne.AtWy
+    if P0 is not None:
+        Lam = Lam + P0
+        b = b + P0 @ m0
+    return 0.5 * (Lam + Lam.T), b
+
+
+def _blr_quadratic(ne, P0, m0, noise_vars, mn, design):
+    """(y - A mn)^T P (y - A mn) + (mn - m0)^T P0 (mn - m0), from residuals when a design is given."""
+    if design is not None:
+        A = jnp.asarray(design.A)
+        w = jnp.where(jnp.asarray(design.w) > 0, jnp.asarray(design.w), 0.0)
+        r = jnp.asarray(design.y) - A @ mn
+        q = jnp.sum(w / noise_vars[jnp.asarray(design.kind)] * r * r)
+    else:
+        inv = 1 / noise_vars
+        G = jnp.einsum("g,gkl->kl", inv, ne.AtWA)
+        q = inv @ ne.ytWy - 2 * mn @ (inv @ ne.AtWy) + mn @ G @ mn
+    if P0 is not None:
+        q = q + (mn - m0) @ P0 @ (mn - m0)
+    return q
+
+
+def fit_blr(design, prior_precision=None, prior_mean=None, noise_var=1.0) -> GaussianPosterior:
+    """Known-noise Bayesian linear regression with prior c ~ N(m0, S0) (float64).
+
+    design: DesignMatrix or NormalEquations; y_r ~ N(A_r c, noise_var / w_r).
+    prior_precision S0^-1: None (flat), scalar, (K,) diagonal or (K, K) SPD.
+    Returns GaussianPosterior(kind="blr") with Sn = (S0^-1 + A^T W A / noise_var)^-1,
+    mn = Sn (S0^-1 m0 + A^T W y / noise_var), computed by Cholesky of Sn^-1;
+    ``noise_var`` is kept for the predictive std.
+    """
+    ne, _ = _as_stats(design)
+    k = ne.n_features
+    P0 = prior_precision_matrix(prior_precision, k)
+    m0 = _prior_mean(prior_mean, k)
+    if np.ndim(noise_var) != 0:
+        raise JaxiapInputError("fit_blr takes a scalar noise_var; give energy and force rows their "
+                               "relative precision through the row weights (see reweight)")
+    nv = _noise_vars(noise_var)
+    Lam, b = _gaussian_system(ne, None if P0 is None else jnp.asarray(P0), m0, nv)
+    L = _checked_cholesky(Lam, "the posterior precision S0^-1 + A^T W A / noise_var",
+                          _FLAT_FIX if P0 is None else "increase the prior precision")
+    mn = jsl.cho_solve((L, True), b)
+    return GaussianPosterior(mn, _inv_factor(L), jnp.asarray(nv[0]), kind="blr")
+
+
+def log_evidence_blr(design, prior_precision, noise_var, prior_mean=None) -> float:
+    """log p(y) = log N(y; A m0, P^-1 + A S0 A^T) for known noise (float64).
+
+    P = diag(w_r / noise_var_r) over rows with w > 0 (N of them); noise_var is a
+    scalar or an (energy, force) pair. Evaluated in K x K form:
+    -N/2 log 2pi + 1/2 log|P| + 1/2 log|S0^-1| - 1/2 log|Lambda|
+    - 1/2 [(y - A mn)^T P (y - A mn) + (mn - m0)^T S0^-1 (mn - m0)].
+    Needs a proper prior (prior_precision not None).
+    """
+    ne, dm = _as_stats(design)
+    k = ne.n_features
+    if prior_precision is None:
+        raise JaxiapInputError("the evidence needs a proper prior: pass prior_precision (scalar, (K,) or (K, K))")
+    P0 = jnp.asarray(prior_precision_matrix(prior_precision, k))
+    m0 = _prior_mean(prior_mean, k)
+    nv = _noise_vars(noise_var)
+    Lam, b = _gaussian_system(ne, P0, m0, nv)
+    L = _checked_cholesky(Lam, "the posterior precision", "increase the prior precision")
+    mn = jsl.cho_solve((L, True), b)
+    q = _blr_quadratic(ne, P0, m0, nv, mn, dm)
+    return float(_evidence_known_terms(ne, P0, nv, L, q))
+
+
+def _evidence_known_terms(ne, P0, nv, L, q):
+    n = jnp.sum(ne.n_rows)
+    logdet_p = jnp.sum(ne.sum_log_w - ne.n_rows * jnp.log(nv))
+    logdet_p0 = _logdet_chol(jnp.linalg.cholesky(P0))
+    return -0.5 * n * _LOG_2PI + 0.5 * logdet_p + 0.5 * logdet_p0 - 0.5 * _logdet_chol(L) - 0.5 * q
+
+
+def _log_evidence_known_pure(ne: NormalEquations, noise_vars, P0, m0):
+    """Jittable, differentiable known-noise log evidence from statistics (no checks)."""
+    Lam, b = _gaussian_system(ne, P0, m0, noise_vars)
+    L = jnp.linalg.cholesky(Lam)
+    mn = jsl.cho_solve((L, True), b)
+    q = _blr_quadratic(ne, P0, m0, noise_vars, mn, None)
+    return _evidence_known_terms(ne, P0, noise_vars, L, q)
+
+
+# ---------------------------------------------------------------------------
+# unknown noise: normal-inverse-gamma
+
+
+def _nig_system(ne, a0, b0, L0, mu0, design):
+    """Cholesky of Ln, mun, an, bn for the NIG prior (L0 None = flat)."""
+    t = ne.total()
+    Ln, b = t.AtWA, t.AtWy
+    if L0 is not None:
+        Ln, b = Ln + L0, b + L0 @ mu0
+    L = _checked_cholesky(0.5 * (Ln + Ln.T), "the NIG posterior precision Ln = A^T W A + L0",
+                          _FLAT_FIX if L0 is None else "increase L0")
+    mun = jsl.cho_solve((L, True), b)
+    q = _blr_quadratic(ne, L0, mu0, jnp.ones(N_KINDS), mun, design)
+    an = a0 + 0.5 * t.n_rows
+    bn = b0 + 0.5 * q
+    return L, mun, an, bn
+
+
+def _nig_inputs(ne, a0, b0, L0, mu0, proper: bool):
+    k = ne.n_features
+    P = prior_precision_matrix(L0, k, name="L0")
+    if proper and P is None:
+        raise JaxiapInputError("the NIG evidence needs a proper prior: pass L0 (scalar, (K,) or (K, K))")
+    if a0 is None:
+        a0 = -0.5 * k if P is None else 0.0
+    for name, v, lo in (("a0", a0, -np.inf), ("b0", b0, 0.0)):
+        if not np.isfinite(v) or v < lo or (proper and v <= 0):
+            raise JaxiapInputError(f"{name} must be finite and {'> 0' if proper else '>= 0'} "
+                                   f"(inverse-gamma prior IG(a0, b0) on the noise variance), got {v}")
+    return float(a0), float(b0), None if P is None else jnp.asarray(P), _prior_mean(mu0, k, "mu0")
+
+
+def fit_nig(design, a0=None, b0=0.0, L0=None, mu0=None) -> StudentTPosterior:
+    """Unknown-noise Bayesian regression, prior c | s2 ~ N(mu0, s2 L0^-1), s2 ~ IG(a0, b0).
+
+    design: DesignMatrix or NormalEquations; y_r ~ N(A_r c, s2 / w_r).
+    Posterior (SCIENCE.md section 2): Ln = A^T W A + L0, mun = Ln^-1 (A^T W y + L0 mu0),
+    an = a0 + N/2, bn = b0 + (y^T W y + mu0^T L0 mu0 - mun^T Ln mun)/2, and
+    c | y ~ Student-t(2 an, mun, (bn/an) Ln^-1): a StudentTPosterior(kind="nig")
+    whose ``an``/``bn`` properties give the IG(an, bn) noise posterior.
+
+    Flat-prior limit (the defaults L0=None, a0=-K/2, b0=0, i.e. p(c, s2) ~ 1/s2):
+    an = (N-K)/2, bn = r^T W r / 2, so mun is the lstsq solution, bn/an = sighat^2
+    = r^T W r / (N-K) and the t has N-K degrees of freedom. With L0 given,
+    a0 defaults to 0 (p(s2) ~ 1/s2).
+    """
+    ne, dm = _as_stats(design)
+    a0, b0, L0, mu0 = _nig_inputs(ne, a0, b0, L0, mu0, proper=False)
+    L, mun, an, bn = _nig_system(ne, a0, b0, L0, mu0, dm)
+    if float(an) <= 0:
+        raise SingularSystemError(f"NIG posterior shape an = a0 + N/2 = {float(an):g} <= 0: need more weighted "
+                                  "rows than coefficients (flat prior) or a larger a0")
+    if float(bn) <= 0:
+        raise SingularSystemError("NIG posterior scale bn <= 0: the data are fitted exactly; pass b0 > 0 "
+                                  "(a prior guess of the noise variance times a0)")
+    s2 = bn / an
+    return StudentTPosterior(mun, jnp.sqrt(s2) * _inv_factor(L), 2 * an, s2, kind="nig")
+
+
+def log_evidence_nig(design, a0, b0, L0, mu0=None) -> float:
+    """NIG log p(y) (StatProofBook form), proper prior: a0 > 0, b0 > 0, L0 SPD.
+
+    1/2 log|W| - N/2 log 2pi + 1/2 log|L0| - 1/2 log|Ln| + log Gamma(an)
+    - log Gamma(a0) + a0 log b0 - an log bn, with |W| over rows with w > 0.
+    """
+    ne, dm = _as_stats(design)
+    a0, b0, L0, mu0 = _nig_inputs(ne, a0, b0, L0, mu0, proper=True)
+    L, mun, an, bn = _nig_system(ne, a0, b0, L0, mu0, dm)
+    t = ne.total()
+    return float(0.5 * t.sum_log_w - 0.5 * t.n_rows * _LOG_2PI
+                 + 0.5 * _logdet_chol(jnp.linalg.cholesky(L0)) - 0.5 * _logdet_chol(L)
+                 + gammaln(an) - gammaln(a0) + a0 * np.log(b0) - an * jnp.log(bn))
+
+
+# ---------------------------------------------------------------------------
+# type-II maximum likelihood
+
+
+class TypeIIResult(NamedTuple):
+    """Maximised known-noise evidence over (sigma_energy, sigma_force, prior_scale).
+
+    posterior: fit_blr at the optimum with noise_var = sigma_force^2 (or
+    sigma_energy^2 when there are no force rows), on the design whose energy
+    rows are re-weighted by noise_var / sigma_energy^2 (``design``; None when
+    the input was NormalEquations), so ``posterior.predict(rows, design.w)``
+    adds the right noise per row. grad_norm: |d log p / d log(params)| / N.
+    """
+
+    sigma_energy: float
+    sigma_force: float
+    prior_scale: float
+    log_evidence: float
+    grad_norm: float
+    n_steps: int
+    posterior: GaussianPosterior
+    design: DesignMatrix | None
+
+
+def _initial_hyperparameters(ne: NormalEquations) -> np.ndarray:
+    """(sigma_E, sigma_F, prior_scale) from a lightly ridged fit: per-kind residual RMS."""
+    G, h, yy, n = (np.asarray(v) for v in (ne.AtWA, ne.AtWy, ne.ytWy, ne.n_rows))
+    Gt, k = G.sum(0), G.shape[-1]
+    c = np.linalg.solve(Gt + (1e-8 * np.trace(Gt) / k + 1e-300) * np.eye(k), h.sum(0))
+    rss = yy - 2 * h @ c + np.einsum("k,gkl,l->g", c, G, c)
+    nn = np.maximum(n, 1)
+    sig = np.sqrt(np.maximum(rss / nn, 1e-12 * yy / nn + 1e-300))
+    sig = np.where(n > 0, sig, 1.0)
+    return np.array([sig[0], sig[1], max(float(np.sqrt(np.mean(c**2))), 1e-12)])
+
+
+def _type2_loss(theta, ne: NormalEquations, m0, n_total):
+    """-log p(y) / N at theta = log(sigma_E, sigma_F, prior_scale)."""
+    P0 = jnp.exp(-2 * theta[2]) * jnp.eye(ne.AtWA.shape[-1], dtype=ne.AtWA.dtype)
+    return -_log_evidence_known_pure(ne, jnp.exp(2 * theta[:2]), P0, m0) / n_total
+
+
+_LBFGS = optax.lbfgs(linesearch=optax.scale_by_backtracking_linesearch(max_backtracking_steps=40))
+
+
+@jax.jit
+def _type2_step(theta, state, ne, m0, n_total):
+    """One L-BFGS step; returns (new theta, state, |grad| at the old theta)."""
+    f = lambda t: _type2_loss(t, ne, m0, n_total)
+    value, grad = jax.value_and_grad(f)(theta)
+    updates, state = _LBFGS.update(grad, state, theta, value=value, grad=grad, value_fn=f)
+    return optax.apply_updates(theta, updates), state, jnp.linalg.norm(grad)
+
+
+_type2_value_and_grad = jax.jit(jax.value_and_grad(_type2_loss))
+
+
+def optimize_hyperparameters(design, init=None, steps: int = 500, tol: float = 1e-9,
+                             prior_mean=None) -> TypeIIResult:
+    """Type-II ML: maximise the known-noise log evidence over
+    theta = log(sigma_energy, sigma_force, prior_scale) with optax L-BFGS.
+
+    design: DesignMatrix or NormalEquations. Energy rows get noise variance
+    sigma_energy^2 / w_r, force rows sigma_force^2 / w_r (the dataset's w stays a
+    relative weight); the prior is c ~ N(prior_mean, prior_scale^2 I).
+    init: (sigma_energy, sigma_force, prior_scale), default from the per-kind
+    residual RMS of a lightly ridged fit. Stops when |d (log p / N) / d theta| < tol.
+    A kind without rows keeps its initial sigma (its gradient is 0).
+    """
+    ne, dm = _as_stats(design)
+    k = ne.n_features
+    m0 = _prior_mean(prior_mean, k)
+    n_total = jnp.asarray(max(float(np.sum(np.asarray(ne.n_rows))), 1.0))
+    x0 = _initial_hyperparameters(ne) if init is None else np.asarray(init, np.float64)
+    if x0.shape != (3,) or not np.isfinite(x0).all() or (x0 <= 0).any():
+        raise JaxiapInputError(f"init must be three positive numbers (sigma_energy, sigma_force, "
+                               f"prior_scale), got {init}")
+    if steps < 1:
+        raise JaxiapInputError(f"steps must be >= 1, got {steps}")
+    theta = jnp.log(jnp.asarray(x0))
+    state = _LBFGS.init(theta)
+    n_steps = steps
+    for i in range(steps):
+        new, state, g = _type2_step(theta, state, ne, m0, n_total)  # g: |grad| at theta
+        if not np.isfinite(float(g)):
+            raise SingularSystemError("the evidence became non-finite during type-II optimisation; "
+                                      "pass an explicit init or check the design for duplicate columns")
+        if float(g) < tol:
+            n_steps = i
+            break
+        theta = new
+    value, grad = _type2_value_and_grad(theta, ne, m0, n_total)
+    sig_e, sig_f, scale = (float(v) for v in jnp.exp(theta))
+    ref = sig_f**2 if float(ne.n_rows[FORCE_ROW]) > 0 else sig_e**2
+    factor = jnp.asarray([ref / sig_e**2, ref / sig_f**2])
+    rdm = None if dm is None else dm._replace(w=jnp.asarray(dm.w) * factor[jnp.asarray(dm.kind)])
+    post = fit_blr(ne.scale_kinds(factor) if rdm is None else rdm,
+                   prior_precision=1 / scale**2, prior_mean=m0, noise_var=ref)
+    return TypeIIResult(sig_e, sig_f, scale, -float(value) * float(n_total),
+                        float(jnp.linalg.norm(grad)), n_steps, post, rdm)
+
+
+# ---------------------------------------------------------------------------
+# model selection
+
+
+def select_by_evidence(candidates: Mapping, method="type2", **kwargs):
+    """Pick the candidate model with the largest log evidence.
+
+    candidates: {key: DesignMatrix | NormalEquations | zero-argument callable
+    returning one}, all built from the same data rows. method: "type2"
+    (``optimize_hyperparameters`` per candidate: maximised known-noise
+    evidence), "blr" (``log_evidence_blr(..., **kwargs)``), "nig"
+    (``log_evidence_nig(..., **kwargs)``), or a callable(stats) -> float.
+    Returns (best_key, table) with table {key: {"log_evidence", "n_features", ...}}.
+    """
+    if not candidates:
+        raise JaxiapInputError("select_by_evidence needs at least one candidate")
+    table = {}
+    for key, cand in candidates.items():
+        data = cand() if callable(cand) else cand
+        ne, dm = _as_stats(data)
+        data = dm if dm is not None else ne
+        row = {"n_features": ne.n_features}
+        if method == "type2":
+            r = optimize_hyperparameters(data, **kwargs)
+            row.update(log_evidence=r.log_evidence, sigma_energy=r.sigma_energy,
+                       sigma_force=r.sigma_force, prior_scale=r.prior_scale)
+        elif method == "blr":
+            row["log_evidence"] = log_evidence_blr(data, **kwargs)
+        elif method == "nig":
+            row["log_evidence"] = log_evidence_nig(data, **kwargs)
+        elif callable(method):
+            row["log_evidence"] = float(method(data, **kwargs))
+        else:
+            raise JaxiapInputError(f"method must be 'type2', 'blr', 'nig' or a callable, got {method!r}")
+        table[key] = row
+    best = max(table, key=lambda k: table[k]["log_evidence"])
+    return best, table

@@ -14,11 +14,6 @@ return plain arrays plus diagnostics:
   deterministic sites are available too).
 - :func:`to_arviz`: an ``arviz`` InferenceData when arviz is installed
   (it is optional: ``pip install arviz``).
-
-Compiled samplers are cached per (model, settings) when ``jit_model_args``
-is on, so calling :func:`run_nuts` again with new data of the same shapes
-does not recompile (useful for simulation-based calibration and active
-learning loops).
 """
 
 from __future__ import annotations
@@ -26,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import time
 import warnings
-from collections import OrderedDict
 from typing import Any, Callable
 
 import jax
@@ -36,7 +30,40 @@ import numpy as np
 from jaxiap.errors import JaxiapInputError
 
 __all__ = ["NUTSResult", "SVIResult", "run_nuts", "run_svi", "to_arviz", "summarize_chains",
-           "latent_site_names"]
+           "latent_site_names", "design_arrays"]
+
+
+def design_arrays(design, y=None, w=None, name: str = "design"):
+    """(A (N, K), y (N,), w (N,)) float64 numpy arrays of the rows with w > 0.
+
+    ``design`` is a ``DesignMatrix`` (anything with ``.A, .y, .w``) or a plain
+    A (R, K) array given together with ``y`` (R,) and optional ``w`` (R,)
+    (default ones). Rows with zero weight are dropped; NaN/inf or negative
+    weights raise ``JaxiapInputError``.
+    """
+    if hasattr(design, "A") and hasattr(design, "y"):
+        if y is not None or w is not None:
+            raise JaxiapInputError(f"{name}: pass either a DesignMatrix or arrays (A, y, w), not both")
+        A, y, w = design.A, design.y, design.w
+    else:
+        A = design
+        if y is None:
+            raise JaxiapInputError(f"{name}: a plain matrix A needs targets y (R,)")
+    A = np.asarray(A, np.float64)
+    y = np.asarray(y, np.float64)
+    w = np.ones(len(y)) if w is None else np.asarray(w, np.float64)
+    if A.ndim != 2 or y.shape != (A.shape[0],) or w.shape != y.shape:
+        raise JaxiapInputError(f"{name}: need A (R, K), y (R,), w (R,); got shapes {A.shape}, {y.shape}, "
+                               f"{w.shape}")
+    for label, v in (("design matrix A", A), ("targets y", y), ("row weights w", w)):
+        if not np.isfinite(v).all():
+            raise JaxiapInputError(f"{name}: {label} contains NaN/inf; check the dataset labels and positions")
+    if (w < 0).any():
+        raise JaxiapInputError(f"{name}: row weights w must be >= 0")
+    keep = w > 0
+    if not keep.any():
+        raise JaxiapInputError(f"{name}: every row has zero weight; nothing to fit")
+    return A[keep], y[keep], w[keep]
 
 
 @dataclasses.dataclass
@@ -137,44 +164,11 @@ def latent_site_names(model: Callable, *model_args, **model_kwargs) -> tuple[lis
 # --------------------------------------------------------------------------------------------
 # NUTS
 
-_MCMC_CACHE: "OrderedDict[tuple, Any]" = OrderedDict()
-_MCMC_CACHE_SIZE = 16
-
-
 def _default_chain_method(num_chains: int) -> str:
     if num_chains <= 1:
         return "sequential"
     # one CPU device cannot run chains in parallel; vectorised chains share one jit
     return "parallel" if jax.local_device_count() >= num_chains else "vectorized"
-
-
-def _get_mcmc(model, num_warmup, num_samples, num_chains, chain_method, progress, jit_model_args,
-              thinning, nuts_kwargs):
-    from numpyro.infer import MCMC, NUTS
-
-    key = (model, num_warmup, num_samples, num_chains, chain_method, bool(progress),
-           thinning, tuple(sorted(nuts_kwargs.items())))
-    if jit_model_args:
-        try:
-            mcmc = _MCMC_CACHE.get(key)
-        except TypeError:  # unhashable settings (e.g. an init_strategy closure)
-            mcmc, key = None, None
-        if mcmc is not None:
-            _MCMC_CACHE.move_to_end(key)
-            return mcmc
-    else:
-        key = None
-    kernel = NUTS(model, **nuts_kwargs)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*There are not enough devices.*")
-        mcmc = MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
-                    chain_method=chain_method, progress_bar=bool(progress), thinning=thinning,
-                    jit_model_args=jit_model_args)
-    if key is not None:
-        _MCMC_CACHE[key] = mcmc
-        while len(_MCMC_CACHE) > _MCMC_CACHE_SIZE:
-            _MCMC_CACHE.popitem(last=False)
-    return mcmc
 
 
 def run_nuts(
@@ -192,7 +186,6 @@ def run_nuts(
     init_strategy: Callable | None = None,
     chain_method: str | None = None,
     thinning: int = 1,
-    jit_model_args: bool = False,
     rhat_threshold: float = 1.01,
     warn: bool = True,
     **model_kwargs,
@@ -204,8 +197,9 @@ def run_nuts(
     device; see ENVIRONMENT.md). ``init_params`` are constrained-space values
     per site (all chains start there, e.g. a MAP estimate); otherwise
     ``init_strategy`` (default numpyro's ``init_to_uniform``) is used.
-    ``jit_model_args`` compiles the sampler once per (model, settings) and
-    reuses it for new data of the same shapes (model_kwargs must then be arrays).
+    Every call compiles its sampling loop (numpyro 0.22 re-jits
+    ``fori_collect`` per run, a few seconds on CPU): batch independent
+    problems into one model rather than calling this in a tight loop.
 
     Warns (``UserWarning``, one line naming the sites) when any site's max
     split R-hat exceeds ``rhat_threshold`` or any post-warmup transition diverged.
@@ -223,11 +217,15 @@ def run_nuts(
         from numpyro.infer import init_to_value
 
         init_strategy = init_to_value(values={k: jnp.asarray(v) for k, v in init_params.items()})
-        jit_model_args = False  # init values are baked into the kernel
     if init_strategy is not None:
         nuts_kwargs["init_strategy"] = init_strategy
-    mcmc = _get_mcmc(model, int(num_warmup), int(num_samples), int(num_chains), chain_method, progress,
-                     jit_model_args, int(thinning), nuts_kwargs)
+    from numpyro.infer import MCMC, NUTS
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*There are not enough devices.*")
+        mcmc = MCMC(NUTS(model, **nuts_kwargs), num_warmup=int(num_warmup), num_samples=int(num_samples),
+                    num_chains=int(num_chains), chain_method=chain_method, progress_bar=bool(progress),
+                    thinning=int(thinning))
     t0 = time.perf_counter()
     mcmc.run(key, *model_args, extra_fields=("diverging", "num_steps"), **model_kwargs)
     chains = {k: np.asarray(v) for k, v in mcmc.get_samples(group_by_chain=True).items()}

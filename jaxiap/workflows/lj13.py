@@ -135,30 +135,43 @@ def make_basis(config: LJ13Config):
 
 
 def generate_data(config: LJ13Config, folder: Path | None = None):
-    """(train, test) Datasets; read from ``folder`` when already written there."""
-    from jaxiap.data import read_extxyz, split, write_extxyz
+    """(train, test) Datasets; read from ``folder`` when already written there.
+
+    Each split is written as extended XYZ (for other codes) and as a lossless .npz.
+    """
+    from jaxiap.data import load_npz, save_npz, split, write_extxyz
     from jaxiap.systems.lj import lj13_dataset
 
-    if folder is not None and (folder / "train.xyz").exists() and (folder / "test.xyz").exists():
-        return read_extxyz(folder / "train.xyz"), read_extxyz(folder / "test.xyz")
+    if folder is not None and (folder / "train.npz").exists() and (folder / "test.npz").exists():
+        return load_npz(folder / "train.npz"), load_npz(folder / "test.npz")
     ds = lj13_dataset(config.seed, config.n_trajectories, config.n_samples, config.sample_every,
                       config.kT, config.gamma, config.dt, config.n_equilibrate)
     train, test = split(jax.random.key(config.seed + 1), ds, (1 - config.test_fraction, config.test_fraction))
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
-        write_extxyz(folder / "train.xyz", train)
-        write_extxyz(folder / "test.xyz", test)
+        for name, ds in (("train", train), ("test", test)):
+            write_extxyz(folder / f"{name}.xyz", ds)
+            save_npz(folder / f"{name}.npz", ds)
     return train, test
 
 
-def fit_potential(config: LJ13Config, train):
-    """Fit the configured posterior; returns (basis, posterior, design)."""
+def fit_potential(config: LJ13Config, train, saved=None):
+    """Fit the configured posterior; returns (basis, posterior, design).
+
+    ``saved``: a posterior .npz written by an earlier run of the same
+    configuration; when it exists it is loaded instead of refitting.
+    """
     from jaxiap.inference.linear import reweight
+    from jaxiap.inference.posterior import load_posterior
     from jaxiap.potentials.linear import design_matrix
 
     basis = make_basis(config)
     design = reweight(design_matrix(basis, train), config.energy_weight, config.force_weight)
+    if saved is not None and Path(saved).exists():
+        return basis, load_posterior(saved), design
     posterior = POSTERIORS[config.posterior](design, jax.random.key(config.seed + 2))
+    if saved is not None:
+        posterior.save(saved)
     return basis, posterior, design
 
 
@@ -204,8 +217,7 @@ def run_lj13(config: LJ13Config = LJ13Config(), out_dir="runs/lj13", overwrite: 
     with timer("data"):
         train, test = generate_data(config, out / "data")
     with timer("fit"):
-        basis, posterior, design = fit_potential(config, train)
-        posterior.save(out / "posterior.npz")
+        basis, posterior, design = fit_potential(config, train, saved=out / "posterior.npz")
         coef = np.asarray(posterior.mean)
         errors = {"train": evaluate_fit(basis, coef, train)[0]}
         errors["test"], parity = evaluate_fit(basis, coef, test)
