@@ -71,7 +71,7 @@ def _add_lj13(sub):
     g.add_argument("--chunk-size", type=_positive_int, default=None,
                    help="replicas per compiled MD chunk [chosen from available memory]")
     g.add_argument("--devices", type=_positive_int, default=None,
-                   help="split the CPU into this many JAX devices (sharding the replica axis; 2 suits a 2-core machine)")
+                   help="split the CPU into this many JAX devices to shard the replica axis [one per core, at most 8]")
     g = p.add_argument_group("MD and FRT protocol")
     g.add_argument("--kT", type=_positive_float, default=None, help=f"temperature (epsilon) [{d.kT}]")
     g.add_argument("--gamma", type=_positive_float, default=None, help=f"Langevin friction (1/tau) [{d.gamma}]")
@@ -111,14 +111,24 @@ _LJ13_FIELDS = {
 }
 
 
-def _run_lj13(args) -> int:
-    if args.devices:
-        import os
+def _split_cpu(n_devices: int | None) -> None:
+    """Expose the CPU as several JAX devices so the replica axis shards over all cores.
 
-        if "jax" in sys.modules:
-            print("jaxiap lj13: --devices must be set before JAX starts; ignoring", file=sys.stderr)
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                                   f" --xla_force_host_platform_device_count={args.devices}").strip()
+    Takes effect only before JAX starts its backend; on a GPU machine the GPUs
+    stay the default devices and the extra CPU devices are unused.
+    """
+    import os
+
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" in flags:
+        return
+    n = n_devices or min(os.cpu_count() or 1, 8)
+    if n > 1:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
+
+
+def _run_lj13(args) -> int:
+    _split_cpu(args.devices)
     from jaxiap.workflows.lj13 import LJ13Config, run_lj13
 
     overrides = {field: getattr(args, name) for name, field in _LJ13_FIELDS.items()

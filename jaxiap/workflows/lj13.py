@@ -55,7 +55,7 @@ class LJ13Config:
     test_fraction: float = 0.2
     # fitted potential
     basis: str = "chebyshev"
-    basis_size: int = 5
+    basis_size: int = 3
     r_min: float = 0.8
     r_cut: float = 3.0
     energy_weight: float = 1.0
