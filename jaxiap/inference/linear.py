@@ -33,7 +33,8 @@ import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 import numpy as np
 import optax
-from jax.scipy.special import gammaln
+import scipy.linalg as sla
+from scipy.special import gammaln
 
 from jaxiap.errors import JaxiapInputError, SingularSystemError
 from jaxiap.inference.posterior import GaussianPosterior, StudentTPosterior
@@ -125,13 +126,13 @@ class NormalEquations(NamedTuple):
 
     def total(self) -> "NormalEquations":
         """Statistics of all rows (kind axis summed): AtWA (K, K), AtWy (K,), scalars."""
-        return NormalEquations(*(jnp.sum(v, axis=0) for v in self))
+        return NormalEquations(*(v.sum(axis=0) for v in self))
 
     def scale_kinds(self, factor) -> "NormalEquations":
         """Multiply the row weights of each kind by factor (2,) (e.g. 1 / sigma_kind^2)."""
-        f = jnp.asarray(factor, self.AtWA.dtype)
+        f = np.asarray(factor, np.float64)
         return NormalEquations(self.AtWA * f[:, None, None], self.AtWy * f[:, None], self.ytWy * f,
-                               self.n_rows, self.sum_log_w + self.n_rows * jnp.log(f))
+                               self.n_rows, self.sum_log_w + self.n_rows * np.log(f))
 
 
 def combine(a: NormalEquations, b: NormalEquations) -> NormalEquations:
@@ -143,9 +144,10 @@ def stats_arrays(A, y, w, kind):
     """Pure-JAX NormalEquations of rows A (R, K), y (R,), w (R,), kind (R,).
 
     Rows with w <= 0 contribute nothing. Returns (NormalEquations, n_bad) with
-    n_bad the number of rows holding NaN/inf (jit-, vmap- and shard_map-safe).
+    n_bad the number of rows holding NaN/inf or a negative weight (those rows
+    are left out; jit-, vmap- and shard_map-safe).
     """
-    bad = ~(jnp.all(jnp.isfinite(A), axis=1) & jnp.isfinite(y) & jnp.isfinite(w))
+    bad = ~(jnp.all(jnp.isfinite(A), axis=1) & jnp.isfinite(y) & jnp.isfinite(w)) | (w < 0)
     pos = (w > 0) & ~bad
     onehot = (kind[None, :] == jnp.arange(N_KINDS)[:, None]) & pos[None, :]  # (2, R)
     wk = jnp.where(onehot, w[None, :], 0.0).astype(A.dtype)
@@ -172,15 +174,23 @@ def normal_equations(design: DesignMatrix) -> NormalEquations:
 
 
 def _as_stats(data) -> tuple[NormalEquations, DesignMatrix | None]:
+    """(host numpy NormalEquations, design or None) from a DesignMatrix or NormalEquations."""
     if isinstance(data, NormalEquations):
-        return data, None
-    if isinstance(data, DesignMatrix):
-        return normal_equations(data), data
-    raise JaxiapInputError(f"expected a DesignMatrix or NormalEquations, got {type(data).__name__}")
+        ne = data
+        dm = None
+    elif isinstance(data, DesignMatrix):
+        ne, dm = normal_equations(data), data
+    else:
+        raise JaxiapInputError(f"expected a DesignMatrix or NormalEquations, got {type(data).__name__}")
+    ne = NormalEquations(*(np.asarray(v, np.float64) for v in ne))
+    if ne.AtWA.ndim != 3 or ne.AtWA.shape[0] != N_KINDS:
+        raise JaxiapInputError(f"NormalEquations.AtWA must have shape (2, K, K) (energy, force), got "
+                               f"{ne.AtWA.shape}; build it with normal_equations or accumulate")
+    return ne, dm
 
 
 # ---------------------------------------------------------------------------
-# input checks
+# input checks (host numpy: K x K algebra needs no compilation)
 
 
 def prior_precision_matrix(prior_precision, k: int, name: str = "prior_precision"):
@@ -207,7 +217,7 @@ def prior_precision_matrix(prior_precision, k: int, name: str = "prior_precision
     return 0.5 * (p + p.T)
 
 
-def _noise_vars(noise_var, name: str = "noise_var") -> jnp.ndarray:
+def _noise_vars(noise_var, name: str = "noise_var") -> np.ndarray:
     """Scalar or (2,) (energy, force) noise variances -> validated (2,) array."""
     v = np.asarray(noise_var, np.float64)
     if v.shape not in ((), (N_KINDS,)):
@@ -215,27 +225,28 @@ def _noise_vars(noise_var, name: str = "noise_var") -> jnp.ndarray:
     if not np.isfinite(v).all() or (v <= 0).any():
         raise JaxiapInputError(f"{name} must be finite and > 0 (a variance per unit row weight), "
                                f"got {v}; use a small positive value for near-noise-free data")
-    return jnp.asarray(np.broadcast_to(v, (N_KINDS,)).copy())
+    return np.broadcast_to(v, (N_KINDS,)).copy()
 
 
-def _prior_mean(prior_mean, k: int, name: str = "prior_mean") -> jnp.ndarray:
+def _prior_mean(prior_mean, k: int, name: str = "prior_mean") -> np.ndarray:
     if prior_mean is None:
-        return jnp.zeros(k)
-    m = np.broadcast_to(np.asarray(prior_mean, np.float64), (k,)) if np.ndim(prior_mean) == 0 \
-        else np.asarray(prior_mean, np.float64)
+        return np.zeros(k)
+    m = np.asarray(prior_mean, np.float64)
+    m = np.broadcast_to(m, (k,)).copy() if m.ndim == 0 else m
     if m.shape != (k,) or not np.isfinite(m).all():
         raise JaxiapInputError(f"{name} must be finite with shape ({k},), got shape {m.shape}")
-    return jnp.asarray(m)
+    return m
 
 
-def _checked_cholesky(M, what: str, fix: str, rcond: float = 1e-13) -> jnp.ndarray:
-    """Lower Cholesky factor of a symmetric K x K matrix, or SingularSystemError.
+def _checked_cholesky(M, what: str, fix: str, rcond: float = 1e-13) -> np.ndarray:
+    """Lower Cholesky factor (numpy) of a symmetric K x K matrix, or SingularSystemError.
 
     Singular means: a zero diagonal, or a smallest eigenvalue of the
     Jacobi-scaled matrix D^-1/2 M D^-1/2 below ``rcond`` (i.e. a condition number
     of the underlying design above ~ 1 / sqrt(rcond) after column scaling).
     """
-    m = np.asarray(M)
+    m = np.asarray(M, np.float64)
+    m = 0.5 * (m + m.T)
     d = np.diag(m)
     if not np.isfinite(m).all():
         raise SingularSystemError(f"{what} contains NaN/inf; {fix}")
@@ -249,16 +260,16 @@ def _checked_cholesky(M, what: str, fix: str, rcond: float = 1e-13) -> jnp.ndarr
         raise SingularSystemError(
             f"{what} is singular or numerically rank-deficient (scaled eigenvalue ratio "
             f"{max(ev[0], 0) / ev[-1]:.3g} <= {rcond:g}); {fix}")
-    return jnp.linalg.cholesky(jnp.asarray(m))
+    return np.linalg.cholesky(m)
 
 
-def _logdet_chol(L) -> jnp.ndarray:
-    return 2 * jnp.sum(jnp.log(jnp.diag(L)))
+def _logdet_chol(L, xp=np):
+    return 2 * xp.sum(xp.log(xp.diag(L)))
 
 
-def _inv_factor(L) -> jnp.ndarray:
+def _inv_factor(L) -> np.ndarray:
     """F = L^-T, so F F^T = (L L^T)^-1."""
-    return jsl.solve_triangular(L, jnp.eye(L.shape[0], dtype=L.dtype), lower=True).T
+    return sla.solve_triangular(L, np.eye(L.shape[0]), lower=True).T
 
 
 _FLAT_FIX = ("with a flat prior the design must have full column rank: reduce n_basis, add data, "
@@ -269,10 +280,10 @@ _FLAT_FIX = ("with a flat prior the design must have full column rank: reduce n_
 # known noise: Bayesian linear regression
 
 
-def _gaussian_system(ne: NormalEquations, P0, m0, noise_vars):
+def _gaussian_system(ne: NormalEquations, P0, m0, noise_vars, xp=np):
     """Lambda = P0 + sum_g AtWA_g / nv_g and b = P0 m0 + sum_g AtWy_g / nv_g (P0 may be None)."""
     inv = 1 / noise_vars
-    Lam = jnp.einsum("g,gkl->kl", inv, ne.AtWA)
+    Lam = xp.einsum("g,gkl->kl", inv, ne.AtWA)
     b = inv @ ne.AtWy
     if P0 is not None:
         Lam = Lam + P0
@@ -280,20 +291,27 @@ def _gaussian_system(ne: NormalEquations, P0, m0, noise_vars):
     return 0.5 * (Lam + Lam.T), b
 
 
-def _blr_quadratic(ne, P0, m0, noise_vars, mn, design):
+def _blr_quadratic(ne, P0, m0, noise_vars, mn, design, xp=np):
     """(y - A mn)^T P (y - A mn) + (mn - m0)^T P0 (mn - m0), from residuals when a design is given."""
     if design is not None:
-        A = jnp.asarray(design.A)
-        w = jnp.where(jnp.asarray(design.w) > 0, jnp.asarray(design.w), 0.0)
-        r = jnp.asarray(design.y) - A @ mn
-        q = jnp.sum(w / noise_vars[jnp.asarray(design.kind)] * r * r)
+        A, y, w, kind = (np.asarray(v) for v in design[:4])
+        w = np.where(w > 0, w, 0.0)
+        r = y - A @ mn
+        q = np.sum(w / noise_vars[kind] * r * r)
     else:
         inv = 1 / noise_vars
-        G = jnp.einsum("g,gkl->kl", inv, ne.AtWA)
+        G = xp.einsum("g,gkl->kl", inv, ne.AtWA)
         q = inv @ ne.ytWy - 2 * mn @ (inv @ ne.AtWy) + mn @ G @ mn
     if P0 is not None:
         q = q + (mn - m0) @ P0 @ (mn - m0)
     return q
+
+
+def _evidence_known_terms(ne, P0, nv, L, q, xp=np):
+    n = xp.sum(ne.n_rows)
+    logdet_p = xp.sum(ne.sum_log_w - ne.n_rows * xp.log(nv))
+    logdet_p0 = _logdet_chol(xp.linalg.cholesky(P0), xp)
+    return -0.5 * n * _LOG_2PI + 0.5 * logdet_p + 0.5 * logdet_p0 - 0.5 * _logdet_chol(L, xp) - 0.5 * q
 
 
 def fit_blr(design, prior_precision=None, prior_mean=None, noise_var=1.0) -> GaussianPosterior:
@@ -313,11 +331,11 @@ def fit_blr(design, prior_precision=None, prior_mean=None, noise_var=1.0) -> Gau
         raise JaxiapInputError("fit_blr takes a scalar noise_var; give energy and force rows their "
                                "relative precision through the row weights (see reweight)")
     nv = _noise_vars(noise_var)
-    Lam, b = _gaussian_system(ne, None if P0 is None else jnp.asarray(P0), m0, nv)
+    Lam, b = _gaussian_system(ne, P0, m0, nv)
     L = _checked_cholesky(Lam, "the posterior precision S0^-1 + A^T W A / noise_var",
                           _FLAT_FIX if P0 is None else "increase the prior precision")
-    mn = jsl.cho_solve((L, True), b)
-    return GaussianPosterior(mn, _inv_factor(L), jnp.asarray(nv[0]), kind="blr")
+    mn = sla.cho_solve((L, True), b)
+    return GaussianPosterior(jnp.asarray(mn), jnp.asarray(_inv_factor(L)), jnp.asarray(nv[0]), kind="blr")
 
 
 def log_evidence_blr(design, prior_precision, noise_var, prior_mean=None) -> float:
@@ -333,30 +351,23 @@ def log_evidence_blr(design, prior_precision, noise_var, prior_mean=None) -> flo
     k = ne.n_features
     if prior_precision is None:
         raise JaxiapInputError("the evidence needs a proper prior: pass prior_precision (scalar, (K,) or (K, K))")
-    P0 = jnp.asarray(prior_precision_matrix(prior_precision, k))
+    P0 = prior_precision_matrix(prior_precision, k)
     m0 = _prior_mean(prior_mean, k)
     nv = _noise_vars(noise_var)
     Lam, b = _gaussian_system(ne, P0, m0, nv)
     L = _checked_cholesky(Lam, "the posterior precision", "increase the prior precision")
-    mn = jsl.cho_solve((L, True), b)
+    mn = sla.cho_solve((L, True), b)
     q = _blr_quadratic(ne, P0, m0, nv, mn, dm)
     return float(_evidence_known_terms(ne, P0, nv, L, q))
 
 
-def _evidence_known_terms(ne, P0, nv, L, q):
-    n = jnp.sum(ne.n_rows)
-    logdet_p = jnp.sum(ne.sum_log_w - ne.n_rows * jnp.log(nv))
-    logdet_p0 = _logdet_chol(jnp.linalg.cholesky(P0))
-    return -0.5 * n * _LOG_2PI + 0.5 * logdet_p + 0.5 * logdet_p0 - 0.5 * _logdet_chol(L) - 0.5 * q
-
-
 def _log_evidence_known_pure(ne: NormalEquations, noise_vars, P0, m0):
     """Jittable, differentiable known-noise log evidence from statistics (no checks)."""
-    Lam, b = _gaussian_system(ne, P0, m0, noise_vars)
+    Lam, b = _gaussian_system(ne, P0, m0, noise_vars, jnp)
     L = jnp.linalg.cholesky(Lam)
     mn = jsl.cho_solve((L, True), b)
-    q = _blr_quadratic(ne, P0, m0, noise_vars, mn, None)
-    return _evidence_known_terms(ne, P0, noise_vars, L, q)
+    q = _blr_quadratic(ne, P0, m0, noise_vars, mn, None, jnp)
+    return _evidence_known_terms(ne, P0, noise_vars, L, q, jnp)
 
 
 # ---------------------------------------------------------------------------
@@ -369,13 +380,11 @@ def _nig_system(ne, a0, b0, L0, mu0, design):
     Ln, b = t.AtWA, t.AtWy
     if L0 is not None:
         Ln, b = Ln + L0, b + L0 @ mu0
-    L = _checked_cholesky(0.5 * (Ln + Ln.T), "the NIG posterior precision Ln = A^T W A + L0",
+    L = _checked_cholesky(Ln, "the NIG posterior precision Ln = A^T W A + L0",
                           _FLAT_FIX if L0 is None else "increase L0")
-    mun = jsl.cho_solve((L, True), b)
-    q = _blr_quadratic(ne, L0, mu0, jnp.ones(N_KINDS), mun, design)
-    an = a0 + 0.5 * t.n_rows
-    bn = b0 + 0.5 * q
-    return L, mun, an, bn
+    mun = sla.cho_solve((L, True), b)
+    q = _blr_quadratic(ne, L0, mu0, np.ones(N_KINDS), mun, design)
+    return L, mun, a0 + 0.5 * float(t.n_rows), b0 + 0.5 * float(q)
 
 
 def _nig_inputs(ne, a0, b0, L0, mu0, proper: bool):
@@ -389,7 +398,7 @@ def _nig_inputs(ne, a0, b0, L0, mu0, proper: bool):
         if not np.isfinite(v) or v < lo or (proper and v <= 0):
             raise JaxiapInputError(f"{name} must be finite and {'> 0' if proper else '>= 0'} "
                                    f"(inverse-gamma prior IG(a0, b0) on the noise variance), got {v}")
-    return float(a0), float(b0), None if P is None else jnp.asarray(P), _prior_mean(mu0, k, "mu0")
+    return float(a0), float(b0), P, _prior_mean(mu0, k, "mu0")
 
 
 def fit_nig(design, a0=None, b0=0.0, L0=None, mu0=None) -> StudentTPosterior:
@@ -409,14 +418,15 @@ def fit_nig(design, a0=None, b0=0.0, L0=None, mu0=None) -> StudentTPosterior:
     ne, dm = _as_stats(design)
     a0, b0, L0, mu0 = _nig_inputs(ne, a0, b0, L0, mu0, proper=False)
     L, mun, an, bn = _nig_system(ne, a0, b0, L0, mu0, dm)
-    if float(an) <= 0:
-        raise SingularSystemError(f"NIG posterior shape an = a0 + N/2 = {float(an):g} <= 0: need more weighted "
+    if an <= 0:
+        raise SingularSystemError(f"NIG posterior shape an = a0 + N/2 = {an:g} <= 0: need more weighted "
                                   "rows than coefficients (flat prior) or a larger a0")
-    if float(bn) <= 0:
+    if bn <= 0:
         raise SingularSystemError("NIG posterior scale bn <= 0: the data are fitted exactly; pass b0 > 0 "
                                   "(a prior guess of the noise variance times a0)")
     s2 = bn / an
-    return StudentTPosterior(mun, jnp.sqrt(s2) * _inv_factor(L), 2 * an, s2, kind="nig")
+    return StudentTPosterior(jnp.asarray(mun), jnp.asarray(np.sqrt(s2) * _inv_factor(L)),
+                             jnp.asarray(2 * an), jnp.asarray(s2), kind="nig")
 
 
 def log_evidence_nig(design, a0, b0, L0, mu0=None) -> float:
@@ -430,8 +440,8 @@ def log_evidence_nig(design, a0, b0, L0, mu0=None) -> float:
     L, mun, an, bn = _nig_system(ne, a0, b0, L0, mu0, dm)
     t = ne.total()
     return float(0.5 * t.sum_log_w - 0.5 * t.n_rows * _LOG_2PI
-                 + 0.5 * _logdet_chol(jnp.linalg.cholesky(L0)) - 0.5 * _logdet_chol(L)
-                 + gammaln(an) - gammaln(a0) + a0 * np.log(b0) - an * jnp.log(bn))
+                 + 0.5 * _logdet_chol(np.linalg.cholesky(L0)) - 0.5 * _logdet_chol(L)
+                 + gammaln(an) - gammaln(a0) + a0 * np.log(b0) - an * np.log(bn))
 
 
 # ---------------------------------------------------------------------------
@@ -445,7 +455,7 @@ class TypeIIResult(NamedTuple):
     sigma_energy^2 when there are no force rows), on the design whose energy
     rows are re-weighted by noise_var / sigma_energy^2 (``design``; None when
     the input was NormalEquations), so ``posterior.predict(rows, design.w)``
-    adds the right noise per row. grad_norm: |d log p / d log(params)| / N.
+    adds the right noise per row. grad_norm: |d (log p / N) / d log(params)|.
     """
 
     sigma_energy: float
@@ -460,7 +470,7 @@ class TypeIIResult(NamedTuple):
 
 def _initial_hyperparameters(ne: NormalEquations) -> np.ndarray:
     """(sigma_E, sigma_F, prior_scale) from a lightly ridged fit: per-kind residual RMS."""
-    G, h, yy, n = (np.asarray(v) for v in (ne.AtWA, ne.AtWy, ne.ytWy, ne.n_rows))
+    G, h, yy, n = ne.AtWA, ne.AtWy, ne.ytWy, ne.n_rows
     Gt, k = G.sum(0), G.shape[-1]
     c = np.linalg.solve(Gt + (1e-8 * np.trace(Gt) / k + 1e-300) * np.eye(k), h.sum(0))
     rss = yy - 2 * h @ c + np.einsum("k,gkl,l->g", c, G, c)
@@ -468,6 +478,19 @@ def _initial_hyperparameters(ne: NormalEquations) -> np.ndarray:
     sig = np.sqrt(np.maximum(rss / nn, 1e-12 * yy / nn + 1e-300))
     sig = np.where(n > 0, sig, 1.0)
     return np.array([sig[0], sig[1], max(float(np.sqrt(np.mean(c**2))), 1e-12)])
+
+
+def _pad_features(ne: NormalEquations, m0, bucket: int = 8):
+    """Zero-pad K to a multiple of ``bucket`` so type-II compiles once per bucket.
+
+    A padded coefficient has no data and the same N(0, prior_scale^2) prior, so
+    its terms in log|S0^-1| and log|Lambda| cancel: the evidence is unchanged.
+    """
+    k = ne.n_features
+    kp = bucket * -(-k // bucket)
+    p = kp - k
+    return NormalEquations(np.pad(ne.AtWA, ((0, 0), (0, p), (0, p))), np.pad(ne.AtWy, ((0, 0), (0, p))),
+                           ne.ytWy, ne.n_rows, ne.sum_log_w), np.pad(m0, (0, p))
 
 
 def _type2_loss(theta, ne: NormalEquations, m0, n_total):
@@ -481,59 +504,59 @@ _LBFGS = optax.lbfgs(linesearch=optax.scale_by_backtracking_linesearch(max_backt
 
 @jax.jit
 def _type2_step(theta, state, ne, m0, n_total):
-    """One L-BFGS step; returns (new theta, state, |grad| at the old theta)."""
+    """One L-BFGS step; returns (new theta, state, loss and |grad| at the old theta)."""
     f = lambda t: _type2_loss(t, ne, m0, n_total)
     value, grad = jax.value_and_grad(f)(theta)
     updates, state = _LBFGS.update(grad, state, theta, value=value, grad=grad, value_fn=f)
-    return optax.apply_updates(theta, updates), state, jnp.linalg.norm(grad)
+    return optax.apply_updates(theta, updates), state, value, jnp.linalg.norm(grad)
 
 
-_type2_value_and_grad = jax.jit(jax.value_and_grad(_type2_loss))
-
-
-def optimize_hyperparameters(design, init=None, steps: int = 500, tol: float = 1e-9,
+def optimize_hyperparameters(design, init=None, steps: int = 500, tol: float = 1e-8,
                              prior_mean=None) -> TypeIIResult:
     """Type-II ML: maximise the known-noise log evidence over
-    theta = log(sigma_energy, sigma_force, prior_scale) with optax L-BFGS.
+    theta = log(sigma_energy, sigma_force, prior_scale) with optax L-BFGS
+    (backtracking line search), jitted once per 8-wide bucket of K.
 
     design: DesignMatrix or NormalEquations. Energy rows get noise variance
     sigma_energy^2 / w_r, force rows sigma_force^2 / w_r (the dataset's w stays a
     relative weight); the prior is c ~ N(prior_mean, prior_scale^2 I).
     init: (sigma_energy, sigma_force, prior_scale), default from the per-kind
-    residual RMS of a lightly ridged fit. Stops when |d (log p / N) / d theta| < tol.
+    residual RMS of a lightly ridged fit. Stops when |d (log p / N) / d theta| < tol
+    or a step no longer moves theta (float64 round-off).
     A kind without rows keeps its initial sigma (its gradient is 0).
     """
     ne, dm = _as_stats(design)
     k = ne.n_features
     m0 = _prior_mean(prior_mean, k)
-    n_total = jnp.asarray(max(float(np.sum(np.asarray(ne.n_rows))), 1.0))
+    n_total = max(float(np.sum(ne.n_rows)), 1.0)
     x0 = _initial_hyperparameters(ne) if init is None else np.asarray(init, np.float64)
     if x0.shape != (3,) or not np.isfinite(x0).all() or (x0 <= 0).any():
         raise JaxiapInputError(f"init must be three positive numbers (sigma_energy, sigma_force, "
                                f"prior_scale), got {init}")
     if steps < 1:
         raise JaxiapInputError(f"steps must be >= 1, got {steps}")
+    ne_p, m0_p = _pad_features(ne, m0)
+    args = (NormalEquations(*(jnp.asarray(v) for v in ne_p)), jnp.asarray(m0_p), jnp.asarray(n_total))
     theta = jnp.log(jnp.asarray(x0))
     state = _LBFGS.init(theta)
     n_steps = steps
     for i in range(steps):
-        new, state, g = _type2_step(theta, state, ne, m0, n_total)  # g: |grad| at theta
+        new, state, value, g = _type2_step(theta, state, *args)  # value, |grad| at theta
         if not np.isfinite(float(g)):
             raise SingularSystemError("the evidence became non-finite during type-II optimisation; "
                                       "pass an explicit init or check the design for duplicate columns")
-        if float(g) < tol:
+        if float(g) < tol or np.array_equal(np.asarray(new), np.asarray(theta)):
             n_steps = i
             break
         theta = new
-    value, grad = _type2_value_and_grad(theta, ne, m0, n_total)
-    sig_e, sig_f, scale = (float(v) for v in jnp.exp(theta))
-    ref = sig_f**2 if float(ne.n_rows[FORCE_ROW]) > 0 else sig_e**2
-    factor = jnp.asarray([ref / sig_e**2, ref / sig_f**2])
-    rdm = None if dm is None else dm._replace(w=jnp.asarray(dm.w) * factor[jnp.asarray(dm.kind)])
+    _, _, value, g = _type2_step(theta, state, *args)
+    sig_e, sig_f, scale = (float(v) for v in np.exp(np.asarray(theta)))
+    ref = sig_f**2 if ne.n_rows[FORCE_ROW] > 0 else sig_e**2
+    factor = np.array([ref / sig_e**2, ref / sig_f**2])
+    rdm = None if dm is None else dm._replace(w=jnp.asarray(np.asarray(dm.w) * factor[np.asarray(dm.kind)]))
     post = fit_blr(ne.scale_kinds(factor) if rdm is None else rdm,
                    prior_precision=1 / scale**2, prior_mean=m0, noise_var=ref)
-    return TypeIIResult(sig_e, sig_f, scale, -float(value) * float(n_total),
-                        float(jnp.linalg.norm(grad)), n_steps, post, rdm)
+    return TypeIIResult(sig_e, sig_f, scale, -float(value) * n_total, float(g), n_steps, post, rdm)
 
 
 # ---------------------------------------------------------------------------
