@@ -1,5 +1,12 @@
 """Inference: every solver returns an object of the Posterior protocol."""
 
-from jaxiap.inference.posterior import GaussianPosterior, Posterior, Prediction
+from jaxiap.inference.posterior import (
+    GaussianPosterior,
+    Posterior,
+    Prediction,
+    SamplePosterior,
+    StudentTPosterior,
+    load_posterior,
+)
 
-__all__ = ["Posterior", "GaussianPosterior", "Prediction"]
+__all__ = ["Posterior", "GaussianPosterior", "StudentTPosterior", "SamplePosterior", "Prediction", "load_posterior"]

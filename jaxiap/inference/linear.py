@@ -26,7 +26,7 @@ statistics' y^T W y - b^T Lambda^-1 b, which cancels when the fit is close).
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, NamedTuple
+from typing import Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -144,10 +144,12 @@ def stats_arrays(A, y, w, kind):
     """Pure-JAX NormalEquations of rows A (R, K), y (R,), w (R,), kind (R,).
 
     Rows with w <= 0 contribute nothing. Returns (NormalEquations, n_bad) with
-    n_bad the number of rows holding NaN/inf or a negative weight (those rows
-    are left out; jit-, vmap- and shard_map-safe).
+    n_bad the number of rows holding NaN/inf, a negative weight or a kind other
+    than ENERGY_ROW / FORCE_ROW (those rows are left out; jit-, vmap- and
+    shard_map-safe).
     """
-    bad = ~(jnp.all(jnp.isfinite(A), axis=1) & jnp.isfinite(y) & jnp.isfinite(w)) | (w < 0)
+    finite = jnp.all(jnp.isfinite(A), axis=1) & jnp.isfinite(y) & jnp.isfinite(w)
+    bad = ~finite | (w < 0) | ((kind != ENERGY_ROW) & (kind != FORCE_ROW))
     pos = (w > 0) & ~bad
     onehot = (kind[None, :] == jnp.arange(N_KINDS)[:, None]) & pos[None, :]  # (2, R)
     wk = jnp.where(onehot, w[None, :], 0.0).astype(A.dtype)
@@ -166,8 +168,11 @@ _stats_jit = jax.jit(stats_arrays)
 
 
 def normal_equations(design: DesignMatrix) -> NormalEquations:
-    """In-memory NormalEquations of a whole design (checked for NaN / negative weights)."""
+    """In-memory NormalEquations of a whole design (checked for NaN / negative weights / kinds)."""
     _check_design(design)
+    kinds = np.unique(np.asarray(design.kind))
+    if not np.isin(kinds, (ENERGY_ROW, FORCE_ROW)).all():
+        raise JaxiapInputError(f"design.kind holds {kinds.tolist()}; rows must be ENERGY_ROW (0) or FORCE_ROW (1)")
     A = jnp.asarray(design.A, jnp.float64)
     return _stats_jit(A, jnp.asarray(design.y, A.dtype), jnp.asarray(design.w, A.dtype),
                       jnp.asarray(design.kind))[0]
