@@ -23,10 +23,12 @@ dt = 0.005 tau, every cluster starting from the quenched icosahedron
   the box, ``thermo_modify lost ignore``), ``fix nve`` +
   ``fix langevin 0.3 0.3 1.0``. Double precision.
 
-Protocol, the same for every engine: one *first call* of ``steps`` steps
-(equilibration; for jax-md preceded by an explicit ahead-of-time compile),
-then ``--repeats`` timed *steady-state* calls of ``steps`` steps each,
-continuing the trajectory. Throughput uses the fastest steady call:
+Protocol, the same for every engine: equilibrate for at least
+EQUILIBRATION_STEPS (4 tau) in calls of ``steps`` steps (for jax-md the first
+call is preceded by an explicit ahead-of-time compile), then make
+``--repeats`` timed *steady-state* calls of ``steps`` steps each, continuing
+the trajectory. Throughput uses the fastest steady call (the machine may be
+shared; the load average is printed at the start and the end):
 R * steps / seconds (cluster-steps/s), and 13 times that (atom-steps/s).
 "compile s" is the jax ``lower().compile()`` time; "first call s" is compile
 plus the first execution, i.e. what the first call of a plain ``jit``
@@ -35,7 +37,7 @@ function costs.
 <T> is the kinetic temperature 2 KE / (3N) (3N degrees of freedom, no
 centre-of-mass correction) averaged over every steady-state step and
 replica. It reaches ~0.30 only after ~10 tau, because melting the
-icosahedron takes up energy; for large R, where the calls are short, every
+icosahedron takes up energy; for large R, where the runs are short, every
 engine reads the same lower value at the same R, and that agreement is the
 apples-to-apples check.
 
@@ -59,7 +61,7 @@ N_ATOMS = 13
 KT = 0.30
 GAMMA = 1.0
 DT = 0.005
-MIN_STEPS = 400  # 2 tau: the first call (equilibration) runs at least this long
+EQUILIBRATION_STEPS = 800  # 4 tau before the timed calls
 ASE_CUTOFF = 50.0  # effectively no cutoff (ASE's default rc=3 shifts the energy)
 LAMMPS_CUTOFF = 3.0
 LAMMPS_SPACING = 8.0  # cluster radius ~1.1 + cutoff 3.0 + margin for drift: copies do not interact
@@ -94,7 +96,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=None,
                    help="steps per call for jax-md and LAMMPS at every R (default: per R, see default_steps)")
     p.add_argument("--ase-steps", type=int, default=2000, help="steps per call for ASE")
-    p.add_argument("--repeats", type=int, default=3, help="timed steady-state calls; the fastest counts")
+    p.add_argument("--repeats", type=int, default=5, help="timed steady-state calls; the fastest counts")
     p.add_argument("--x64", action="store_true", help="run jax-md in float64 (default float32)")
     p.add_argument("--devices", type=int, default=min(2, os.cpu_count() or 1),
                    help="also run jax-md sharded over this many host CPU devices (1: no sharded rows)")
@@ -118,9 +120,14 @@ def configure_environment(args: argparse.Namespace) -> None:
 
 
 def default_steps(replicas: int) -> int:
-    """Steps per call: ~2e5 cluster-steps, clamped to [MIN_STEPS, 50000], a multiple of 100."""
-    steps = min(50000, max(MIN_STEPS, int(2.0e5 / replicas)))
+    """Steps per call: ~2e5 cluster-steps (~0.1-5 s), 100 to 50000, a multiple of 100."""
+    steps = min(50000, max(100, int(2.0e5 / replicas)))
     return int(math.ceil(steps / 100) * 100)
+
+
+def equilibration_calls(steps: int) -> int:
+    """Calls of ``steps`` steps that cover EQUILIBRATION_STEPS (at least one)."""
+    return max(1, math.ceil(EQUILIBRATION_STEPS / steps))
 
 
 def start_positions() -> np.ndarray:
@@ -202,8 +209,10 @@ def bench_jaxmd(replicas, steps, repeats, positions, seed, n_devices=1) -> Row:
     t = time.perf_counter()
     compiled = run.lower(state).compile()
     compile_s = time.perf_counter() - t
-    state, _ = jax.block_until_ready(compiled(state))  # equilibration
+    state, _ = jax.block_until_ready(compiled(state))
     first_call_s = time.perf_counter() - t
+    for _ in range(equilibration_calls(steps) - 1):
+        state, _ = compiled(state)
 
     def advance():
         nonlocal state
@@ -232,7 +241,7 @@ def bench_ase(steps: int, repeats: int, positions: np.ndarray, seed: int) -> Row
     # ASE's time unit is A sqrt(amu/eV) = tau here, so timestep and friction (1/time) need no
     # conversion; temperature_K = kT / kB with kT in eV = epsilon.
     dyn = Langevin(atoms, timestep=DT, temperature_K=KT / units.kB, friction=GAMMA, fixcm=False, rng=rng)
-    dyn.run(steps)  # equilibration
+    dyn.run(steps * equilibration_calls(steps))
 
     temps = []
     dyn.attach(lambda: temps.append(2 * atoms.get_kinetic_energy() / (3 * N_ATOMS)), interval=1)
@@ -303,7 +312,7 @@ def bench_lammps(lammps, replicas: int, steps: int, repeats: int, positions: np.
     try:
         coords, box = cluster_grid(positions, replicas, LAMMPS_SPACING)
         lammps_setup(lmp, coords, box, seed)
-        lmp.command(f"run {steps}")  # equilibration
+        lmp.command(f"run {steps * equilibration_calls(steps)}")
         total = steps * repeats  # fix ave/time reports the mean over all steady steps, at the end
         lmp.commands_string(f"""
             reset_timestep 0

@@ -33,13 +33,15 @@ __all__ = ["NUTSResult", "SVIResult", "run_nuts", "run_svi", "to_arviz", "summar
            "latent_site_names", "design_arrays"]
 
 
-def design_arrays(design, y=None, w=None, name: str = "design"):
+def design_arrays(design, y=None, w=None, name: str = "design", drop_zero_weight: bool = True):
     """(A (N, K), y (N,), w (N,)) float64 numpy arrays of the rows with w > 0.
 
     ``design`` is a ``DesignMatrix`` (anything with ``.A, .y, .w``) or a plain
     A (R, K) array given together with ``y`` (R,) and optional ``w`` (R,)
     (default ones). Rows with zero weight are dropped; NaN/inf or negative
-    weights raise ``JaxiapInputError``.
+    weights raise ``JaxiapInputError``. With ``drop_zero_weight=False`` all
+    rows are returned (callers mask w = 0 rows themselves, keeping shapes
+    fixed so compiled code is reused when only the weights change).
     """
     if hasattr(design, "A") and hasattr(design, "y"):
         if y is not None or w is not None:
@@ -63,6 +65,8 @@ def design_arrays(design, y=None, w=None, name: str = "design"):
     keep = w > 0
     if not keep.any():
         raise JaxiapInputError(f"{name}: every row has zero weight; nothing to fit")
+    if not drop_zero_weight:
+        return A, y, w
     return A[keep], y[keep], w[keep]
 
 

@@ -78,7 +78,7 @@ import math
 import os
 import sys
 import warnings
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -94,6 +94,8 @@ __all__ = [
     "load_frt_result",
     "auto_chunk_size",
     "replica_key",
+    "fire_quench_fn",
+    "frt_chunk_fn",
 ]
 
 # Outcome codes (same values as jaxiap.md.qoi; repeated here so that this
@@ -147,11 +149,16 @@ class FRTSettings:
         ``"graph"`` (labelled bond graph, default), ``"energy"``
         (|E_IS - E0| > e_tol) or ``"n12"``.
     e_tol: energy tolerance of the ``"energy"`` criterion (energy).
-    fmax: FIRE stops when max |F| < fmax (energy/length). 1e-3 keeps the
-        quenched energy within ~1e-6 eps of the minimum for LJ13 (basins
-        differ by >= 0.027 eps) at a fraction of the steps 1e-6 needs.
+    fmax: FIRE stops when max |F| < fmax (energy/length). For LJ13 snapshots
+        at kT 0.3, fmax 1e-3 and 1e-2 found the same basins (graph and
+        energy to 1e-3) as 1e-6, with ~40% fewer FIRE steps than 1e-6.
     quench_max_steps: FIRE step cap per check quench (the reference quench
         gets 10x this). An unconverged check quench makes no EVENT decision.
+    fire_dt_start, fire_dt_max: FIRE's initial and maximal step (time).
+        jax-md's defaults (0.1, 0.4) are far too large for LJ in reduced
+        units: they fling thermal LJ13 snapshots apart (251 of 256 kT = 0.3
+        snapshots ended in the wrong basin); with (0.01, 0.05) 253 of 256
+        matched L-BFGS (gtol 1e-10) inherent structures.
     energy_bins: (lo, hi, nbins) of the potential-energy histogram (energy);
         the default suits LJ13 in reduced units. Samples outside [lo, hi]
         are counted in ``n_outside``.
@@ -176,6 +183,8 @@ class FRTSettings:
     e_tol: float = 1e-3
     fmax: float = 1e-3
     quench_max_steps: int = 2000
+    fire_dt_start: float = 0.01
+    fire_dt_max: float = 0.05
     energy_bins: tuple = (-46.0, -26.0, 200)
     sample_every: int = 10
     explode_energy: float = 1.0e3
@@ -187,7 +196,7 @@ class FRTSettings:
             raise JaxiapInputError(f"FRTSettings: {name}={getattr(self, name)!r} {why}")
 
         for name in ("kT", "gamma", "dt", "t_max", "r_b", "r_evap", "e_tol", "fmax",
-                     "explode_energy", "explode_distance"):
+                     "fire_dt_start", "fire_dt_max", "explode_energy", "explode_distance"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 bad(name, "must be a positive finite number")
@@ -254,6 +263,37 @@ def replica_key(base_seed, seed):
     return jax.random.fold_in(jax.random.key(base_seed), seed)
 
 
+def fire_quench_fn(energy_fn: Callable, fmax: float, max_steps: int, dt_start: float = 0.01,
+                   dt_max: float = 0.05):
+    """FIRE minimiser (jax-md ``minimize.fire_descent``) in a ``lax.while_loop``.
+
+    Like :func:`jaxiap.md.quench.fire_quench_fn` but with FIRE's step sizes
+    exposed (see :class:`FRTSettings` for why they matter).
+    energy_fn(positions, **kwargs) -> scalar. Returns ``run(positions (N, 3),
+    **kwargs) -> (positions (N, 3), max |F|, int32 steps)``; jittable, vmappable.
+    """
+    from jax_md import minimize, space
+
+    _, shift_fn = space.free()
+    init_fn, apply_fn = minimize.fire_descent(energy_fn, shift_fn, dt_start=dt_start, dt_max=dt_max)
+
+    def run(positions, **kwargs):
+        state = init_fn(positions, **kwargs)
+
+        def cond(carry):
+            st, i = carry
+            return (jnp.max(jnp.abs(st.force)) >= fmax) & (i < max_steps)
+
+        def body(carry):
+            st, i = carry
+            return apply_fn(st, **kwargs), i + 1
+
+        state, n = jax.lax.while_loop(cond, body, (state, jnp.zeros((), jnp.int32)))
+        return state.position, jnp.max(jnp.abs(state.force)), n
+
+    return run
+
+
 def frt_replica_fn(energy_fn: Callable, settings: FRTSettings = FRTSettings()):
     """Build the FRT computation of ONE replica.
 
@@ -283,10 +323,31 @@ def frt_replica_fn(energy_fn: Callable, settings: FRTSettings = FRTSettings()):
     quench_unconverged: int32 check quenches that hit quench_max_steps.
     ref_max_force: max |F| after the reference quench (should be < fmax).
     """
+    parts = _frt_parts(energy_fn, settings)
+
+    def replica(coefficients, key, start_positions, reference_positions=None):
+        start = jnp.asarray(start_positions)
+        ref_in = start if reference_positions is None else jnp.asarray(reference_positions, start.dtype)
+        carry = parts.init(coefficients, key, start, parts.reference(coefficients, ref_in))
+        carry = jax.lax.while_loop(parts.alive, lambda c: parts.block(c, coefficients), carry)
+        return parts.finalize(carry)
+
+    return replica
+
+
+class _Parts(NamedTuple):
+    reference: Callable  # (coefficients, positions) -> ref dict
+    init: Callable  # (coefficients, key, start, ref) -> carry
+    block: Callable  # (carry, coefficients) -> carry
+    alive: Callable  # carry -> bool
+    finalize: Callable  # carry -> outputs dict
+
+
+def _frt_parts(energy_fn: Callable, settings: FRTSettings) -> _Parts:
+    """The pieces of one replica's FRT pass, shared by :func:`frt_replica_fn` and :func:`frt_chunk_fn`."""
     from jax_md import simulate, space
 
     from jaxiap.md import qoi
-    from jaxiap.md.quench import fire_quench_fn
 
     s = settings
     lo, hi, nbins = float(s.energy_bins[0]), float(s.energy_bins[1]), int(s.energy_bins[2])
@@ -298,25 +359,24 @@ def frt_replica_fn(energy_fn: Callable, settings: FRTSettings = FRTSettings()):
 
     _, shift_fn = space.free()
     init_fn, step_fn = simulate.nvt_langevin(energy, shift_fn, dt=s.dt, kT=s.kT, gamma=s.gamma)
-    quench_ref = fire_quench_fn(energy, fmax=s.fmax, max_steps=10 * s.quench_max_steps)
-    quench = fire_quench_fn(energy, fmax=s.fmax, max_steps=s.quench_max_steps)
+    fire = dict(fmax=s.fmax, dt_start=s.fire_dt_start, dt_max=s.fire_dt_max)
+    quench_ref = fire_quench_fn(energy, max_steps=10 * s.quench_max_steps, **fire)
+    quench = fire_quench_fn(energy, max_steps=s.quench_max_steps, **fire)
 
-    def replica(coefficients, key, start_positions, reference_positions=None):
-        start = jnp.asarray(start_positions)
-        dtype = start.dtype
-        ref_in = start if reference_positions is None else jnp.asarray(reference_positions, dtype)
-
-        rq, ref_f, _ = quench_ref(ref_in, coefficients=coefficients)
+    def reference(coefficients, positions):
+        rq, ref_f, _ = quench_ref(positions, coefficients=coefficients)
         e0 = energy(rq, coefficients)
-        reference = qoi.basin_reference(rq, e0, s.r_b)
-        state = init_fn(key, start, mass=jnp.ones((), dtype), coefficients=coefficients)
+        return dict(basin=qoi.basin_reference(rq, e0, s.r_b), e0=e0, ref_f=ref_f)
 
+    def init(coefficients, key, start, ref):
+        dtype = start.dtype
         zero_i = jnp.zeros((), jnp.int32)
-        carry0 = dict(
-            state=state,
+        return dict(
+            state=init_fn(key, start, mass=jnp.ones((), dtype), coefficients=coefficients),
+            ref=ref,
             block=zero_i,
             code=zero_i,
-            e_last=e0,
+            e_last=ref["e0"],
             hist=jnp.zeros(nbins, jnp.int32),
             n_samples=zero_i,
             n_outside=zero_i,
@@ -325,60 +385,61 @@ def frt_replica_fn(energy_fn: Callable, settings: FRTSettings = FRTSettings()):
             unconverged=zero_i,
         )
 
-        def md_block(state):
-            def inner(st, _):
-                st = jax.lax.fori_loop(
-                    0, s.sample_every, lambda _, x: step_fn(x, coefficients=coefficients), st
-                )
-                return st, energy(st.position, coefficients)
+    def alive(c):
+        return (c["code"] == CENSORED) & (c["block"] < n_checks)
 
-            return jax.lax.scan(inner, state, None, length=n_inner)
+    def md_block(state, coefficients):
+        def inner(st, _):
+            st = jax.lax.fori_loop(0, s.sample_every, lambda _, x: step_fn(x, coefficients=coefficients), st)
+            return st, energy(st.position, coefficients)
 
-        def cond(c):
-            return (c["code"] == CENSORED) & (c["block"] < n_checks)
+        return jax.lax.scan(inner, state, None, length=n_inner)
 
-        def body(c):
-            state, es = md_block(c["state"])
-            pos = state.position
-            rq, fq, nq = quench(pos, coefficients=coefficients)
-            eq = energy(rq, coefficients)
-            converged = fq < s.fmax
+    def block(c, coefficients):
+        e0 = c["ref"]["e0"]
+        state, es = md_block(c["state"], coefficients)
+        pos = state.position
+        rq, fq, nq = quench(pos, coefficients=coefficients)
+        eq = energy(rq, coefficients)
+        converged = fq < s.fmax
 
-            finite = (
-                jnp.all(jnp.isfinite(es)) & jnp.all(jnp.isfinite(pos))
-                & jnp.all(jnp.isfinite(state.momentum)) & jnp.isfinite(e0)
-            )
-            com = jnp.mean(pos, axis=0)
-            exploded = (
-                ~finite
-                | jnp.any(jnp.abs(es - e0) > s.explode_energy)
-                | jnp.any(jnp.sum((pos - com) ** 2, axis=-1) > s.explode_distance**2)
-            )
-            evap = qoi.evaporated(pos, r_evap=s.r_evap)
-            changed = converged & jnp.isfinite(eq) & qoi.basin_changed(
-                s.criterion, reference, rq, eq, s.r_b, s.e_tol
-            )
-            code = jnp.where(
-                exploded, FAILED, jnp.where(evap, EVAPORATED, jnp.where(changed, EVENT, CENSORED))
-            ).astype(jnp.int32)
+        finite = (
+            jnp.all(jnp.isfinite(es)) & jnp.all(jnp.isfinite(pos))
+            & jnp.all(jnp.isfinite(state.momentum)) & jnp.isfinite(e0)
+        )
+        com = jnp.mean(pos, axis=0)
+        exploded = (
+            ~finite
+            | jnp.any(jnp.abs(es - e0) > s.explode_energy)
+            | jnp.any(jnp.sum((pos - com) ** 2, axis=-1) > s.explode_distance**2)
+        )
+        evap = qoi.evaporated(pos, r_evap=s.r_evap)
+        changed = converged & jnp.isfinite(eq) & qoi.basin_changed(
+            s.criterion, c["ref"]["basin"], rq, eq, s.r_b, s.e_tol
+        )
+        code = jnp.where(
+            exploded, FAILED, jnp.where(evap, EVAPORATED, jnp.where(changed, EVENT, CENSORED))
+        ).astype(jnp.int32)
 
-            keep = ~exploded  # samples of a failed block are discarded
-            n_in = jnp.sum((es >= lo) & (es <= hi), dtype=jnp.int32)
-            block_hist = qoi.energy_histogram(es, nbins, (lo, hi))
-            return dict(
-                state=state,
-                block=c["block"] + 1,
-                code=code,
-                e_last=eq,
-                hist=c["hist"] + jnp.where(keep, block_hist, 0),
-                n_samples=c["n_samples"] + jnp.where(keep, n_inner, 0).astype(jnp.int32),
-                n_outside=c["n_outside"] + jnp.where(keep, n_inner - n_in, 0).astype(jnp.int32),
-                e_sum=c["e_sum"] + jnp.where(keep, jnp.sum(es), 0.0),
-                quench_steps=c["quench_steps"] + nq.astype(jnp.int32),
-                unconverged=c["unconverged"] + (~converged).astype(jnp.int32),
-            )
+        keep = ~exploded  # the samples of a failed block are discarded
+        n_in = jnp.sum((es >= lo) & (es <= hi), dtype=jnp.int32)
+        block_hist = qoi.energy_histogram(es, nbins, (lo, hi))
+        return dict(
+            state=state,
+            ref=c["ref"],
+            block=c["block"] + 1,
+            code=code,
+            e_last=eq,
+            hist=c["hist"] + jnp.where(keep, block_hist, 0),
+            n_samples=c["n_samples"] + jnp.where(keep, n_inner, 0).astype(jnp.int32),
+            n_outside=c["n_outside"] + jnp.where(keep, n_inner - n_in, 0).astype(jnp.int32),
+            e_sum=c["e_sum"] + jnp.where(keep, jnp.sum(es), 0.0),
+            quench_steps=c["quench_steps"] + nq.astype(jnp.int32),
+            unconverged=c["unconverged"] + (~converged).astype(jnp.int32),
+        )
 
-        c = jax.lax.while_loop(cond, body, carry0)
+    def finalize(c):
+        dtype = c["e_sum"].dtype
         time = c["block"].astype(dtype) * jnp.asarray(s.n_q * s.dt, dtype)
         mean_e = jnp.where(
             c["n_samples"] > 0, c["e_sum"] / jnp.maximum(c["n_samples"], 1).astype(dtype), jnp.nan
@@ -386,7 +447,7 @@ def frt_replica_fn(energy_fn: Callable, settings: FRTSettings = FRTSettings()):
         return dict(
             time=time,
             code=c["code"],
-            e0=e0,
+            e0=c["ref"]["e0"],
             e_last=c["e_last"],
             n_checks=c["block"],
             energy_hist=c["hist"],
@@ -395,10 +456,98 @@ def frt_replica_fn(energy_fn: Callable, settings: FRTSettings = FRTSettings()):
             mean_energy=mean_e,
             quench_steps=c["quench_steps"],
             quench_unconverged=c["unconverged"],
-            ref_max_force=ref_f,
+            ref_max_force=c["ref"]["ref_f"],
         )
 
-    return replica
+    return _Parts(reference, init, block, alive, finalize)
+
+
+def _select(mask, new, old):
+    """Per-lane select over a batched PyTree: leaf[i] = new[i] if mask[i] else old[i]."""
+
+    def sel(a, b):
+        m = mask.reshape(mask.shape + (1,) * (a.ndim - 1))
+        if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(
+                jnp.where(m[..., None], jax.random.key_data(a), jax.random.key_data(b)),
+                impl=jax.random.key_impl(a),
+            )
+        return jnp.where(m, a, b)
+
+    return jax.tree_util.tree_map(sel, new, old)
+
+
+def frt_chunk_fn(energy_fn: Callable, settings: FRTSettings, n_lanes: int, progress_fn: Callable | None = None):
+    """Build the FRT program for a chunk of replicas that share ``n_lanes`` vectorised lanes.
+
+    Returns ``chunk(coefficients (C, ...), keys (C,), n_valid, start_positions
+    (N, 3), reference_positions (N, 3)) -> dict of (C, ...) arrays`` (the
+    fields of :func:`frt_replica_fn`), jittable. Replicas ``0 .. n_valid-1``
+    are computed; later rows are padding and come back as zeros.
+
+    Lane recycling: ``n_lanes`` trajectories advance together (one vmapped
+    MD block + quench per iteration); as soon as a lane's replica has its
+    outcome, its results are written to the output rows and the lane starts
+    the next replica of the queue. Work is then ~ (sum of FRTs) / n_lanes
+    plus one tail, instead of (chunk size) x (largest FRT of the chunk) for
+    a plain ``vmap(frt_replica_fn)``. Every replica runs exactly the
+    arithmetic of :func:`frt_replica_fn`, so results do not depend on lanes,
+    chunking or devices (bitwise in float64 on CPU).
+
+    progress_fn: optional host function called (via ``jax.debug.callback``)
+    with the number of replicas finished in each iteration.
+    """
+    parts = _frt_parts(energy_fn, settings)
+    n_lanes = int(n_lanes)
+
+    def chunk(coefficients, keys, n_valid, start, reference_positions):
+        n_rep = keys.shape[0]
+        if n_lanes > n_rep:
+            raise JaxiapInputError(f"frt_chunk_fn: n_lanes={n_lanes} exceeds the chunk's {n_rep} replicas")
+        gather = lambda idx: jax.tree_util.tree_map(lambda a: a[idx], coefficients)  # noqa: E731
+        refs = jax.vmap(parts.reference, in_axes=(0, None))(coefficients, reference_positions)
+        init = jax.vmap(parts.init, in_axes=(0, 0, None, 0))
+
+        def fresh(idx):
+            idx = jnp.minimum(idx, n_rep - 1)
+            coef = gather(idx)
+            return init(coef, keys[idx], start, jax.tree_util.tree_map(lambda a: a[idx], refs)), coef
+
+        lane_idx = jnp.arange(n_lanes, dtype=jnp.int32)
+        carry, coef = fresh(lane_idx)
+        active = lane_idx < n_valid
+        out = jax.tree_util.tree_map(
+            lambda a: jnp.zeros((n_rep,) + a.shape[1:], a.dtype), jax.vmap(parts.finalize)(carry)
+        )
+        next_idx = jnp.asarray(n_lanes, jnp.int32)
+
+        def cond(loop):
+            return jnp.any(loop[3])
+
+        def body(loop):
+            carry, coef, lane_idx, active, next_idx, out = loop
+            new = _select(active, jax.vmap(parts.block)(carry, coef), carry)
+            finished = active & ~jax.vmap(parts.alive)(new)
+            widx = jnp.where(finished, lane_idx, n_rep)  # n_rep: dropped
+            out = jax.tree_util.tree_map(
+                lambda o, v: o.at[widx].set(v, mode="drop"), out, jax.vmap(parts.finalize)(new)
+            )
+            cand = next_idx + jnp.cumsum(finished, dtype=jnp.int32) - 1
+            got = finished & (cand < n_valid)
+            f_carry, f_coef = fresh(cand)
+            carry = _select(got, f_carry, new)
+            coef = _select(got, f_coef, coef)
+            lane_idx = jnp.where(got, cand, lane_idx)
+            active = (active & ~finished) | got
+            n_fin = jnp.sum(finished, dtype=jnp.int32)
+            if progress_fn is not None:
+                jax.debug.callback(progress_fn, n_fin)
+            return carry, coef, lane_idx, active, next_idx + n_fin, out
+
+        loop = jax.lax.while_loop(cond, body, (carry, coef, lane_idx, active, next_idx, out))
+        return loop[-1]
+
+    return chunk
 
 
 # ---------------------------------------------------------------------------
@@ -535,42 +684,59 @@ def _available_bytes(device) -> int:
         return 2**31
 
 
-def _per_replica_bytes(n_atoms: int, n_coef: int, nbins: int, itemsize: int) -> int:
-    """Rough working-set estimate of one replica (bytes).
+def _per_lane_bytes(n_atoms: int, n_coef: int, nbins: int, itemsize: int) -> int:
+    """Rough working-set estimate of one running lane (bytes).
 
     Counts ~40 (N, 3) arrays (MD and FIRE states, forces, temporaries), ~16
-    (N, N) pair arrays (distances, masks, their gradients) and 4 copies of
-    the coefficients, plus the histogram; deliberately generous because
+    (N, N) pair arrays (distances, masks, their gradients), 4 copies of the
+    coefficients and the histogram; deliberately generous because
     ``energy_fn`` temporaries are unknown.
     """
     return int(itemsize * (40 * 3 * n_atoms + 16 * n_atoms * n_atoms + 4 * n_coef) + 8 * nbins + 4096)
 
 
-#: Upper bound of replicas per device and chunk. On CPU a vmapped chunk
-#: gains little beyond ~64 lanes per core, while a large chunk waits for its
-#: slowest replica and loses resume granularity; accelerators want wide batches.
-MAX_PER_DEVICE = {"cpu": 64, "gpu": 4096, "tpu": 4096}
+def _per_replica_bytes(n_atoms: int, n_coef: int, nbins: int, itemsize: int) -> int:
+    """Bytes of one queued replica: its coefficients, reference basin and output row."""
+    return int(itemsize * (2 * n_coef + 4 * n_atoms * 3 + 16) + n_atoms * n_atoms + 4 * nbins + 256)
+
+
+#: Default lanes (concurrent trajectories) per device. On CPU, LJ13 lanes
+#: scale well up to a few dozen per core; accelerators want wide batches.
+LANES_PER_DEVICE = {"cpu": 32, "gpu": 4096, "tpu": 4096}
+
+#: Default replicas queued per lane in one chunk: more means a smaller share
+#: of the chunk's tail (the wait for its slowest replicas), fewer means finer
+#: resume granularity.
+REPLICAS_PER_LANE = 16
 
 
 def auto_chunk_size(n_replicas: int, n_atoms: int, n_coef: int = 1, nbins: int = 200,
-                    itemsize: int = 8, devices=None, memory_fraction: float = 0.25) -> int:
-    """Choose replicas per chunk: a multiple of the device count, bounded by memory.
+                    itemsize: int = 8, devices=None, lanes: int | None = None,
+                    memory_fraction: float = 0.25) -> tuple[int, int]:
+    """Choose (chunk_size, lanes): both multiples of the device count, bounded by memory.
 
-    Uses ``memory_fraction`` of the free memory of the first device (device
+    Lanes per device: :data:`LANES_PER_DEVICE` for the platform, bounded by
+    ``memory_fraction`` of the free memory of the first device (device
     ``memory_stats`` on accelerators, psutil / /proc/meminfo / sysconf for
-    host RAM), the per-replica estimate of :func:`_per_replica_bytes`, and
-    :data:`MAX_PER_DEVICE`. Among chunk counts allowed by those bounds, the
-    replicas are spread evenly so that the last chunk needs little padding.
+    host RAM) with the estimate of :func:`_per_lane_bytes`. Chunk: up to
+    :data:`REPLICAS_PER_LANE` replicas per lane, spread evenly over the
+    needed number of chunks so that the last chunk needs little padding.
+    Returns totals over all devices.
     """
     devices = list(devices) if devices is not None else jax.devices()
     nd = len(devices)
-    per = _per_replica_bytes(n_atoms, n_coef, nbins, itemsize)
-    by_mem = max(1, int(memory_fraction * _available_bytes(devices[0]) // per))  # per device
-    cap = max(1, min(by_mem, MAX_PER_DEVICE.get(devices[0].platform, 4096)))
+    free = memory_fraction * _available_bytes(devices[0])
+    if lanes is None:
+        by_mem = int(free // 2 // _per_lane_bytes(n_atoms, n_coef, nbins, itemsize))
+        lanes_d = max(1, min(by_mem, LANES_PER_DEVICE.get(devices[0].platform, 4096)))
+    else:
+        lanes_d = -(-int(lanes) // nd)
     per_dev_needed = -(-n_replicas // nd)
+    by_mem = int(free // 2 // _per_replica_bytes(n_atoms, n_coef, nbins, itemsize))
+    cap = max(lanes_d, min(by_mem, REPLICAS_PER_LANE * lanes_d))
     n_chunks = -(-per_dev_needed // cap)
     per_dev = -(-per_dev_needed // n_chunks)
-    return per_dev * nd
+    return per_dev * nd, min(lanes_d, per_dev) * nd
 
 
 # ---------------------------------------------------------------------------
@@ -615,35 +781,41 @@ def _fingerprint(parts: dict, arrays: list) -> str:
 # ---------------------------------------------------------------------------
 
 _CHUNK_FN_CACHE: dict = {}
+_PROGRESS: dict = {"bar": None}
 
 
-def _chunk_fn(energy_fn, settings: FRTSettings, devices: tuple):
-    """jit(shard_map(vmap(replica))) over a 1-D device mesh, cached per (energy_fn, settings, devices)."""
-    cache_key = (energy_fn, settings, devices)
+def _progress_update(n_finished) -> None:
+    bar = _PROGRESS["bar"]
+    if bar is not None:
+        bar.update(int(n_finished))
+
+
+def _chunk_fn(energy_fn, settings: FRTSettings, devices: tuple, lanes_per_device: int):
+    """jit(shard_map(frt_chunk_fn)) over a 1-D device mesh; cached per (energy_fn, settings, devices, lanes)."""
+    cache_key = (energy_fn, settings, devices, lanes_per_device)
     try:
         return _CHUNK_FN_CACHE[cache_key]
     except (KeyError, TypeError):
         pass
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-    replica = frt_replica_fn(energy_fn, settings)
+    chunk = frt_chunk_fn(energy_fn, settings, lanes_per_device, progress_fn=_progress_update)
     mesh = Mesh(np.asarray(devices, dtype=object), ("replica",), axis_types=(jax.sharding.AxisType.Auto,))
 
-    def local(coefficients, seeds, base_seed, start, reference):
-        # Each device runs its shard independently: no cross-device traffic,
-        # and its while-loops stop as soon as its own replicas have finished.
+    def local(coefficients, seeds, n_valid, base_seed, start, reference):
+        # Each device runs its own shard with its own lanes and queue: no
+        # cross-device traffic, and no device waits for another's tail.
         keys = jax.vmap(lambda sd: replica_key(base_seed, sd))(seeds)
-        return jax.vmap(replica, in_axes=(0, 0, None, None))(coefficients, keys, start, reference)
+        return chunk(coefficients, keys, n_valid[0], start, reference)
 
     sharded = jax.shard_map(
         local,
         mesh=mesh,
-        in_specs=(P("replica"), P("replica"), P(), P(), P()),
+        in_specs=(P("replica"), P("replica"), P("replica"), P(), P(), P()),
         out_specs=P("replica"),
         check_vma=False,
     )
-    fn = jax.jit(sharded)
-    out = (fn, NamedSharding(mesh, P("replica")), NamedSharding(mesh, P()))
+    out = (jax.jit(sharded), NamedSharding(mesh, P("replica")), NamedSharding(mesh, P()))
     try:
         if len(_CHUNK_FN_CACHE) >= 16:
             _CHUNK_FN_CACHE.pop(next(iter(_CHUNK_FN_CACHE)))
@@ -714,6 +886,7 @@ def run_frt_ensemble(
     reference_positions=None,
     base_seed: int = 0,
     chunk_size: int | None = None,
+    lanes: int | None = None,
     run_dir=None,
     overwrite: bool = False,
     progress: bool = True,
@@ -734,10 +907,15 @@ def run_frt_ensemble(
     settings: :class:`FRTSettings`.
     reference_positions: (N, 3) or None; its quench (under each sample's
         potential) defines the reference basin and E0. None: quench of the start.
-    base_seed: int, see ``seeds``.
-    chunk_size: replicas per compiled call; rounded up to a multiple of the
-        device count; None chooses one with :func:`auto_chunk_size`.
-        The last chunk is padded by repeating its last replica (dropped).
+    base_seed: int in [0, 2**32), see ``seeds``.
+    chunk_size: replicas per compiled call and per checkpoint file (the
+        M*R replicas, flattened m-major, are cut into consecutive chunks);
+        rounded up to a multiple of the device count. The last chunk is
+        padded (padding rows are skipped, not simulated).
+    lanes: trajectories advanced together per chunk (vector width, summed
+        over devices; rounded up to a multiple of the device count, at most
+        chunk_size). See :func:`frt_chunk_fn` for the lane recycling.
+        None for either: :func:`auto_chunk_size`.
     run_dir: None or a folder. Each finished chunk is written as
         ``chunk_XXXXX.npz`` with an ``ensemble_meta.json`` (settings and a
         fingerprint of settings, shapes, seeds, coefficient, start and
@@ -745,10 +923,13 @@ def run_frt_ensemble(
         rerunning with the same folder loads finished chunks and computes the
         rest, giving the same numbers as an uninterrupted run. A folder with
         a different fingerprint raises :class:`JaxiapInputError` unless
-        ``overwrite=True`` (which deletes its chunk files first).
-    progress: tqdm bar over chunks on stderr.
+        ``overwrite=True`` (which deletes its chunk files first). The code of
+        ``energy_fn`` itself is not fingerprinted beyond its name and the
+        probe energy.
+    progress: tqdm bar over replicas (updated as replicas finish) on stderr.
     devices: devices to shard each chunk's replica axis over (default
-        ``jax.devices()``); results do not depend on the device count.
+        ``jax.devices()``); each device runs its own lanes and queue. Results
+        do not depend on the device count, chunk size or lanes.
 
     Returns an :class:`FRTEnsembleResult` with (M, R) arrays.
     """
@@ -760,6 +941,8 @@ def run_frt_ensemble(
             "run_frt_ensemble: settings.dtype='float64' needs JAX float64 "
             "(import jaxiap without JAXIAP_X64=0, or set jax_enable_x64); or use dtype='float32'"
         )
+    if not 0 <= int(base_seed) < 2**32:
+        raise JaxiapInputError(f"run_frt_ensemble: base_seed must lie in [0, 2**32), got {base_seed}")
     leaves, treedef, m_samples, seeds, start, ref = _check_inputs(
         coefficients, seeds, start_positions, reference_positions, dtype
     )
@@ -771,16 +954,21 @@ def run_frt_ensemble(
     devices = tuple(devices) if devices is not None else tuple(jax.devices())
     nd = len(devices)
     n_coef = sum(int(np.prod(x.shape[1:])) for x in leaves)
+    for name, v in (("chunk_size", chunk_size), ("lanes", lanes)):
+        if v is not None and int(v) < 1:
+            raise JaxiapInputError(f"run_frt_ensemble: {name} must be >= 1, got {v}")
     if chunk_size is None:
-        chunk_size = auto_chunk_size(n_rep, n_atoms, n_coef, nbins, dtype.itemsize, devices)
+        chunk_size, auto_lanes = auto_chunk_size(n_rep, n_atoms, n_coef, nbins, dtype.itemsize, devices, lanes)
+        lanes = auto_lanes
     else:
-        chunk_size = int(chunk_size)
-        if chunk_size < 1:
-            raise JaxiapInputError(f"run_frt_ensemble: chunk_size must be >= 1, got {chunk_size}")
-        chunk_size = -(-chunk_size // nd) * nd
+        chunk_size = -(-int(chunk_size) // nd) * nd
+        if lanes is None:
+            lanes = auto_chunk_size(chunk_size, n_atoms, n_coef, nbins, dtype.itemsize, devices)[1]
+    lanes = min(-(-int(lanes) // nd) * nd, chunk_size)
     n_chunks = -(-n_rep // chunk_size)
+    c_dev = chunk_size // nd
 
-    fn, rep_sharding, full_sharding = _chunk_fn(energy_fn, settings, devices)
+    fn, rep_sharding, full_sharding = _chunk_fn(energy_fn, settings, devices, lanes // nd)
 
     # ---- run folder -----------------------------------------------------
     fingerprint = None
@@ -809,14 +997,14 @@ def run_frt_ensemble(
                 if not overwrite:
                     raise JaxiapInputError(
                         f"run_frt_ensemble: run_dir {run_dir!r} holds an ensemble with different inputs "
-                        f"(fingerprint {old.get('fingerprint')} != {fingerprint}; settings, seeds, "
+                        f"(fingerprint {old.get('fingerprint')} != {fingerprint}: settings, seeds, "
                         "coefficients, structures, chunk size or potential changed). Use a new run_dir, "
                         "or pass overwrite=True to delete its finished chunks."
                     )
                 for name in os.listdir(run_dir):
                     if name.startswith("chunk_") and name.endswith(".npz"):
                         os.remove(os.path.join(run_dir, name))
-        meta = dict(parts, fingerprint=fingerprint, n_chunks=n_chunks, n_devices=nd,
+        meta = dict(parts, fingerprint=fingerprint, n_chunks=n_chunks, lanes=lanes, n_devices=nd,
                     devices=[str(d) for d in devices])
         _atomic_write_text(meta_path, json.dumps(meta, indent=1, sort_keys=True))
 
@@ -828,32 +1016,48 @@ def run_frt_ensemble(
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=n_chunks, desc="FRT ensemble", unit="chunk", file=sys.stderr,
+    bar = tqdm(total=n_rep, desc="FRT ensemble", unit="replica", file=sys.stderr,
                disable=not progress, dynamic_ncols=True)
+    done = 0
     try:
         for c in range(n_chunks):
             idx = np.arange(c * chunk_size, min((c + 1) * chunk_size, n_rep))
             path = os.path.join(run_dir, _CHUNK_FMT.format(c)) if run_dir is not None else None
             res = _load_chunk(path, fingerprint, idx) if path is not None else None
             if res is None:
-                padded = np.concatenate([idx, np.full(chunk_size - idx.size, idx[-1])])
-                m_idx, r_idx = padded // r_seeds, padded % r_seeds
+                # replica j of the chunk goes to device j % nd, row j // nd of its block, so
+                # that every device gets the same share and its valid rows come first
+                j = np.arange(idx.size)
+                pos = (j % nd) * c_dev + j // nd
+                rows = np.full(chunk_size, idx[-1])
+                rows[pos] = idx
+                n_valid = np.array([np.count_nonzero(j % nd == d) for d in range(nd)], np.int32)
+                m_idx, r_idx = rows // r_seeds, rows % r_seeds
                 coef = jax.tree_util.tree_unflatten(
                     treedef, [jax.device_put(x[m_idx], rep_sharding) for x in leaves]
                 )
                 sd = jax.device_put(seeds[r_idx], rep_sharding)
-                res = jax.device_get(fn(coef, sd, base, start_d, ref_d))
-                res = {k: np.asarray(v)[: idx.size] for k, v in res.items()}
+                nv = jax.device_put(n_valid, rep_sharding)
+                _PROGRESS["bar"] = bar if progress else None
+                try:
+                    res = jax.device_get(fn(coef, sd, nv, base, start_d, ref_d))
+                    jax.effects_barrier()
+                finally:
+                    _PROGRESS["bar"] = None
+                res = {k: np.asarray(v)[pos] for k, v in res.items()}
                 if path is not None:
                     _atomic_savez(path, dict(res, replica_index=idx, fingerprint=np.asarray(fingerprint)))
             for k, v in res.items():
                 if k not in out:
                     out[k] = np.empty((n_rep,) + v.shape[1:], v.dtype)
                 out[k][idx] = v
-            bar.update(1)
+            done += idx.size
+            bar.n = done
             if progress:
-                codes = out["code"][: idx[-1] + 1]
-                bar.set_postfix(events=int(np.sum(codes == EVENT)), failed=int(np.sum(codes == FAILED)))
+                codes = out["code"][:done]
+                bar.set_postfix(chunk=f"{c + 1}/{n_chunks}", events=int(np.sum(codes == EVENT)),
+                                failed=int(np.sum(codes == FAILED)), refresh=False)
+                bar.refresh()
     finally:
         bar.close()
 

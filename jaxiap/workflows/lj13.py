@@ -111,8 +111,29 @@ def _fit_lstsq(design, key):
     return fit_lstsq(design)
 
 
+def _fit_blr(design, key):
+    """Gaussian prior and known noise, with energy/force noise and prior scale by type-II ML."""
+    from jaxiap.inference.linear import optimize_hyperparameters
+
+    return optimize_hyperparameters(design).posterior
+
+
+def _fit_nig(design, key):
+    """Unknown noise, normal-inverse-gamma (flat limit): Student-t posterior."""
+    from jaxiap.inference.linear import fit_nig
+
+    return fit_nig(design)
+
+
+def _fit_bootstrap(design, key):
+    """32-member bootstrap committee over training structures."""
+    from jaxiap.inference.ensembles import fit_committee
+
+    return fit_committee(design, 32, key, replace=True)
+
+
 #: posterior kind -> fit(design, key) -> Posterior
-POSTERIORS = {"lstsq": _fit_lstsq}
+POSTERIORS = {"lstsq": _fit_lstsq, "blr": _fit_blr, "nig": _fit_nig, "bootstrap": _fit_bootstrap}
 
 
 POSTERIOR_CHOICES = tuple(POSTERIORS)
