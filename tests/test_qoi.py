@@ -29,31 +29,11 @@ def x0():
 
 @pytest.fixture(scope="module")
 def quench():
-    """Batched FIRE quench (S, 13, 3) -> (positions, max|F|), jitted once for the module.
+    """Batched FIRE quench (S, 13, 3) -> (positions, max|F|), jitted once for the module."""
+    from jaxiap.md.quench import fire_quench_fn
 
-    NOTE: this uses jax-md FIRE with dt_start=0.02, dt_max=0.05 rather than
-    jaxiap.md.quench.fire_quench_fn, whose jax-md defaults (dt_start 0.1,
-    dt_max 0.4) exceed the velocity-Verlet stability limit of LJ13
-    (largest Hessian eigenvalue at the icosahedron ~593, so dt < 2/sqrt(593)
-    ~ 0.082): from a face-capped or 0.02-sigma-perturbed icosahedron it blows
-    the cluster apart (final energy ~ 0).
-    """
-    from jax_md import minimize, space
-
-    _, shift_fn = space.free()
-    init_fn, apply_fn = minimize.fire_descent(lj_energy, shift_fn, dt_start=0.02, dt_max=0.05)
-
-    def run(positions, fmax=1e-6, max_steps=5000):
-        def cond(c):
-            return (jnp.max(jnp.abs(c[0].force)) >= fmax) & (c[1] < max_steps)
-
-        def body(c):
-            return apply_fn(c[0]), c[1] + 1
-
-        state, _ = jax.lax.while_loop(cond, body, (init_fn(positions), jnp.zeros((), jnp.int32)))
-        return state.position, jnp.max(jnp.abs(state.force))
-
-    return jax.jit(jax.vmap(run))
+    run = fire_quench_fn(lj_energy, fmax=1e-6, max_steps=5000)
+    return jax.jit(jax.vmap(lambda x: run(x)[:2]))
 
 
 @pytest.fixture(scope="module")

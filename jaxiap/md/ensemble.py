@@ -4,8 +4,8 @@ The engine behind the LJ13 uncertainty-propagation study (SCIENCE.md
 section 1). One *replica* is one Langevin trajectory of a free cluster under
 one potential sample ``m`` with one thermostat seed ``r``; a run is the grid
 of M x R replicas, flattened m-major (replica ``i = m * R + r``), processed in
-fixed-size chunks by a single compiled program that is ``vmap``-ped over the
-replicas of a chunk and sharded over ``jax.devices()``.
+fixed-size chunks by a single compiled program, sharded over ``jax.devices()``
+(``shard_map`` on a 1-D mesh; each device runs its share independently).
 
 Pieces, from small to large (jax-md / optax style: small pure functions and
 a frozen settings dataclass):
@@ -14,7 +14,12 @@ a frozen settings dataclass):
   thresholds, quench tolerance, histogram bins, precision.
 * :func:`frt_replica_fn`: ``(energy_fn, settings) -> replica(coefficients,
   key, start_positions, reference_positions) -> dict`` for ONE replica; pure,
-  jittable, vmappable.
+  jittable, vmappable. The definition of the computation.
+* :func:`frt_chunk_fn`: the same computation for a queue of replicas on a
+  fixed number of vectorised *lanes*; a lane whose replica has finished
+  picks up the next one (lane recycling), so a chunk costs about
+  sum(FRT) / lanes instead of chunk x max(FRT). At 64 replicas x 100 tau of
+  LJ13 this was 3-4x faster than ``vmap(frt_replica_fn)``.
 * :func:`run_frt_ensemble`: the grid driver (chunking, padding, device
   sharding, run folder with resume, progress bar) returning an
   :class:`FRTEnsembleResult` of (M, R) arrays.
@@ -39,13 +44,11 @@ Algorithm of one replica (SCIENCE.md section 1, "FRT algorithm"):
    :func:`jaxiap.md.qoi.basin_changed` (``settings.criterion``). Checks whose
    quench did not converge make no EVENT decision and are counted in
    ``quench_unconverged``.
-4. The first non-CENSORED block freezes the replica: its time is the
-   simulated time at that check, ``n_checks_done * n_q * dt``; its state is
-   no longer advanced. The block loop is a ``lax.while_loop`` that ends when
-   the replica is frozen or ``n_checks = ceil(t_max / (n_q dt))`` blocks ran;
-   under ``vmap`` it runs until every replica of the chunk has finished, and
-   finished replicas are left unchanged, so results do not depend on which
-   replicas share a chunk.
+4. The first non-CENSORED block ends the replica: its time is the
+   simulated time at that check, ``n_checks_done * n_q * dt``, and its state
+   is no longer advanced. The block loop is a ``lax.while_loop`` that ends
+   then or after ``n_checks = ceil(t_max / (n_q dt))`` blocks (CENSORED,
+   time = n_checks * n_q * dt).
 
 Energy histogram / mean energy: accumulated over the MD samples of every
 block up to and including the block of the first event (or evaporation,
@@ -59,11 +62,16 @@ Randomness: replica (m, r) uses the key
 every coefficient sample m (common random numbers: the same thermostat noise
 drives every potential sample), and independent of chunking and device count.
 
-Precision: float64 by default (``settings.dtype``; needs ``import jaxiap``
-or ``jax_enable_x64``), which makes runs reproducible bit for bit across
-chunk sizes and device counts; float32 is faster, especially on GPUs, but
-trajectories then depend on round-off order (compare statistics only) and
-FIRE cannot reach fmax much below 1e-4.
+Reproducibility: a replica's numbers depend only on its coefficients,
+seed, base_seed, structures and settings, and on the floating-point
+round-off of the compiled program. With the same ``lanes_per_device`` and
+device count they are bitwise identical whatever the chunk size or which
+replicas share a chunk (tested in float64 on CPU). XLA may round differently
+for another lane width or for a program partitioned over more devices (we
+measured relative differences of ~1e-15 after 4 tau between 1 and 4 faked
+CPU devices); MD is chaotic, so such runs drift apart after tens of tau and
+then agree only statistically. Float32 (``settings.dtype``) is faster on
+GPUs but drifts sooner, and FIRE cannot reach fmax much below 1e-4 in it.
 
 Units: those of ``energy_fn`` (LJ reduced units for the defaults:
 energies in epsilon, lengths in sigma, times in tau, mass 1).
@@ -85,6 +93,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxiap.errors import JaxiapInputError
+from jaxiap.md.qoi import CENSORED, EVENT, EVAPORATED, FAILED  # outcome codes
+from jaxiap.md.quench import fire_quench_fn
 
 __all__ = [
     "FRTSettings",
@@ -98,9 +108,6 @@ __all__ = [
     "frt_chunk_fn",
 ]
 
-# Outcome codes (same values as jaxiap.md.qoi; repeated here so that this
-# module imports nothing heavy at import time).
-CENSORED, EVENT, EVAPORATED, FAILED = 0, 1, 2, 3
 
 #: Per-replica outputs of :func:`frt_replica_fn`, in file order.
 REPLICA_FIELDS = (
@@ -153,12 +160,14 @@ class FRTSettings:
         at kT 0.3, fmax 1e-3 and 1e-2 found the same basins (graph and
         energy to 1e-3) as 1e-6, with ~40% fewer FIRE steps than 1e-6.
     quench_max_steps: FIRE step cap per check quench (the reference quench
-        gets 10x this). An unconverged check quench makes no EVENT decision.
+        gets 10x this). A check quench that does not converge, or ends
+        above the MD snapshot's energy, makes no EVENT decision.
     fire_dt_start, fire_dt_max: FIRE's initial and maximal step (time).
         jax-md's defaults (0.1, 0.4) are far too large for LJ in reduced
         units: they fling thermal LJ13 snapshots apart (251 of 256 kT = 0.3
         snapshots ended in the wrong basin); with (0.01, 0.05) 253 of 256
-        matched L-BFGS (gtol 1e-10) inherent structures.
+        matched L-BFGS (gtol 1e-10) inherent structures. For another
+        potential scale them like the MD time step (with 1/sqrt(stiffness)).
     energy_bins: (lo, hi, nbins) of the potential-energy histogram (energy);
         the default suits LJ13 in reduced units. Samples outside [lo, hi]
         are counted in ``n_outside``.
@@ -263,37 +272,6 @@ def replica_key(base_seed, seed):
     return jax.random.fold_in(jax.random.key(base_seed), seed)
 
 
-def fire_quench_fn(energy_fn: Callable, fmax: float, max_steps: int, dt_start: float = 0.01,
-                   dt_max: float = 0.05):
-    """FIRE minimiser (jax-md ``minimize.fire_descent``) in a ``lax.while_loop``.
-
-    Like :func:`jaxiap.md.quench.fire_quench_fn` but with FIRE's step sizes
-    exposed (see :class:`FRTSettings` for why they matter).
-    energy_fn(positions, **kwargs) -> scalar. Returns ``run(positions (N, 3),
-    **kwargs) -> (positions (N, 3), max |F|, int32 steps)``; jittable, vmappable.
-    """
-    from jax_md import minimize, space
-
-    _, shift_fn = space.free()
-    init_fn, apply_fn = minimize.fire_descent(energy_fn, shift_fn, dt_start=dt_start, dt_max=dt_max)
-
-    def run(positions, **kwargs):
-        state = init_fn(positions, **kwargs)
-
-        def cond(carry):
-            st, i = carry
-            return (jnp.max(jnp.abs(st.force)) >= fmax) & (i < max_steps)
-
-        def body(carry):
-            st, i = carry
-            return apply_fn(st, **kwargs), i + 1
-
-        state, n = jax.lax.while_loop(cond, body, (state, jnp.zeros((), jnp.int32)))
-        return state.position, jnp.max(jnp.abs(state.force)), n
-
-    return run
-
-
 def frt_replica_fn(energy_fn: Callable, settings: FRTSettings = FRTSettings()):
     """Build the FRT computation of ONE replica.
 
@@ -320,7 +298,9 @@ def frt_replica_fn(energy_fn: Callable, settings: FRTSettings = FRTSettings()):
     n_outside: int32 samples outside the histogram range.
     mean_energy: mean sampled potential energy (NaN with no samples).
     quench_steps: int32 total FIRE steps of the check quenches.
-    quench_unconverged: int32 check quenches that hit quench_max_steps.
+    quench_unconverged: int32 check quenches that hit quench_max_steps or
+        ended above the snapshot's energy (FIRE unstable: steps too large for
+        the potential's stiffness); no EVENT decision is made at those checks.
     ref_max_force: max |F| after the reference quench (should be < fmax).
     """
     parts = _frt_parts(energy_fn, settings)
@@ -401,7 +381,11 @@ def _frt_parts(energy_fn: Callable, settings: FRTSettings) -> _Parts:
         pos = state.position
         rq, fq, nq = quench(pos, coefficients=coefficients)
         eq = energy(rq, coefficients)
-        converged = fq < s.fmax
+        # A usable quench converged and went downhill from the snapshot: FIRE
+        # with steps too large for a stiff potential can fling atoms apart and
+        # "converge" at a dispersed, higher-energy structure.
+        e_snap = es[-1]
+        converged = (fq < s.fmax) & jnp.isfinite(eq) & (eq <= e_snap + 1e-6 * (1.0 + jnp.abs(e_snap)))
 
         finite = (
             jnp.all(jnp.isfinite(es)) & jnp.all(jnp.isfinite(pos))
@@ -414,7 +398,7 @@ def _frt_parts(energy_fn: Callable, settings: FRTSettings) -> _Parts:
             | jnp.any(jnp.sum((pos - com) ** 2, axis=-1) > s.explode_distance**2)
         )
         evap = qoi.evaporated(pos, r_evap=s.r_evap)
-        changed = converged & jnp.isfinite(eq) & qoi.basin_changed(
+        changed = converged & qoi.basin_changed(
             s.criterion, c["ref"]["basin"], rq, eq, s.r_b, s.e_tol
         )
         code = jnp.where(
@@ -483,16 +467,22 @@ def frt_chunk_fn(energy_fn: Callable, settings: FRTSettings, n_lanes: int, progr
     Returns ``chunk(coefficients (C, ...), keys (C,), n_valid, start_positions
     (N, 3), reference_positions (N, 3)) -> dict of (C, ...) arrays`` (the
     fields of :func:`frt_replica_fn`), jittable. Replicas ``0 .. n_valid-1``
-    are computed; later rows are padding and come back as zeros.
+    are computed; later rows are padding and come back as zeros. n_lanes
+    may exceed C (the extra lanes idle).
 
     Lane recycling: ``n_lanes`` trajectories advance together (one vmapped
     MD block + quench per iteration); as soon as a lane's replica has its
     outcome, its results are written to the output rows and the lane starts
     the next replica of the queue. Work is then ~ (sum of FRTs) / n_lanes
     plus one tail, instead of (chunk size) x (largest FRT of the chunk) for
-    a plain ``vmap(frt_replica_fn)``. Every replica runs exactly the
-    arithmetic of :func:`frt_replica_fn`, so results do not depend on lanes,
-    chunking or devices (bitwise in float64 on CPU).
+    a plain ``vmap(frt_replica_fn)``. Every replica runs the arithmetic of
+    :func:`frt_replica_fn` on a batch of ``n_lanes``, so for a given
+    ``n_lanes`` results do not depend on the chunk size, on which replicas
+    share a chunk or on the device count (bitwise in float64). XLA may
+    vectorise a batch of another width differently (we saw 3 and 4 lanes
+    agree bitwise with each other but not with 12 on CPU); since MD is
+    chaotic, trajectories of different lane widths then drift apart after
+    tens of tau and only their statistics agree.
 
     progress_fn: optional host function called (via ``jax.debug.callback``)
     with the number of replicas finished in each iteration.
@@ -502,10 +492,22 @@ def frt_chunk_fn(energy_fn: Callable, settings: FRTSettings, n_lanes: int, progr
 
     def chunk(coefficients, keys, n_valid, start, reference_positions):
         n_rep = keys.shape[0]
-        if n_lanes > n_rep:
-            raise JaxiapInputError(f"frt_chunk_fn: n_lanes={n_lanes} exceeds the chunk's {n_rep} replicas")
         gather = lambda idx: jax.tree_util.tree_map(lambda a: a[idx], coefficients)  # noqa: E731
-        refs = jax.vmap(parts.reference, in_axes=(0, None))(coefficients, reference_positions)
+        # Reference quenches in batches of n_lanes (lax.map over groups), so that
+        # their round-off, like the lanes', does not depend on the chunk size.
+        n_groups = -(-n_rep // n_lanes)
+        pad = n_groups * n_lanes - n_rep
+
+        def grouped(a):
+            if pad:
+                a = jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)])
+            return a.reshape((n_groups, n_lanes) + a.shape[1:])
+
+        refs = jax.lax.map(
+            lambda cg: jax.vmap(parts.reference, in_axes=(0, None))(cg, reference_positions),
+            jax.tree_util.tree_map(grouped, coefficients),
+        )
+        refs = jax.tree_util.tree_map(lambda a: a.reshape((-1,) + a.shape[2:])[:n_rep], refs)
         init = jax.vmap(parts.init, in_axes=(0, 0, None, 0))
 
         def fresh(idx):
@@ -567,7 +569,8 @@ class FRTEnsembleResult:
     energy_hist (M, R, nbins) int32 and energy_bin_edges (nbins + 1,).
     n_samples, n_outside (M, R) int32; mean_energy (M, R).
     quench_steps, quench_unconverged (M, R) int32; ref_max_force (M, R).
-    seeds (R,), base_seed, settings (:class:`FRTSettings`), chunk_size.
+    seeds (R,), base_seed, settings (:class:`FRTSettings`), chunk_size,
+    lanes_per_device.
     """
 
     time: np.ndarray
@@ -587,6 +590,7 @@ class FRTEnsembleResult:
     base_seed: int
     settings: FRTSettings
     chunk_size: int = 0
+    lanes_per_device: int = 0
 
     @property
     def shape(self) -> tuple:
@@ -627,6 +631,7 @@ class FRTEnsembleResult:
             seeds=self.seeds,
             base_seed=np.asarray(self.base_seed),
             chunk_size=np.asarray(self.chunk_size),
+            lanes_per_device=np.asarray(self.lanes_per_device),
             settings_json=np.asarray(json.dumps(self.settings.to_dict())),
         )
         _atomic_savez(os.fspath(path), arrays)
@@ -642,6 +647,7 @@ class FRTEnsembleResult:
                 seeds=z["seeds"],
                 base_seed=int(z["base_seed"]),
                 chunk_size=int(z["chunk_size"]),
+                lanes_per_device=int(z["lanes_per_device"]),
                 settings=FRTSettings.from_dict(json.loads(str(z["settings_json"]))),
             )
 
@@ -711,32 +717,34 @@ REPLICAS_PER_LANE = 16
 
 
 def auto_chunk_size(n_replicas: int, n_atoms: int, n_coef: int = 1, nbins: int = 200,
-                    itemsize: int = 8, devices=None, lanes: int | None = None,
+                    itemsize: int = 8, devices=None, lanes_per_device: int | None = None,
                     memory_fraction: float = 0.25) -> tuple[int, int]:
-    """Choose (chunk_size, lanes): both multiples of the device count, bounded by memory.
+    """Choose (chunk_size, lanes_per_device).
 
-    Lanes per device: :data:`LANES_PER_DEVICE` for the platform, bounded by
-    ``memory_fraction`` of the free memory of the first device (device
-    ``memory_stats`` on accelerators, psutil / /proc/meminfo / sysconf for
-    host RAM) with the estimate of :func:`_per_lane_bytes`. Chunk: up to
-    :data:`REPLICAS_PER_LANE` replicas per lane, spread evenly over the
-    needed number of chunks so that the last chunk needs little padding.
-    Returns totals over all devices.
+    lanes_per_device (unless given): :data:`LANES_PER_DEVICE` for the
+    platform, bounded by half of ``memory_fraction`` of the free memory of
+    the first device (device ``memory_stats`` on accelerators, psutil /
+    /proc/meminfo / sysconf for host RAM) and :func:`_per_lane_bytes`. It does
+    not depend on n_replicas, so that runs of any size share one lane width
+    (and bitwise results).
+    chunk_size (a multiple of the device count, summed over devices): up to
+    :data:`REPLICAS_PER_LANE` replicas per lane, bounded by memory
+    (:func:`_per_replica_bytes`), spread evenly over the needed number of
+    chunks so that the last chunk needs little padding.
     """
     devices = list(devices) if devices is not None else jax.devices()
     nd = len(devices)
     free = memory_fraction * _available_bytes(devices[0])
-    if lanes is None:
+    if lanes_per_device is None:
         by_mem = int(free // 2 // _per_lane_bytes(n_atoms, n_coef, nbins, itemsize))
-        lanes_d = max(1, min(by_mem, LANES_PER_DEVICE.get(devices[0].platform, 4096)))
-    else:
-        lanes_d = -(-int(lanes) // nd)
-    per_dev_needed = -(-n_replicas // nd)
+        lanes_per_device = max(1, min(by_mem, LANES_PER_DEVICE.get(devices[0].platform, 4096)))
+    lanes_per_device = int(lanes_per_device)
+    per_dev_needed = -(-int(n_replicas) // nd)
     by_mem = int(free // 2 // _per_replica_bytes(n_atoms, n_coef, nbins, itemsize))
-    cap = max(lanes_d, min(by_mem, REPLICAS_PER_LANE * lanes_d))
+    cap = max(1, min(by_mem, REPLICAS_PER_LANE * lanes_per_device))
     n_chunks = -(-per_dev_needed // cap)
     per_dev = -(-per_dev_needed // n_chunks)
-    return per_dev * nd, min(lanes_d, per_dev) * nd
+    return per_dev * nd, lanes_per_device
 
 
 # ---------------------------------------------------------------------------
@@ -886,7 +894,7 @@ def run_frt_ensemble(
     reference_positions=None,
     base_seed: int = 0,
     chunk_size: int | None = None,
-    lanes: int | None = None,
+    lanes_per_device: int | None = None,
     run_dir=None,
     overwrite: bool = False,
     progress: bool = True,
@@ -910,12 +918,14 @@ def run_frt_ensemble(
     base_seed: int in [0, 2**32), see ``seeds``.
     chunk_size: replicas per compiled call and per checkpoint file (the
         M*R replicas, flattened m-major, are cut into consecutive chunks);
-        rounded up to a multiple of the device count. The last chunk is
-        padded (padding rows are skipped, not simulated).
-    lanes: trajectories advanced together per chunk (vector width, summed
-        over devices; rounded up to a multiple of the device count, at most
-        chunk_size). See :func:`frt_chunk_fn` for the lane recycling.
-        None for either: :func:`auto_chunk_size`.
+        rounded up to a multiple of the device count; spread evenly over the
+        devices. The last chunk is padded (padding rows are not simulated).
+        None: :func:`auto_chunk_size`.
+    lanes_per_device: trajectories each device advances together (vector
+        width; :func:`frt_chunk_fn` recycles finished lanes). Results are
+        bitwise identical across chunk sizes and device counts for the same
+        lanes_per_device; None takes the platform default of
+        :func:`auto_chunk_size` (32 on CPU), which does not depend on the run size.
     run_dir: None or a folder. Each finished chunk is written as
         ``chunk_XXXXX.npz`` with an ``ensemble_meta.json`` (settings and a
         fingerprint of settings, shapes, seeds, coefficient, start and
@@ -929,7 +939,7 @@ def run_frt_ensemble(
     progress: tqdm bar over replicas (updated as replicas finish) on stderr.
     devices: devices to shard each chunk's replica axis over (default
         ``jax.devices()``); each device runs its own lanes and queue. Results
-        do not depend on the device count, chunk size or lanes.
+        do not depend on the device count or chunk size (see lanes_per_device).
 
     Returns an :class:`FRTEnsembleResult` with (M, R) arrays.
     """
@@ -954,21 +964,17 @@ def run_frt_ensemble(
     devices = tuple(devices) if devices is not None else tuple(jax.devices())
     nd = len(devices)
     n_coef = sum(int(np.prod(x.shape[1:])) for x in leaves)
-    for name, v in (("chunk_size", chunk_size), ("lanes", lanes)):
+    for name, v in (("chunk_size", chunk_size), ("lanes_per_device", lanes_per_device)):
         if v is not None and int(v) < 1:
             raise JaxiapInputError(f"run_frt_ensemble: {name} must be >= 1, got {v}")
-    if chunk_size is None:
-        chunk_size, auto_lanes = auto_chunk_size(n_rep, n_atoms, n_coef, nbins, dtype.itemsize, devices, lanes)
-        lanes = auto_lanes
-    else:
-        chunk_size = -(-int(chunk_size) // nd) * nd
-        if lanes is None:
-            lanes = auto_chunk_size(chunk_size, n_atoms, n_coef, nbins, dtype.itemsize, devices)[1]
-    lanes = min(-(-int(lanes) // nd) * nd, chunk_size)
+    auto_cs, lanes_per_device = auto_chunk_size(
+        n_rep, n_atoms, n_coef, nbins, dtype.itemsize, devices, lanes_per_device
+    )
+    chunk_size = auto_cs if chunk_size is None else -(-int(chunk_size) // nd) * nd
     n_chunks = -(-n_rep // chunk_size)
     c_dev = chunk_size // nd
 
-    fn, rep_sharding, full_sharding = _chunk_fn(energy_fn, settings, devices, lanes // nd)
+    fn, rep_sharding, full_sharding = _chunk_fn(energy_fn, settings, devices, lanes_per_device)
 
     # ---- run folder -----------------------------------------------------
     fingerprint = None
@@ -1004,7 +1010,7 @@ def run_frt_ensemble(
                 for name in os.listdir(run_dir):
                     if name.startswith("chunk_") and name.endswith(".npz"):
                         os.remove(os.path.join(run_dir, name))
-        meta = dict(parts, fingerprint=fingerprint, n_chunks=n_chunks, lanes=lanes, n_devices=nd,
+        meta = dict(parts, fingerprint=fingerprint, n_chunks=n_chunks, lanes_per_device=lanes_per_device, n_devices=nd,
                     devices=[str(d) for d in devices])
         _atomic_write_text(meta_path, json.dumps(meta, indent=1, sort_keys=True))
 
@@ -1069,6 +1075,7 @@ def run_frt_ensemble(
         base_seed=int(base_seed),
         settings=settings,
         chunk_size=chunk_size,
+        lanes_per_device=lanes_per_device,
     )
     n_unc = int(np.sum(result.quench_unconverged))
     if n_unc:

@@ -132,8 +132,33 @@ def _fit_bootstrap(design, key):
     return fit_committee(design, 32, key, replace=True)
 
 
+def _fit_model_error(likelihood):
+    def fit(design, key):
+        """Embedded model error in every coefficient (additive, diagonal), MAP + Laplace."""
+        from jaxiap.inference.model_error import fit_model_error
+
+        return fit_model_error(design, likelihood=likelihood, method="laplace", key=key)
+
+    return fit
+
+
+def _fit_horseshoe(design, key):
+    """Horseshoe prior, NUTS (2 chains x 500 draws)."""
+    from jaxiap.inference.sparse import fit_sparse
+
+    return fit_sparse(design, prior="horseshoe", method="nuts", key=key, num_warmup=500, num_samples=500)
+
+
 #: posterior kind -> fit(design, key) -> Posterior
-POSTERIORS = {"lstsq": _fit_lstsq, "blr": _fit_blr, "nig": _fit_nig, "bootstrap": _fit_bootstrap}
+POSTERIORS = {
+    "lstsq": _fit_lstsq,
+    "blr": _fit_blr,
+    "nig": _fit_nig,
+    "bootstrap": _fit_bootstrap,
+    "merr-iid": _fit_model_error("iid"),
+    "merr-abc": _fit_model_error("abc"),
+    "horseshoe": _fit_horseshoe,
+}
 
 
 POSTERIOR_CHOICES = tuple(POSTERIORS)

@@ -1,0 +1,294 @@
+"""FRT ensemble engine (jaxiap.md.ensemble): physics checks, masking, chunking, devices, resume.
+
+Kept fast: one potential function, two settings objects (HOT, COLD) and two
+lanes-per-device / chunk-size shapes, so only a handful of programs compile.
+"""
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import jaxiap  # noqa: F401  (float64)
+from jaxiap.errors import JaxiapInputError
+from jaxiap.md.ensemble import (
+    REPLICA_FIELDS,
+    FRTEnsembleResult,
+    FRTSettings,
+    auto_chunk_size,
+    frt_replica_fn,
+    replica_key,
+    run_frt_ensemble,
+)
+from jaxiap.md.qoi import CENSORED, EVENT, FAILED
+from jaxiap.systems.lj import LJ13_MINIMUM_ENERGY, lj13_minimum, lj_energy
+
+#: kT 0.3, 4 tau (8 checks): some seeds rearrange (sample 0.8 is effectively hotter).
+HOT = FRTSettings(kT=0.30, t_max=4.0)
+#: kT 0.05, 2 tau: LJ13 stays in its basin.
+COLD = FRTSettings(kT=0.05, t_max=2.0)
+LANES = 2
+SEEDS = np.array([2, 4, 9])  # with C_OK: censored and events at several checks
+SEEDS_DEV = np.array([0, 2, 4, 9, 15, 16, 22, 23])  # events for 9, 15, 23
+#: energy scale of each coefficient sample; 1e4 makes the MD (dt_eff = 0.5) blow up.
+C_OK = np.array([[1.0], [0.8]])
+C_BOOM = np.array([[1.0], [1.0e4], [0.8]])
+
+
+def scaled_lj(c, positions):
+    """LJ energy times the coefficient c[0] (reduced units)."""
+    return c[0] * lj_energy(positions)
+
+
+def run(coef, seeds, settings=HOT, chunk_size=4, **kw):
+    kw.setdefault("lanes_per_device", LANES)
+    return run_frt_ensemble(scaled_lj, coef, seeds, lj13_minimum(), settings,
+                            chunk_size=chunk_size, progress=False, **kw)
+
+
+def assert_same(a: FRTEnsembleResult, b: FRTEnsembleResult, rows_a=slice(None), rows_b=slice(None)):
+    for k in REPLICA_FIELDS:
+        x, y = getattr(a, k)[rows_a], getattr(b, k)[rows_b]
+        assert np.array_equal(x, y, equal_nan=True), k
+
+
+def defect_minimum():
+    """An LJ13 start structure in the lowest defect basin (E = -41.47198 after quenching).
+
+    A surface atom of the icosahedron moved to cap the face farthest from
+    its original site.
+    """
+    x = lj13_minimum()
+    v = x[1:]
+    d = np.linalg.norm(v[:, None] - v[None], axis=-1)
+    faces = [f for f in itertools.combinations(range(12), 3)
+             if all(d[i, j] < 1.2 for i, j in itertools.combinations(f, 2))]
+    centres = np.array([v[list(f)].mean(0) for f in faces])
+    c = centres[np.argmax(np.linalg.norm(centres - v[0], axis=1))]
+    x = x.copy()
+    x[1] = c / np.linalg.norm(c) * (np.linalg.norm(c) + 0.9)
+    return x
+
+
+@pytest.fixture(scope="module")
+def hot_base():
+    """M=2 samples x 3 seeds at kT 0.3, chunks of 4 (two chunks, the last padded)."""
+    return run(C_OK, SEEDS)
+
+
+# ---------------------------------------------------------------------------
+# cheap checks (no ensemble compile)
+# ---------------------------------------------------------------------------
+
+
+def test_settings_validation_and_roundtrip():
+    assert HOT.n_checks == 8 and HOT.t_censor == pytest.approx(4.0)
+    assert FRTSettings(t_max=100.0).n_checks == 200
+    assert FRTSettings.from_dict(json.loads(json.dumps(HOT.to_dict()))) == HOT
+    with pytest.raises(JaxiapInputError, match="criterion"):
+        FRTSettings(criterion="rmsd")
+    with pytest.raises(JaxiapInputError, match="sample_every"):
+        FRTSettings(n_q=100, sample_every=7)
+    with pytest.raises(JaxiapInputError, match="kT"):
+        FRTSettings(kT=-1.0)
+
+
+def test_auto_chunk_size():
+    import jax
+
+    cs, lanes = auto_chunk_size(100, 13, devices=jax.devices(), lanes_per_device=4)
+    assert lanes == 4 and cs >= 4 and cs % len(jax.devices()) == 0
+    n_chunks = -(-100 // cs)
+    assert n_chunks * cs - 100 < n_chunks * len(jax.devices())  # little padding
+    assert auto_chunk_size(5, 13, lanes_per_device=64)[0] == 5
+
+
+def test_langevin_init_removes_com_momentum():
+    """jax-md's nvt_langevin init draws Maxwell-Boltzmann momenta with zero total momentum."""
+    import jax
+    from jax_md import simulate, space
+
+    init, _ = simulate.nvt_langevin(lj_energy, space.free()[1], dt=0.005, kT=0.3, gamma=1.0)
+    p = np.asarray(init(replica_key(0, 7), lj13_minimum()).momentum)
+    assert np.abs(p.sum(axis=0)).max() < 1e-12
+    assert 0.3 * 13 * 3 / 4 < np.sum(p**2) / 2 < 0.3 * 13 * 3  # kinetic energy ~ (3N-3)/2 kT
+    assert jax.numpy.asarray(p).dtype == np.float64
+
+
+def test_bad_inputs():
+    with pytest.raises(JaxiapInputError, match="leading axis"):
+        run({"a": np.ones((2, 1)), "b": np.ones((3, 1))}, SEEDS)
+    with pytest.raises(JaxiapInputError, match="seeds"):
+        run(C_OK, np.array([0.5, 1.5]))
+    with pytest.raises(JaxiapInputError, match="start_positions"):
+        run_frt_ensemble(scaled_lj, C_OK, SEEDS, np.zeros((13, 2)), HOT, progress=False)
+    with pytest.raises(JaxiapInputError, match="NaN"):
+        run(np.array([[np.nan]]), SEEDS)
+
+
+# ---------------------------------------------------------------------------
+# physics
+# ---------------------------------------------------------------------------
+
+
+def test_cold_icosahedron_has_no_event():
+    res = run(np.ones((1, 1)), SEEDS, COLD)
+    assert res.shape == (1, 3)
+    assert np.all(res.code == CENSORED)
+    assert np.allclose(res.time, COLD.t_censor)
+    assert np.all(res.n_checks == COLD.n_checks)
+    np.testing.assert_allclose(res.e0, LJ13_MINIMUM_ENERGY, atol=1e-6)
+    np.testing.assert_allclose(res.e_last, LJ13_MINIMUM_ENERGY, atol=1e-6)  # still the icosahedron
+    # potential energy ~ E0 + (3N-6)/2 kT for a harmonic solid: -44.33 + 16.5 * 0.05 = -43.50
+    assert np.all(np.abs(res.mean_energy - (LJ13_MINIMUM_ENERGY + 16.5 * 0.05)) < 0.3)
+    n_samp = COLD.n_checks * COLD.n_q // COLD.sample_every
+    assert np.all(res.n_samples == n_samp) and np.all(res.energy_hist.sum(-1) == n_samp)
+    assert np.all(res.quench_unconverged == 0)
+
+
+def test_defect_start_against_icosahedron_basin_is_an_immediate_event():
+    x = defect_minimum()
+    # compared with its own quenched basin: nothing happens at kT 0.05
+    own = run_frt_ensemble(scaled_lj, np.ones((1, 1)), SEEDS, x, COLD, chunk_size=4,
+                           lanes_per_device=LANES, progress=False)
+    assert np.all(own.code == CENSORED)
+    np.testing.assert_allclose(own.e0, -41.47198, atol=1e-4)
+    # compared with the icosahedron basin: EVENT at the first check (t = n_q dt)
+    ico = run_frt_ensemble(scaled_lj, np.ones((1, 1)), SEEDS, x, COLD, chunk_size=4,
+                           lanes_per_device=LANES, progress=False,
+                           reference_positions=lj13_minimum())
+    assert np.all(ico.code == EVENT)
+    assert np.all(ico.n_checks == 1)
+    np.testing.assert_allclose(ico.time, COLD.n_q * COLD.dt)
+    np.testing.assert_allclose(ico.e0, LJ13_MINIMUM_ENERGY, atol=1e-6)
+    np.testing.assert_allclose(ico.e_last, -41.47198, atol=1e-4)
+    # histogram covers only the first block
+    assert np.all(ico.n_samples == COLD.n_q // COLD.sample_every)
+
+
+def test_hot_run_results_are_consistent(hot_base):
+    r = hot_base
+    assert r.shape == (2, 3)
+    assert r.code.tolist() == [[CENSORED, CENSORED, EVENT], [EVENT, EVENT, EVENT]]  # these seeds
+    # time = checks made x 0.5 tau, events only at check times
+    np.testing.assert_allclose(r.time, r.n_checks * HOT.n_q * HOT.dt)
+    assert np.all(r.n_checks[r.code == CENSORED] == HOT.n_checks)
+    assert np.all((r.n_checks >= 1) & (r.n_checks <= HOT.n_checks))
+    assert np.all(r.n_samples == r.n_checks * (HOT.n_q // HOT.sample_every))
+    assert np.all(r.energy_hist.sum(-1) + r.n_outside == r.n_samples)
+    np.testing.assert_allclose(r.e0[0], LJ13_MINIMUM_ENERGY, atol=1e-6)
+    np.testing.assert_allclose(r.e0[1], 0.8 * LJ13_MINIMUM_ENERGY, atol=1e-6)
+    s = r.summary()
+    assert s["all"]["n_runs"] == 6 and len(s["per_sample"]) == 2
+    assert s["all"]["n_events"] == int(np.sum(r.code == EVENT))
+
+
+def test_single_replica_fn_matches_engine(hot_base):
+    """vmap(frt_replica_fn) over a batch as wide as the lanes gives the engine's numbers bitwise."""
+    import jax
+
+    rep = jax.jit(jax.vmap(frt_replica_fn(scaled_lj, HOT), in_axes=(0, 0, None, None)))
+    keys = jax.vmap(lambda s: replica_key(0, s))(SEEDS[1:])
+    x0 = lj13_minimum()
+    out = jax.device_get(rep(np.ones((2, 1)), keys, x0, x0))
+    for k in REPLICA_FIELDS:
+        assert np.array_equal(out[k], getattr(hot_base, k)[0, 1:], equal_nan=True), k
+
+
+# ---------------------------------------------------------------------------
+# engineering: masking, chunking, resume, devices
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore:run_frt_ensemble:RuntimeWarning")
+def test_exploding_replica_is_masked_and_others_unchanged(hot_base):
+    boom = run(C_BOOM, SEEDS)
+    assert np.all(boom.code[1] == FAILED)
+    np.testing.assert_allclose(boom.time[1], HOT.n_q * HOT.dt)  # flagged at the first check
+    assert np.all(boom.n_samples[1] == 0) and np.all(boom.energy_hist[1] == 0)
+    assert np.all(np.isfinite(boom.time)) and np.all(np.isfinite(boom.mean_energy[[0, 2]]))
+    # every other replica is bit-identical to the run without the exploding sample
+    assert_same(boom, hot_base, [0, 2], [0, 1])
+    s = boom.summary()
+    assert s["all"]["n_failed"] == 3 and s["per_sample"][1]["n_failed"] == 3
+    assert s["all"]["n_runs"] == 9
+    assert np.array_equal(boom.pooled_energy_hist(), hot_base.pooled_energy_hist())
+
+
+def test_chunk_size_independence(hot_base):
+    assert_same(run(C_OK, SEEDS, chunk_size=2), hot_base)
+
+
+def test_resume_and_fingerprint(tmp_path, hot_base):
+    d = tmp_path / "frt"
+    first = run(C_OK, SEEDS, run_dir=d)
+    assert_same(first, hot_base)
+    files = sorted(os.listdir(d))
+    assert files == ["chunk_00000.npz", "chunk_00001.npz", "ensemble_meta.json"]
+    meta = json.loads((d / "ensemble_meta.json").read_text())
+    assert meta["M"] == 2 and meta["R"] == 3 and meta["settings"]["kT"] == 0.3
+
+    # "interrupted" run: chunk 1 missing; chunk 0 is loaded, not recomputed
+    os.remove(d / "chunk_00001.npz")
+    with np.load(d / "chunk_00000.npz") as z:
+        saved = dict(z)
+    saved["n_outside"] = saved["n_outside"] + 1000  # marker: only visible if the file is reused
+    np.savez(d / "chunk_00000.npz", **saved)
+    resumed = run(C_OK, SEEDS, run_dir=d)
+    assert np.all(resumed.n_outside.ravel()[:4] == hot_base.n_outside.ravel()[:4] + 1000)
+    saved["n_outside"] -= 1000
+    np.savez(d / "chunk_00000.npz", **saved)
+    assert_same(run(C_OK, SEEDS, run_dir=d), hot_base)
+    assert os.path.exists(d / "chunk_00001.npz")
+
+    # different inputs: a clear error, finished work untouched
+    changed = FRTSettings(kT=0.30, t_max=3.0)
+    with pytest.raises(JaxiapInputError, match="different inputs.*new run_dir.*overwrite=True"):
+        run_frt_ensemble(scaled_lj, C_OK, SEEDS, lj13_minimum(), changed, chunk_size=4,
+                         lanes_per_device=LANES, progress=False, run_dir=d)
+    with pytest.raises(JaxiapInputError, match=str(d)):
+        run(C_OK, SEEDS, run_dir=d, base_seed=1)
+    assert sorted(os.listdir(d)) == files
+    other = run(C_OK, SEEDS, run_dir=d, base_seed=1, overwrite=True)
+    assert not np.array_equal(other.mean_energy, hot_base.mean_energy)
+    assert json.loads((d / "ensemble_meta.json").read_text())["base_seed"] == 1
+
+
+def test_save_load_roundtrip(tmp_path, hot_base):
+    p = tmp_path / "res.npz"
+    hot_base.save(p)
+    back = FRTEnsembleResult.load(p)
+    assert_same(back, hot_base)
+    assert back.settings == HOT and back.base_seed == 0
+    assert np.array_equal(back.seeds, SEEDS) and np.array_equal(back.energy_bin_edges, HOT.bin_edges)
+    with np.load(p, allow_pickle=False) as z:  # plain arrays only
+        assert "settings_json" in z
+
+
+def test_four_faked_devices_match_one_device(tmp_path):
+    """Sharding over 4 faked CPU devices (subprocess) reproduces the 1-device run.
+
+    Same lanes per device; XLA compiles the partitioned program with its own
+    round-off (about 1 ulp per block), so floats are compared to 1e-12 and
+    outcomes exactly over this short run.
+    """
+    out = tmp_path / "dev4.npz"
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(here), os.environ.get("PYTHONPATH", "")]))
+    env.pop("XLA_FLAGS", None)
+    proc = subprocess.run([sys.executable, os.path.join(here, "_ensemble_subprocess.py"), "4", str(out)],
+                          check=False, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one = run(np.ones((1, 1)), SEEDS_DEV)
+    assert np.sum(one.code == EVENT) == 3
+    with np.load(out) as z:
+        for k in REPLICA_FIELDS:
+            a, b = getattr(one, k), z[k]
+            if np.issubdtype(a.dtype, np.floating):
+                np.testing.assert_allclose(b, a, rtol=1e-12, atol=0, err_msg=k)
+            else:
+                assert np.array_equal(a, b), k
