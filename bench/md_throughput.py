@@ -27,12 +27,16 @@ Protocol, the same for every engine: equilibrate for at least
 EQUILIBRATION_STEPS (4 tau) in calls of ``steps`` steps (for jax-md the first
 call is preceded by an explicit ahead-of-time compile), then make
 ``--repeats`` timed *steady-state* calls of ``steps`` steps each, continuing
-the trajectory. Throughput uses the fastest steady call (the machine may be
-shared; the load average is printed at the start and the end):
-R * steps / seconds (cluster-steps/s), and 13 times that (atom-steps/s).
-"compile s" is the jax ``lower().compile()`` time; "first call s" is compile
-plus the first execution, i.e. what the first call of a plain ``jit``
-function costs.
+the trajectory. Throughput uses the fastest steady call: R * steps / seconds
+(cluster-steps/s), and 13 times that (atom-steps/s).
+
+* "compile s": the jax ``lower().compile()`` time; "first call s": compile
+  plus the first execution, i.e. what the first call of a plain ``jit``
+  function costs.
+* "cpu/wall": process CPU time over wall time of the fastest call, i.e. the
+  cores the engine kept busy. The machine may be shared: below 1 for a
+  one-thread engine, or well below 2 for the sharded rows, means it was
+  contended (the load average is printed at the start and the end).
 
 <T> is the kinetic temperature 2 KE / (3N) (3N degrees of freedom, no
 centre-of-mass correction) averaged over every steady-state step and
@@ -75,6 +79,7 @@ class Row:
     steps: int  # steps per call
     seconds: float  # fastest steady-state call
     temperature: float  # mean kinetic temperature over the steady-state calls
+    cpu_load: float  # process CPU seconds / wall seconds of the fastest call (cores in use)
     compile_s: float | None = None
     first_call_s: float | None = None
 
@@ -94,7 +99,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--replicas", default="1,64,1024,8192", help="comma-separated replica counts R")
     p.add_argument("--steps", type=int, default=None,
-                   help="steps per call for jax-md and LAMMPS at every R (default: per R, see default_steps)")
+                   help="steps per call for jax-md and LAMMPS at every R (default: ~2e5/R, 100-50000)")
     p.add_argument("--ase-steps", type=int, default=2000, help="steps per call for ASE")
     p.add_argument("--repeats", type=int, default=5, help="timed steady-state calls; the fastest counts")
     p.add_argument("--x64", action="store_true", help="run jax-md in float64 (default float32)")
@@ -139,14 +144,19 @@ def start_positions() -> np.ndarray:
         return np.asarray(lj13_minimum(), np.float64)
 
 
-def steady_state(advance, repeats: int) -> tuple[float, list]:
-    """Call advance() ``repeats`` times: (fastest call in seconds, the calls' results)."""
-    times, results = [], []
+def steady_state(advance, repeats: int) -> tuple[float, float, list]:
+    """Call advance() ``repeats`` times.
+
+    Returns the fastest call's wall seconds, its CPU seconds (all threads of this process)
+    over wall seconds, and the calls' results.
+    """
+    calls, results = [], []
     for _ in range(repeats):
-        t = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         results.append(advance())
-        times.append(time.perf_counter() - t)
-    return min(times), results
+        calls.append((time.perf_counter() - wall, time.process_time() - cpu))
+    wall, cpu = min(calls)
+    return wall, cpu / wall, results
 
 
 # --------------------------------------------------------------------------- jax-md
@@ -195,7 +205,7 @@ def shard_replicas(state, n_devices: int):
     return jax.device_put(state, NamedSharding(mesh, PartitionSpec("replica")))
 
 
-def bench_jaxmd(replicas, steps, repeats, positions, seed, n_devices=1) -> Row:
+def bench_jaxmd(replicas: int, steps: int, repeats: int, positions, seed: int, n_devices=1) -> Row:
     import jax
     import jax.numpy as jnp
 
@@ -213,16 +223,16 @@ def bench_jaxmd(replicas, steps, repeats, positions, seed, n_devices=1) -> Row:
     first_call_s = time.perf_counter() - t
     for _ in range(equilibration_calls(steps) - 1):
         state, _ = compiled(state)
+    state = jax.block_until_ready(state)  # no equilibration work left in the async queue
 
     def advance():
         nonlocal state
         state, temps = jax.block_until_ready(compiled(state))
         return float(jnp.mean(temps))
 
-    seconds, temps = steady_state(advance, repeats)
-    temperature = float(np.mean(temps))
+    seconds, cpu_load, temps = steady_state(advance, repeats)
     name = "jax-md" if n_devices == 1 else f"jax-md x{n_devices} dev"
-    return Row(name, replicas, steps, seconds, temperature, compile_s, first_call_s)
+    return Row(name, replicas, steps, seconds, float(np.mean(temps)), cpu_load, compile_s, first_call_s)
 
 
 # --------------------------------------------------------------------------- ASE
@@ -251,8 +261,8 @@ def bench_ase(steps: int, repeats: int, positions: np.ndarray, seed: int) -> Row
         dyn.run(steps)
         return np.mean(temps[start + 1:])  # the observer also fires once before the first step
 
-    seconds, temps = steady_state(advance, repeats)
-    return Row("ASE", 1, steps, seconds, float(np.mean(temps)))
+    seconds, cpu_load, temps = steady_state(advance, repeats)
+    return Row("ASE", 1, steps, seconds, float(np.mean(temps)), cpu_load)
 
 
 # --------------------------------------------------------------------------- LAMMPS
@@ -307,7 +317,7 @@ def lammps_setup(lmp, coords: np.ndarray, box: float, seed: int) -> None:
     """)
 
 
-def bench_lammps(lammps, replicas: int, steps: int, repeats: int, positions: np.ndarray, seed: int) -> Row:
+def bench_lammps(lammps, replicas: int, steps: int, repeats: int, positions, seed: int) -> Row:
     lmp = lammps.lammps(cmdargs=["-log", "none", "-screen", "none", "-nocite"])
     try:
         coords, box = cluster_grid(positions, replicas, LAMMPS_SPACING)
@@ -318,14 +328,14 @@ def bench_lammps(lammps, replicas: int, steps: int, repeats: int, positions: np.
             reset_timestep 0
             fix tave all ave/time 1 {total} {total} c_thermo_temp
         """)
-        seconds, _ = steady_state(lambda: lmp.command(f"run {steps}"), repeats)
+        seconds, cpu_load, _ = steady_state(lambda: lmp.command(f"run {steps}"), repeats)
         temperature = lmp.extract_fix("tave", lammps.LMP_STYLE_GLOBAL, lammps.LMP_TYPE_SCALAR)
         lost = N_ATOMS * replicas - lmp.get_natoms()
     finally:
         lmp.close()
     if lost:
         print(f"  LAMMPS R={replicas}: {lost} atoms left the box")
-    return Row("LAMMPS", replicas, steps, seconds, temperature)
+    return Row("LAMMPS", replicas, steps, seconds, temperature, cpu_load)
 
 
 # --------------------------------------------------------------------------- report
@@ -344,8 +354,8 @@ def format_table(rows: list[Row]) -> str:
     lammps = {r.replicas: r for r in rows if r.engine == "LAMMPS"}
     lines = [
         "| engine | R | steps/call | cluster-steps/s | atom-steps/s | compile s | first call s "
-        "| <T> | vs ASE | vs LAMMPS |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| <T> | cpu/wall | vs ASE | vs LAMMPS |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         vs_ase = f"{r.cluster_steps_per_s / ase.cluster_steps_per_s:.3g}x" if ase else "-"
@@ -356,7 +366,7 @@ def format_table(rows: list[Row]) -> str:
         lines.append(
             f"| {r.engine} | {r.replicas} | {r.steps} | {r.cluster_steps_per_s:.3e} | "
             f"{r.atom_steps_per_s:.3e} | {compile_s} | {first_s} | {r.temperature:.3f} | "
-            f"{vs_ase} | {vs_lammps} |"
+            f"{r.cpu_load:.2f} | {vs_ase} | {vs_lammps} |"
         )
     return "\n".join(lines)
 
@@ -375,7 +385,8 @@ def run_all(args: argparse.Namespace) -> list[Row]:
     def record(row: Row) -> None:
         rows.append(row)
         print(f"  {row.engine:>14} R={row.replicas:<5} {row.steps:>6} steps {row.seconds:8.3f} s/call "
-              f"{row.atom_steps_per_s:.3e} atom-steps/s  <T>={row.temperature:.3f}", flush=True)
+              f"{row.atom_steps_per_s:.3e} atom-steps/s  <T>={row.temperature:.3f}  "
+              f"cpu/wall={row.cpu_load:.2f}", flush=True)
 
     if not args.skip_ase:
         record(bench_ase(args.ase_steps, args.repeats, positions, args.seed))
