@@ -87,3 +87,22 @@ def test_notebook_runs_at_tiny_size():
     text = outputs_text(nb)
     assert "quenched icosahedron energy: -44.3268" in text
     assert "KS D =" in text
+
+
+@pytest.mark.parametrize("kind", ["blr", "nig", "bootstrap", "merr-abc"])
+def test_posterior_choices_give_samples_near_the_mle(lj13_data, kind):
+    """Each --posterior choice returns a Posterior whose mean is near the WLS fit and whose samples spread."""
+    import jax
+
+    from jaxiap.inference.linear import fit_lstsq
+    from jaxiap.potentials.linear import design_matrix
+    from jaxiap.workflows.lj13 import POSTERIORS, make_basis
+
+    train, _ = lj13_data
+    design = design_matrix(make_basis(LJ13Config()), train)
+    ref = np.asarray(fit_lstsq(design).mean)
+    post = POSTERIORS[kind](design, jax.random.key(0))
+    draws = np.asarray(post.sample(jax.random.key(1), 64))
+    assert draws.shape == (64, ref.size)
+    assert np.all(np.isfinite(draws)) and np.all(draws.std(axis=0) > 0)
+    np.testing.assert_allclose(post.mean, ref, rtol=0.1, atol=0.05 * np.abs(ref).max())
