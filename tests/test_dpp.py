@@ -1,0 +1,277 @@
+"""DPP kernels, marginals, exact samplers, greedy MAP and dual forms against brute force."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+import jaxiap  # noqa: F401  (enables float64)
+from jaxiap.active import dpp
+from jaxiap.errors import JaxiapInputError
+
+
+def _random_L(seed, n, rank=None, scale=1.0):
+    rng = np.random.default_rng(seed)
+    A = rng.normal(size=(n, rank or n)) * scale
+    return A @ A.T
+
+
+def _qd_L(seed, n, f=3):
+    rng = np.random.default_rng(seed)
+    phi = rng.normal(size=(n, f))
+    q = rng.uniform(0.8, 1.6, size=n)
+    return np.asarray(dpp.quality_diversity_kernel(phi, q, 1.0))
+
+
+def _subsets(n):
+    for r in range(n + 1):
+        yield from itertools.combinations(range(n), r)
+
+
+def _det(L, S):
+    S = list(S)
+    return 1.0 if not S else float(np.linalg.det(L[np.ix_(S, S)]))
+
+
+def _exact_probs(L, k=None):
+    """{subset tuple: probability} by enumeration, for the DPP or (k given) the k-DPP."""
+    n = L.shape[0]
+    subs = [S for S in _subsets(n) if k is None or len(S) == k]
+    w = np.array([_det(L, S) for S in subs])
+    return dict(zip(subs, w / w.sum())), float(np.linalg.det(L + np.eye(n)))
+
+
+def _chi2_pvalue(masks, probs, min_expected=5.0):
+    """Chi-square goodness of fit of sampled masks to exact subset probabilities (small bins pooled)."""
+    masks = np.asarray(masks)
+    n_draws = masks.shape[0]
+    counts = {}
+    for m in masks:
+        S = tuple(np.flatnonzero(m))
+        assert S in probs, f"sampled subset {S} has zero probability"
+        counts[S] = counts.get(S, 0) + 1
+    obs, exp, pool_o, pool_e = [], [], 0.0, 0.0
+    for S, p in probs.items():
+        e = n_draws * p
+        if e < min_expected:
+            pool_o += counts.get(S, 0)
+            pool_e += e
+        else:
+            obs.append(counts.get(S, 0))
+            exp.append(e)
+    if pool_e > 0:
+        obs.append(pool_o)
+        exp.append(pool_e)
+    return stats.chisquare(np.array(obs, float), np.array(exp)).pvalue
+
+
+# ----------------------------------------------------------------------------- kernels / marginals
+
+def test_rbf_and_quality_diversity_kernel():
+    rng = np.random.default_rng(0)
+    phi = rng.normal(size=(5, 3))
+    k = np.asarray(dpp.rbf_kernel(phi, 0.7))
+    d2 = ((phi[:, None] - phi[None]) ** 2).sum(-1)
+    np.testing.assert_allclose(k, np.exp(-d2 / (2 * 0.7**2)), rtol=1e-12, atol=1e-14)
+    np.testing.assert_array_equal(np.diag(k), 1.0)
+    q = rng.uniform(0.5, 2.0, size=5)
+    L = np.asarray(dpp.quality_diversity_kernel(phi, q, 0.7))
+    np.testing.assert_allclose(L, q[:, None] * k * q[None], rtol=1e-12)
+    np.testing.assert_array_equal(L, L.T)
+
+
+def test_inclusion_probabilities_match_enumeration():
+    n = 6
+    L = _random_L(1, n, scale=0.6)
+    probs, Z = _exact_probs(L)
+    # normalisation: sum_S det(L_S) = det(L + I)
+    np.testing.assert_allclose(sum(_det(L, S) for S in _subsets(n)), Z, rtol=1e-10)
+    brute = np.array([sum(p for S, p in probs.items() if i in S) for i in range(n)])
+    np.testing.assert_allclose(np.asarray(dpp.inclusion_probabilities(L)), brute, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(float(dpp.expected_size(L)), sum(len(S) * p for S, p in probs.items()),
+                               rtol=1e-10)
+    K = np.asarray(dpp.marginal_kernel(L))
+    np.testing.assert_array_equal(K, K.T)
+    np.testing.assert_allclose(K, L @ np.linalg.inv(L + np.eye(n)), atol=1e-12)
+    pair = sum(p for S, p in probs.items() if 0 in S and 3 in S)  # P({0,3} subset Y) = det(K_{03})
+    np.testing.assert_allclose(_det(K, (0, 3)), pair, rtol=1e-9)
+
+
+# ----------------------------------------------------------------------------- exact samplers
+
+N_DRAWS = 3000
+
+
+def test_sample_dpp_chi_square():
+    L = _qd_L(2, 5)
+    probs, _ = _exact_probs(L)
+    keys = jax.random.split(jax.random.key(0), N_DRAWS)
+    masks = jax.vmap(lambda key: dpp.sample_dpp(key, L))(keys)
+    assert masks.shape == (N_DRAWS, 5) and masks.dtype == jnp.bool_
+    assert _chi2_pvalue(masks, probs) > 1e-3
+    np.testing.assert_allclose(np.asarray(masks).mean(0), np.asarray(dpp.inclusion_probabilities(L)),
+                               atol=0.04)
+
+
+def test_sample_kdpp_chi_square():
+    L = _qd_L(3, 5)
+    probs, _ = _exact_probs(L, k=2)
+    keys = jax.random.split(jax.random.key(1), N_DRAWS)
+    masks = jax.vmap(lambda key: dpp.sample_kdpp(key, L, 2))(keys)
+    assert np.all(np.asarray(masks).sum(1) == 2)
+    assert _chi2_pvalue(masks, probs) > 1e-3
+
+
+def test_kdpp_log_space_handles_extreme_spectra():
+    # eigenvalues spanning 1e-150 .. 1e150: e_k would overflow / underflow without log space
+    rng = np.random.default_rng(4)
+    Q, _ = np.linalg.qr(rng.normal(size=(6, 6)))
+    L = (Q * np.array([1e150, 1e100, 1.0, 1e-3, 1e-50, 1e-150])) @ Q.T
+    L = 0.5 * (L + L.T)
+    # the scale is too extreme for the PSD check's relative tolerance to be meaningful; call the core
+    masks = jax.vmap(lambda key: dpp._sample_kdpp(key, jnp.asarray(L), 3))(jax.random.split(jax.random.key(5), 50))
+    assert np.all(np.asarray(masks).sum(1) == 3)
+
+
+def test_samplers_deterministic_and_jittable():
+    L = _qd_L(5, 6)
+    key = jax.random.key(7)
+    a = dpp.sample_dpp(key, L)
+    np.testing.assert_array_equal(a, dpp.sample_dpp(key, L))
+    np.testing.assert_array_equal(a, jax.jit(dpp.sample_dpp)(key, jnp.asarray(L)))
+    b = dpp.sample_kdpp(key, L, 3)
+    np.testing.assert_array_equal(b, jax.jit(dpp.sample_kdpp, static_argnums=2)(key, jnp.asarray(L), 3))
+    assert int(b.sum()) == 3
+    # old-style uint32 keys work too
+    assert dpp.sample_dpp(jax.random.PRNGKey(0), L).shape == (6,)
+    # a projection-like kernel: huge eigenvalues -> every eigenvector kept, sample = all N items
+    assert bool(jnp.all(dpp.sample_dpp(key, 1e12 * np.eye(4))))
+
+
+# ----------------------------------------------------------------------------- greedy MAP
+
+def _best_subset(L, k):
+    return max(itertools.combinations(range(L.shape[0]), k), key=lambda S: _det(L, S))
+
+
+def test_greedy_map_exact_cases():
+    L = _random_L(6, 7)
+    idx, ld = dpp.greedy_map(L, 1)
+    assert int(idx[0]) == int(np.argmax(np.diag(L)))
+    np.testing.assert_allclose(float(ld[0]), np.log(np.max(np.diag(L))), rtol=1e-12)
+
+    D = np.diag([0.5, 3.0, 1.2, 7.0, 0.1, 2.0])
+    idx, ld = dpp.greedy_map(D, 3)
+    assert set(np.asarray(idx).tolist()) == set(_best_subset(D, 3)) == {1, 3, 5}
+
+    # block diagonal with strongly correlated pairs: the mode takes one item per block
+    def block(a, b, rho=0.98):
+        return np.array([[a, rho * np.sqrt(a * b)], [rho * np.sqrt(a * b), b]])
+
+    B = np.zeros((6, 6))
+    for s, (a, b) in zip((0, 2, 4), ((4.0, 3.5), (2.0, 2.5), (1.0, 1.5))):
+        B[s:s + 2, s:s + 2] = block(a, b)
+    for k in (1, 2, 3):
+        idx, ld = dpp.greedy_map(B, k)
+        best = _best_subset(B, k)
+        assert set(np.asarray(idx).tolist()) == set(best)
+        np.testing.assert_allclose(float(ld[-1]), np.log(_det(B, best)), rtol=1e-10)
+
+
+def test_greedy_map_log_dets_are_prefix_log_dets():
+    L = _random_L(7, 8, scale=0.8)
+    idx, ld = dpp.greedy_map(L, 5)
+    idx = np.asarray(idx)
+    assert np.all(idx >= 0) and len(set(idx.tolist())) == 5
+    for t in range(5):
+        sign, direct = np.linalg.slogdet(L[np.ix_(idx[:t + 1], idx[:t + 1])])
+        assert sign > 0
+        np.testing.assert_allclose(float(ld[t]), direct, rtol=1e-9, atol=1e-10)
+    # with every residual d_i^2 >= 1 (here lam_min(L) >= 1), log det never decreases
+    L2 = _random_L(8, 8, scale=0.5) + 1.5 * np.eye(8)
+    _, ld2 = dpp.greedy_map(L2, 8)
+    assert np.all(np.diff(np.concatenate([[0.0], np.asarray(ld2)])) >= 0)
+    jidx, jld = jax.jit(dpp.greedy_map, static_argnums=1)(jnp.asarray(L), 5)
+    np.testing.assert_array_equal(jidx, idx)
+    np.testing.assert_allclose(jld, ld, rtol=1e-12)
+
+
+def test_greedy_map_stops_at_rank():
+    L = _random_L(9, 6, rank=2)
+    idx, ld = dpp.greedy_map(L, 4)
+    idx = np.asarray(idx)
+    assert np.all(idx[:2] >= 0) and np.all(idx[2:] == -1)
+    np.testing.assert_allclose(np.asarray(ld)[2:], float(ld[1]))
+    idx0, ld0 = dpp.greedy_map(np.zeros((3, 3)), 2)
+    np.testing.assert_array_equal(idx0, [-1, -1])
+    np.testing.assert_array_equal(ld0, [0.0, 0.0])
+
+
+# ----------------------------------------------------------------------------- dual forms
+
+def test_dual_matches_primal():
+    rng = np.random.default_rng(10)
+    B = rng.normal(size=(8, 3)) * 0.8
+    L = B @ B.T
+    np.testing.assert_allclose(np.asarray(dpp.inclusion_probabilities_dual(B)),
+                               np.asarray(dpp.inclusion_probabilities(L)), rtol=1e-10, atol=1e-12)
+    m = dpp.sample_dpp_dual(jax.random.key(0), B)
+    assert m.shape == (8,) and int(m.sum()) <= 3
+    mk = dpp.sample_kdpp_dual(jax.random.key(0), B, 3)
+    assert int(mk.sum()) == 3
+
+
+def test_sample_dpp_dual_chi_square():
+    rng = np.random.default_rng(11)
+    B = rng.normal(size=(5, 2))
+    L = B @ B.T
+    keys = jax.random.split(jax.random.key(2), N_DRAWS)
+    probs, _ = _exact_probs(L)
+    probs = {S: p for S, p in probs.items() if p > 1e-12}  # subsets beyond rank 2 have P = 0
+    masks = jax.vmap(lambda key: dpp.sample_dpp_dual(key, B))(keys)
+    assert _chi2_pvalue(masks, probs) > 1e-3
+    probs2, _ = _exact_probs(L, k=2)
+    masks2 = jax.vmap(lambda key: dpp.sample_kdpp_dual(key, B, 2))(keys)
+    assert _chi2_pvalue(masks2, probs2) > 1e-3
+
+
+# ----------------------------------------------------------------------------- bad input
+
+def test_bad_input_raises():
+    L = _random_L(12, 4)
+    key = jax.random.key(0)
+    with pytest.raises(JaxiapInputError, match="square"):
+        dpp.inclusion_probabilities(np.ones((3, 4)))
+    with pytest.raises(JaxiapInputError, match="square"):
+        dpp.sample_dpp(key, np.ones(3))
+    asym = L.copy()
+    asym[0, 1] += 1.0
+    with pytest.raises(JaxiapInputError, match="symmetric"):
+        dpp.sample_dpp(key, asym)
+    with pytest.raises(JaxiapInputError, match="positive semi-definite"):
+        dpp.marginal_kernel(L - 2.0 * np.linalg.eigvalsh(L).max() * np.eye(4))
+    bad = L.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(JaxiapInputError, match="NaN"):
+        dpp.expected_size(bad)
+    with pytest.raises(JaxiapInputError, match="rank"):
+        dpp.sample_kdpp(key, _random_L(13, 5, rank=2), 3)
+    with pytest.raises(JaxiapInputError, match="out of range"):
+        dpp.sample_kdpp(key, L, 5)
+    with pytest.raises(JaxiapInputError, match="out of range"):
+        dpp.greedy_map(L, -1)
+    with pytest.raises(JaxiapInputError, match="int"):
+        dpp.greedy_map(L, 2.0)
+    with pytest.raises(JaxiapInputError, match="rank"):
+        dpp.sample_kdpp_dual(key, np.ones((5, 2)), 2)
+    with pytest.raises(JaxiapInputError, match="feature matrix"):
+        dpp.inclusion_probabilities_dual(np.ones(5))
+    with pytest.raises(JaxiapInputError, match="lengthscale"):
+        dpp.rbf_kernel(np.ones((3, 2)), 0.0)
+    with pytest.raises(JaxiapInputError, match="quality"):
+        dpp.quality_diversity_kernel(np.ones((3, 2)), -np.ones(3), 1.0)
+    with pytest.raises(JaxiapInputError, match="quality"):
+        dpp.quality_diversity_kernel(np.ones((3, 2)), np.ones(4), 1.0)
