@@ -66,7 +66,7 @@ def test_chunking_does_not_change_rows(basis, small_data):
     a = design_matrix(basis, small_data, chunk_size=5)
     b = design_matrix(basis, small_data, chunk_size=2)
     for x, y in zip(a, b):
-        np.testing.assert_allclose(x, y, rtol=1e-13)
+        np.testing.assert_allclose(x, y, rtol=1e-12, atol=1e-14)  # vector width changes rounding
 
 
 def test_coefficient_stack_vmaps(basis, rng):
