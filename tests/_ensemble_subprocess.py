@@ -1,4 +1,4 @@
-"""Helper for tests/test_ensemble.py: run a small FRT ensemble on N faked CPU devices.
+"""Helper for tests/test_ensemble.py: run a small (samples x seeds) FRT sweep on N faked CPU devices.
 
 Usage: python _ensemble_subprocess.py N_DEVICES OUT.npz
 XLA_FLAGS must be set before jax is imported, hence a separate process.
@@ -17,13 +17,13 @@ import jaxiap  # noqa: E402,F401  (float64)
 from jaxiap.md.ensemble import REPLICA_FIELDS, run_frt_ensemble  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_ensemble import HOT, SEEDS_DEV, LANES, scaled_lj  # noqa: E402
+from test_ensemble import C_SWEEP, HOT, SEEDS_DEV, LANES, scaled_lj  # noqa: E402
 
 from jaxiap.systems.lj import lj13_minimum  # noqa: E402
 
 assert len(jax.devices()) == n_dev, jax.devices()
 res = run_frt_ensemble(
-    scaled_lj, np.ones((1, 1)), SEEDS_DEV, lj13_minimum(), HOT,
+    scaled_lj, C_SWEEP, SEEDS_DEV, lj13_minimum(), HOT,
     chunk_size=2 * n_dev, lanes_per_device=LANES, progress=False,
 )
 np.savez(sys.argv[2], **{k: getattr(res, k) for k in REPLICA_FIELDS})

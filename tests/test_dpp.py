@@ -275,3 +275,80 @@ def test_bad_input_raises():
         dpp.quality_diversity_kernel(np.ones((3, 2)), -np.ones(3), 1.0)
     with pytest.raises(JaxiapInputError, match="quality"):
         dpp.quality_diversity_kernel(np.ones((3, 2)), np.ones(4), 1.0)
+
+
+# ----------------------------------------------------------------------------- greedy MAP: more exact cases
+
+def test_greedy_map_separated_qualities_and_submodular_gains():
+    rng = np.random.default_rng(21)
+    n = 8
+    phi = rng.normal(size=(n, 3))
+    q = 10.0 ** rng.permutation(np.arange(n))  # qualities a factor 10 apart dominate det(k_S) < 1
+    L = np.asarray(dpp.quality_diversity_kernel(phi, q, 1.5))
+    idx, ld = dpp.greedy_map(L, 4)  # greedy is a prefix path: its first k items are greedy_map(L, k)
+    for k in (1, 2, 3, 4):
+        best = _best_subset(L, k)
+        assert set(np.asarray(idx)[:k].tolist()) == set(best) == set(np.argsort(-q)[:k].tolist())
+        np.testing.assert_allclose(float(ld[k - 1]), np.log(_det(L, best)), rtol=1e-9)
+    # marginal gains log d_t^2 along the greedy path never increase (log det is submodular),
+    # and with every gain d^2 >= 1 (L scaled up) the determinant never decreases
+    for seed in range(3):
+        L = _qd_L(30 + seed, n)
+        idx, ld = dpp.greedy_map(L, n)
+        gains = np.diff(np.concatenate([[0.0], np.asarray(ld)]))
+        assert np.all(np.diff(gains) <= 1e-10)
+        scale = 1.01 / np.exp(gains.min())  # now every d_t^2 = scale * old d_t^2 >= 1
+        idx2, ld2 = dpp.greedy_map(scale * L, n)
+        np.testing.assert_array_equal(idx2, idx)
+        dets = [_det(scale * L, np.asarray(idx2)[:t]) for t in range(n + 1)]
+        assert np.all(np.diff(dets) >= 0)
+        assert set(np.asarray(idx2)[:1].tolist()) == set(_best_subset(scale * L, 1))
+
+
+# ----------------------------------------------------------------------------- features and qualities
+
+def test_configuration_features_invariant_and_standardised():
+    from jaxiap.descriptors.radial import RadialBasis, structure_features
+    from jaxiap.potentials.linear import LinearBasis
+    from jaxiap.structures import from_positions
+
+    rng = np.random.default_rng(4)
+    grid = 1.1 * np.stack(np.meshgrid(*[np.arange(2)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    pos = grid[None] + 0.1 * rng.normal(size=(4, 8, 3))
+    R = np.linalg.qr(rng.normal(size=(3, 3)))[0]
+    moved = pos[0][rng.permutation(8)] @ R.T + 0.3
+    st = from_positions(np.concatenate([pos, moved[None]]))
+    radial = RadialBasis("chebyshev", 4, 0.8, 3.0)
+    raw = np.asarray(dpp.configuration_features(LinearBasis(radial), st, standardize=False))
+    assert raw.shape == (5, 4)
+    ref = jax.jit(lambda x: structure_features(radial, x))(jnp.asarray(pos[1]))
+    np.testing.assert_allclose(raw[1], ref, rtol=1e-12)
+    np.testing.assert_allclose(raw[4], raw[0], rtol=1e-9)  # rotation + permutation + translation
+    phi = np.asarray(dpp.configuration_features(radial, st))
+    np.testing.assert_allclose(phi.mean(0), 0.0, atol=1e-12)
+    np.testing.assert_allclose(phi.std(0), 1.0, rtol=1e-10)
+    with pytest.raises(JaxiapInputError, match="LinearBasis or a RadialBasis"):
+        dpp.configuration_features("chebyshev", st)
+
+
+def test_quality_scores():
+    e = np.array([1.0, 1.5, 3.0])
+    np.testing.assert_allclose(dpp.quality_scores("boltzmann", energies=e, kT=0.5) ** 2,
+                               np.exp(-(e - 1.0) / 0.5), rtol=1e-14)
+    np.testing.assert_allclose(dpp.quality_scores("boltzmann", energies=e / 13, kT=0.5, n_atoms=np.full(3, 13)),
+                               np.exp(-(e - 1.0) / 1.0), rtol=1e-12)
+    np.testing.assert_allclose(dpp.quality_scores("uncertainty", uncertainty=[0.5, 2.0, 1.0]), [0.25, 1.0, 0.5])
+    np.testing.assert_array_equal(dpp.quality_scores("uniform", energies=e), np.ones(3))
+    np.testing.assert_array_equal(dpp.quality_scores("uniform", n=2), np.ones(2))
+    with pytest.raises(JaxiapInputError, match="unknown"):
+        dpp.quality_scores("entropy", n=3)
+    with pytest.raises(JaxiapInputError, match="needs energies"):
+        dpp.quality_scores("boltzmann", energies=e)
+    with pytest.raises(JaxiapInputError, match="needs uncertainty"):
+        dpp.quality_scores("uncertainty")
+    with pytest.raises(JaxiapInputError, match="number of candidates"):
+        dpp.quality_scores("uniform")
+    with pytest.raises(JaxiapInputError, match="kT must be"):
+        dpp.quality_scores("boltzmann", energies=e, kT=-1.0)
+    with pytest.raises(JaxiapInputError, match=">= 0"):
+        dpp.quality_scores("uncertainty", uncertainty=[-1.0, 1.0])

@@ -37,6 +37,8 @@ SEEDS_DEV = np.array([0, 2, 4, 9, 15, 16, 22, 23])  # events for 9, 15, 23
 #: energy scale of each coefficient sample; 1e4 makes the MD (dt_eff = 0.5) blow up.
 C_OK = np.array([[1.0], [0.8]])
 C_BOOM = np.array([[1.0], [1.0e4], [0.8]])
+#: a posterior-like sweep: 3 coefficient samples x SEEDS_DEV
+C_SWEEP = np.array([[1.0], [0.9], [1.1]])
 
 
 def scaled_lj(c, positions):
@@ -270,7 +272,7 @@ def test_save_load_roundtrip(tmp_path, hot_base):
 
 
 def test_four_faked_devices_match_one_device(tmp_path):
-    """Sharding over 4 faked CPU devices (subprocess) reproduces the 1-device run.
+    """A (3 samples x 8 seeds) sweep sharded over 4 faked CPU devices (subprocess) reproduces the 1-device run.
 
     Same lanes per device; XLA compiles the partitioned program with its own
     round-off (about 1 ulp per block), so floats are compared to 1e-12 and
@@ -283,8 +285,10 @@ def test_four_faked_devices_match_one_device(tmp_path):
     proc = subprocess.run([sys.executable, os.path.join(here, "_ensemble_subprocess.py"), "4", str(out)],
                           check=False, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    one = run(np.ones((1, 1)), SEEDS_DEV)
-    assert np.sum(one.code == EVENT) == 3
+    one = run(C_SWEEP, SEEDS_DEV)
+    assert one.shape == (3, 8)
+    assert 0 < np.sum(one.code == EVENT) < one.code.size  # both outcomes occur
+    assert not np.array_equal(one.time[0], one.time[2])  # the samples differ
     with np.load(out) as z:
         for k in REPLICA_FIELDS:
             a, b = getattr(one, k), z[k]

@@ -36,11 +36,34 @@ def test_run_folder_contents(tiny_run):
     assert "![survival](survival.png)" in (tiny_run / "report.md").read_text()
 
 
+def test_three_attempts_are_reported(tiny_run):
+    """Tiny preset: mle (1 x 4 seeds), subsets (3 x 4), posterior (6 blr draws x 4); same seeds."""
+    s = json.loads((tiny_run / "summary.json").read_text())
+    a = s["attempts"]
+    assert list(a) == ["mle", "subsets", "posterior"]
+    assert (a["mle"]["n_samples"], a["subsets"]["n_samples"], a["posterior"]["n_samples"]) == (1, 3, 6)
+    assert a["mle"]["frt"] == s["fitted"]  # attempt 1 is the main fitted run
+    for name in ("subsets", "posterior"):
+        v = a[name]["variance_split_restricted"]
+        assert v["thermal"] >= 0 and v["parametric"] >= 0 and v["n_seeds"] == 4
+        assert len(a[name]["per_sample"]["mean"]) == a[name]["n_samples"]
+        assert 0 <= a[name]["ks_statistic"] <= 1
+    coef = np.load(tiny_run / "coefficients_posterior.npy")
+    assert coef.shape == (6, 3) and np.all(coef.std(0) > 0)
+    subsets = np.load(tiny_run / "coefficients_subsets.npy")
+    assert subsets.shape == (3, 3) and np.all(subsets.std(0) > 0)
+    assert a["posterior"]["pce"]["degree"] == 1
+    for name in ("frt_attempts_histogram.png", "survival_attempts.png", "per_sample_frt.png"):
+        assert (tiny_run / name).exists(), name
+    report = (tiny_run / "report.md").read_text()
+    assert "the three attempts" in report and "parametric" in report
+
+
 def test_rerun_resumes_with_identical_numbers(tiny_run):
     before = json.loads((tiny_run / "summary.json").read_text())
     assert main(["lj13", "--out", str(tiny_run), *TINY]) == 0
     after = json.loads((tiny_run / "summary.json").read_text())
-    for key in ("true", "fitted", "fit", "ks_statistic"):
+    for key in ("true", "fitted", "fit", "ks_statistic", "attempts"):
         assert after[key] == before[key]
 
 
@@ -56,6 +79,8 @@ def test_changed_config_in_same_folder_is_refused(tiny_run, capsys):
     (["lj13", "--seeds", "0"], "--seeds"),
     (["lj13", "--basis", "legendre"], "--basis"),
     (["lj13", "--r-min", "4", "--r-cut", "3"], "r_min"),
+    (["lj13", "--attempts", "mle,typo"], "attempts"),
+    (["lj13", "--subset-fraction", "1.5"], "subset_fraction"),
 ])
 def test_bad_options_give_one_line_errors(argv, needle, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "jaxiap.cli", *argv, "--out", str(tmp_path / "x")],
@@ -69,7 +94,8 @@ def test_help_documents_every_option():
     proc = subprocess.run([sys.executable, "-m", "jaxiap.cli", "lj13", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0
     for opt in ("--seeds", "--t-max", "--preset", "--basis-size", "--basis", "--kT", "--gamma", "--dt",
-                "--n-q", "--r-b", "--criterion", "--out", "--posterior"):
+                "--n-q", "--r-b", "--criterion", "--out", "--posterior", "--attempts", "--posterior-samples",
+                "--n-subsets", "--sample-posterior", "--attempt-seeds"):
         assert opt in proc.stdout
 
 

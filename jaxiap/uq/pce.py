@@ -1,30 +1,38 @@
-"""Hermite polynomial chaos surrogates of QoIs and their Sobol indices (SCIENCE.md section 10).
+"""Polynomial chaos surrogates of QoIs and their Sobol indices (SCIENCE.md section 10).
 
-The germ is a standard Gaussian xi ~ N(0, I_d) (e.g. the posterior coefficients
-c~ = c + L xi). A QoI is expanded in total-degree-p products of probabilists'
-Hermite polynomials,
+Two germs (families of inputs) are supported, chosen with ``germ=``:
 
-    Q(xi) ~ sum_{|alpha| <= p} q_alpha Psi_alpha(xi),   Psi_alpha = prod_j He_{alpha_j}(xi_j),
+- ``"hermite"`` (the default): a standard Gaussian xi ~ N(0, I_d), e.g. the
+  posterior coefficients c~ = c + L xi (see :func:`gaussian_germ` and
+  :func:`from_germ`). The basis is probabilists' Hermite polynomials He_n with
+  E[He_n He_m] = n! delta_nm, so ||Psi_alpha||^2 = prod_j alpha_j!.
+- ``"legendre"``: independent uniform inputs xi ~ U(-1, 1)^d (a bounded input
+  x in [lo, hi] maps to xi = (2 x - lo - hi) / (hi - lo)). The basis is the
+  Legendre polynomials P_n with E[P_n P_m] = delta_nm / (2 n + 1) under the
+  uniform density 1/2 on [-1, 1], so ||Psi_alpha||^2 = prod_j 1 / (2 alpha_j + 1).
 
-with E[He_n He_m] = n! delta_nm, so ||Psi_alpha||^2 = prod_j alpha_j!. The
-coefficients are fitted by regression on samples (xi^(s), Q^(s)): least
+A QoI is expanded in total-degree-p products of the 1-d polynomials,
+
+    Q(xi) ~ sum_{|alpha| <= p} q_alpha Psi_alpha(xi),   Psi_alpha = prod_j phi_{alpha_j}(xi_j).
+
+The coefficients are fitted by regression on samples (xi^(s), Q^(s)): least
 squares, ridge, or any sparse solver passed as a callable (e.g. Bayesian
 compressive sensing, ``jaxiap.inference.bcs.fit_bcs``). Moments and Sobol
-indices follow from the coefficients (Sudret 2008):
+indices follow from the coefficients and the germ's norms (Sudret 2008):
 
     mean = q_0,   Var = sum_{alpha != 0} q_alpha^2 ||Psi_alpha||^2,
     S_j   = sum_{alpha_j > 0, alpha_i = 0 (i != j)} q_alpha^2 ||Psi_alpha||^2 / Var,
     S_j^T = sum_{alpha_j > 0} q_alpha^2 ||Psi_alpha||^2 / Var.
 
-Hermite chaos converges fast for QoIs that are smooth, slowly growing
-functions of the Gaussian germ (e.g. of Gaussian posterior coefficients). It
-converges slowly for bounded inputs made from the germ through the normal CDF:
-with x = pi (2 Phi(xi) - 1) ~ U(-pi, pi), sin^2(x) keeps 63 % of its variance
-outside degree 10 and 21 % outside degree 20, so the uniform-input Ishigami
-indices are out of reach at p ~ 10 (use a Legendre chaos for uniform inputs).
-Least-squares Hermite fits also need S well above T at high p (tail samples
-make the design ill-conditioned); check ``validation_error`` and the moments
-against a larger S.
+Choose the germ that matches the input distribution. Hermite chaos converges
+fast for QoIs that are smooth, slowly growing functions of a Gaussian germ. It
+converges slowly for bounded inputs made from a Gaussian germ through the
+normal CDF: with x = pi (2 Phi(xi) - 1) ~ U(-pi, pi), sin^2(x) keeps 63 % of
+its variance outside Hermite degree 10. The Legendre germ handles such uniform
+inputs directly: the uniform-input Ishigami indices are reached at p ~ 12
+(tests/test_pce.py). Least-squares fits need S well above T at high p (Hermite
+tail samples, and the Legendre end points, make the design ill-conditioned);
+check ``validation_error`` and the moments against a larger S.
 
 Everything is float64 (``import jaxiap`` enables it). Basis evaluation,
 prediction, moments and Sobol indices are pure jnp and jit/vmap-able; the
@@ -47,15 +55,47 @@ from jaxiap.errors import JaxiapInputError
 
 __all__ = [
     "PCE",
+    "GERMS",
     "total_degree_multi_indices",
     "hermite_basis",
+    "legendre_basis",
+    "polynomial_basis",
     "basis_norms",
     "fit_pce",
     "validation_error",
     "pce_from_samples",
+    "gaussian_germ",
+    "from_germ",
 ]
 
 _MAX_TERMS = 2_000_000
+GERMS = ("hermite", "legendre")
+_LEGENDRE_TOL = 1e-12  # round-off allowed outside [-1, 1] for a Legendre germ
+
+
+def _check_germ(germ, name: str = "germ") -> str:
+    if not isinstance(germ, str) or germ not in GERMS:
+        raise JaxiapInputError(
+            f"{name} must be one of {GERMS} ('hermite' for xi ~ N(0, 1), 'legendre' for xi ~ U(-1, 1)); "
+            f"got {germ!r}")
+    return germ
+
+
+def _check_legendre_range(xi, name: str = "xi") -> None:
+    """Raise if a concrete Legendre germ leaves [-1, 1]; traced arrays (under jit) are not checked."""
+    if isinstance(xi, jax.core.Tracer):
+        return
+    x = np.asarray(xi)
+    if x.size == 0:
+        return
+    finite = np.isfinite(x)
+    worst = float(np.max(np.abs(np.where(finite, x, 0.0))))
+    if not finite.all() or worst > 1.0 + _LEGENDRE_TOL:
+        bad = "NaN or inf" if not finite.all() else f"max |xi| = {worst:.6g}"
+        raise JaxiapInputError(
+            f"{name} must lie in [-1, 1] for the Legendre germ (xi ~ U(-1, 1)); found {bad}. Map a "
+            "uniform input x in [lo, hi] to xi = (2 x - lo - hi) / (hi - lo), or use germ='hermite' "
+            "for Gaussian inputs")
 
 
 def _as_int(value, name: str) -> int:
@@ -124,6 +164,19 @@ def _hermite_1d(x: jnp.ndarray, max_degree: int) -> jnp.ndarray:
     return jnp.stack(polys, axis=-1)
 
 
+def _legendre_1d(x: jnp.ndarray, max_degree: int) -> jnp.ndarray:
+    """P_0..P_P of x (...,) by Bonnet's recurrence; shape (..., P + 1)."""
+    polys = [jnp.ones_like(x)]
+    if max_degree >= 1:
+        polys.append(x)
+    for n in range(1, max_degree):
+        polys.append(((2 * n + 1) * x * polys[n] - n * polys[n - 1]) / (n + 1))
+    return jnp.stack(polys, axis=-1)
+
+
+_ONE_D = {"hermite": _hermite_1d, "legendre": _legendre_1d}
+
+
 def hermite_basis(xi, multi_indices, max_degree: int | None = None) -> jnp.ndarray:
     """Evaluate Psi_alpha(xi) = prod_j He_{alpha_j}(xi_j) for every row alpha; shape (S, T).
 
@@ -134,6 +187,30 @@ def hermite_basis(xi, multi_indices, max_degree: int | None = None) -> jnp.ndarr
     concrete; give it explicitly to trace ``multi_indices`` under ``jit``.
     Memory is O(S T + S d P): the product over dimensions is a scan.
     """
+    return polynomial_basis(xi, multi_indices, "hermite", max_degree=max_degree)
+
+
+def legendre_basis(xi, multi_indices, max_degree: int | None = None) -> jnp.ndarray:
+    """Evaluate Psi_alpha(xi) = prod_j P_{alpha_j}(xi_j) for every row alpha; shape (S, T).
+
+    xi: (S, d) germ samples in [-1, 1] (float64; xi ~ U(-1, 1)). multi_indices:
+    (T, d) non-negative ints. P_n are Legendre polynomials (P_n(1) = 1), built
+    with Bonnet's recurrence (n + 1) P_{n+1}(x) = (2 n + 1) x P_n(x) - n P_{n-1}(x);
+    E[P_n P_m] = delta_nm / (2 n + 1) under the uniform density on [-1, 1].
+    Concrete xi outside [-1, 1] raises :class:`JaxiapInputError`; traced xi
+    (under ``jit``) is not checked. ``max_degree`` as in :func:`hermite_basis`.
+    """
+    return polynomial_basis(xi, multi_indices, "legendre", max_degree=max_degree)
+
+
+def polynomial_basis(xi, multi_indices, germ: str = "hermite", max_degree: int | None = None) -> jnp.ndarray:
+    """Evaluate the chaos basis Psi_alpha(xi) (S, T) of the germ family ``germ``.
+
+    germ: ``"hermite"`` (He_n, xi ~ N(0, 1)) or ``"legendre"`` (P_n, xi ~ U(-1, 1)).
+    xi: (S, d) float64; multi_indices: (T, d) non-negative ints; ``max_degree``
+    (static) is read from ``multi_indices`` when it is concrete.
+    """
+    germ = _check_germ(germ)
     xi = jnp.asarray(xi)
     if max_degree is None:
         mi_np = _check_multi_indices(multi_indices)
@@ -153,12 +230,14 @@ def hermite_basis(xi, multi_indices, max_degree: int | None = None) -> jnp.ndarr
             f"xi has d={xi.shape[1]} columns but multi_indices has d={mi.shape[1]}; they must match")
     if not jnp.issubdtype(xi.dtype, jnp.floating):
         xi = xi.astype(jnp.result_type(float))
-    return _basis_core(xi, mi, max_degree)
+    if germ == "legendre":
+        _check_legendre_range(xi)
+    return _basis_core(xi, mi, max_degree, germ)
 
 
-@partial(jax.jit, static_argnums=2)
-def _basis_core(xi, mi, max_degree):
-    H = _hermite_1d(xi, max_degree)                      # (S, d, P + 1)
+@partial(jax.jit, static_argnums=(2, 3))
+def _basis_core(xi, mi, max_degree, germ):
+    H = _ONE_D[germ](xi, max_degree)                     # (S, d, P + 1)
     H_by_dim = jnp.moveaxis(H, 1, 0)                     # (d, S, P + 1)
 
     def step(acc, inputs):
@@ -170,32 +249,45 @@ def _basis_core(xi, mi, max_degree):
     return out
 
 
-def basis_norms(multi_indices) -> jnp.ndarray:
-    """Squared norms ||Psi_alpha||^2 = E[Psi_alpha^2] = prod_j alpha_j!; shape (T,), float64."""
+def basis_norms(multi_indices, germ: str = "hermite") -> jnp.ndarray:
+    """Squared norms ||Psi_alpha||^2 = E[Psi_alpha^2]; shape (T,), float64.
+
+    Hermite: prod_j alpha_j!.  Legendre (uniform density on [-1, 1]): prod_j 1 / (2 alpha_j + 1).
+    """
+    germ = _check_germ(germ)
     mi = jnp.asarray(multi_indices)
     if mi.ndim != 2:
         raise JaxiapInputError(f"multi_indices must have shape (T, d), got shape {mi.shape}")
-    return _norms_core(mi)
+    return _norms_core(mi, germ)
 
 
-@jax.jit
-def _norms_core(mi):
+@partial(jax.jit, static_argnums=1)
+def _norms_core(mi, germ):
+    a = mi.astype(jnp.result_type(float))
+    if germ == "legendre":
+        return jnp.exp(-jnp.sum(jnp.log(2.0 * a + 1.0), axis=1))
     # alpha! = Gamma(alpha + 1); exp(gammaln) is accurate to ~1e-15 relative in float64
-    return jnp.exp(jnp.sum(jax.scipy.special.gammaln(mi.astype(jnp.result_type(float)) + 1.0), axis=1))
+    return jnp.exp(jnp.sum(jax.scipy.special.gammaln(a + 1.0), axis=1))
 
 
 class PCE(eqx.Module):
-    """A Hermite polynomial chaos expansion Q(xi) = sum_t coefficients[t] Psi_t(xi).
+    """A polynomial chaos expansion Q(xi) = sum_t coefficients[t] Psi_t(xi).
 
-    coefficients (T,) float64; multi_indices (T, d) int; norms (T,) = ||Psi_t||^2;
-    degree: the largest single-dimension degree in ``multi_indices`` (static,
-    so prediction jits). All methods are pure jnp.
+    coefficients (T,) float64; multi_indices (T, d) int; norms (T,) = ||Psi_t||^2
+    (of the germ's family, see :func:`basis_norms`); degree: the largest
+    single-dimension degree in ``multi_indices`` (static, so prediction jits);
+    germ: ``"hermite"`` (default, xi ~ N(0, I)) or ``"legendre"`` (xi ~ U(-1, 1)^d),
+    static. All methods are pure jnp.
     """
 
     coefficients: jnp.ndarray
     multi_indices: jnp.ndarray
     norms: jnp.ndarray
     degree: int = eqx.field(static=True)
+    germ: str = eqx.field(static=True, default="hermite")
+
+    def __check_init__(self):
+        _check_germ(self.germ, "PCE.germ")
 
     @property
     def dim(self) -> int:
@@ -203,11 +295,15 @@ class PCE(eqx.Module):
         return self.multi_indices.shape[1]
 
     def __call__(self, xi) -> jnp.ndarray:
-        """Evaluate the surrogate at xi (S, d) -> (S,); a single point (d,) gives a scalar."""
+        """Evaluate the surrogate at xi (S, d) -> (S,); a single point (d,) gives a scalar.
+
+        For a Legendre germ, concrete xi must lie in [-1, 1].
+        """
         xi = jnp.asarray(xi)
         if xi.ndim == 1:
             return self(xi[None, :])[0]
-        return hermite_basis(xi, self.multi_indices, max_degree=self.degree) @ self.coefficients
+        B = polynomial_basis(xi, self.multi_indices, self.germ, max_degree=self.degree)
+        return B @ self.coefficients
 
     @property
     def mean(self) -> jnp.ndarray:
@@ -253,7 +349,7 @@ def _moments(coefficients, multi_indices, norms):
     return mean, var, first, total
 
 
-def _check_samples(xi, q, name: str = "fit_pce"):
+def _check_samples(xi, q, name: str = "fit_pce", germ: str = "hermite"):
     xi = np.asarray(xi, dtype=np.float64)
     q = np.asarray(q, dtype=np.float64)
     if xi.ndim != 2:
@@ -267,6 +363,8 @@ def _check_samples(xi, q, name: str = "fit_pce"):
             f"{name}: xi has S={xi.shape[0]} samples but q has {q.shape[0]}; pass one QoI value per germ sample")
     if not np.all(np.isfinite(xi)):
         raise JaxiapInputError(f"{name}: xi contains NaN or inf; drop those samples")
+    if germ == "legendre":
+        _check_legendre_range(xi, name=f"{name}: xi")
     if not np.all(np.isfinite(q)):
         bad = np.flatnonzero(~np.isfinite(q))
         raise JaxiapInputError(f"{name}: q contains NaN or inf at samples {bad[:10].tolist()}; "
@@ -275,14 +373,16 @@ def _check_samples(xi, q, name: str = "fit_pce"):
 
 
 def fit_pce(xi, q, p: int, *, solver: str | Callable = "lstsq", alpha: float = 1e-8,
-            multi_indices=None) -> PCE:
-    """Fit a Hermite PCE of total degree p to samples by regression; returns a :class:`PCE`.
+            multi_indices=None, germ: str = "hermite") -> PCE:
+    """Fit a PCE of total degree p to samples by regression; returns a :class:`PCE`.
 
-    xi: (S, d) germ samples, ideally xi ~ N(0, I_d); q: (S,) QoI values (float64).
+    xi: (S, d) germ samples, ideally xi ~ N(0, I_d) for ``germ="hermite"`` (the
+    default) or xi ~ U(-1, 1)^d for ``germ="legendre"`` (then xi must lie in
+    [-1, 1]); q: (S,) QoI values (float64).
     p: total degree (ignored when ``multi_indices`` (T, d) is given).
 
     The regression runs on the orthonormal basis A = Psi / sqrt(||Psi||^2)
-    (S, T), which is much better conditioned than the raw Hermite products;
+    (S, T), which is much better conditioned than the raw polynomial products;
     coefficients are mapped back as q_alpha = c_alpha / sqrt(||Psi_alpha||^2).
 
     solver:
@@ -299,7 +399,8 @@ def fit_pce(xi, q, p: int, *, solver: str | Callable = "lstsq", alpha: float = 1
         raise JaxiapInputError(f"fit_pce: p (total degree) must be an integer, got {p!r}")
     if p < 0:
         raise JaxiapInputError(f"fit_pce: p (total degree) must be >= 0, got {p}")
-    xi, q = _check_samples(xi, q)
+    germ = _check_germ(germ, "fit_pce: germ")
+    xi, q = _check_samples(xi, q, germ=germ)
     S, d = xi.shape
     if multi_indices is None:
         mi = total_degree_multi_indices(d, int(p))
@@ -317,9 +418,9 @@ def fit_pce(xi, q, p: int, *, solver: str | Callable = "lstsq", alpha: float = 1
             f"fit_pce: {S} samples for {T} PCE terms (d={d}, p={p}) is underdetermined; draw at least {T} "
             f"(2 x {T} = {2 * T} advised), lower p, or pass a sparse solver callable (e.g. BCS)")
 
-    norms = np.asarray(basis_norms(mi))
+    norms = np.asarray(basis_norms(mi, germ))
     scale = np.sqrt(norms)
-    A = np.asarray(hermite_basis(jnp.asarray(xi), mi)) / scale[None, :]
+    A = np.asarray(polynomial_basis(jnp.asarray(xi), mi, germ)) / scale[None, :]
 
     if custom:
         out = solver(A, q)
@@ -341,7 +442,7 @@ def fit_pce(xi, q, p: int, *, solver: str | Callable = "lstsq", alpha: float = 1
                                "or use solver='ridge'")
     coef = c / scale
     return PCE(coefficients=jnp.asarray(coef), multi_indices=jnp.asarray(mi), norms=jnp.asarray(norms),
-               degree=int(mi.max()))
+               degree=int(mi.max()), germ=germ)
 
 
 def validation_error(pce: PCE, xi_test, q_test) -> float:
@@ -350,7 +451,7 @@ def validation_error(pce: PCE, xi_test, q_test) -> float:
     Compare it with the noise-induced floor (e.g. the seed-to-seed scatter of
     MD QoIs relative to ||q||); a surrogate cannot beat the noise in its data.
     """
-    xi, q = _check_samples(xi_test, q_test, name="validation_error")
+    xi, q = _check_samples(xi_test, q_test, name="validation_error", germ=pce.germ)
     if xi.shape[1] != pce.dim:
         raise JaxiapInputError(f"validation_error: xi_test has d={xi.shape[1]} but the PCE has d={pce.dim}")
     denom = np.linalg.norm(q)
@@ -361,14 +462,16 @@ def validation_error(pce: PCE, xi_test, q_test) -> float:
 
 
 def pce_from_samples(key, qoi_fn: Callable, d: int, p: int, n_samples: int | None = None,
-                     **fit_kwargs) -> PCE:
-    """Draw xi ~ N(0, I_d) (n_samples, d) with ``key``, evaluate q = qoi_fn(xi) (n_samples,), fit a PCE.
+                     *, germ: str = "hermite", **fit_kwargs) -> PCE:
+    """Draw germ samples (n_samples, d) with ``key``, evaluate q = qoi_fn(xi) (n_samples,), fit a PCE.
 
-    ``qoi_fn`` is vectorised: it maps (S, d) germ samples to (S,) QoI values.
-    ``n_samples`` defaults to 2 T (T = C(d + p, p) terms). Extra keyword
-    arguments go to :func:`fit_pce` (``solver``, ``alpha``, ``multi_indices``).
-    Same key, same samples, same surrogate.
+    germ ``"hermite"`` (default) draws xi ~ N(0, I_d); ``"legendre"`` draws
+    xi ~ U(-1, 1)^d. ``qoi_fn`` is vectorised: it maps (S, d) germ samples to
+    (S,) QoI values. ``n_samples`` defaults to 2 T (T = C(d + p, p) terms).
+    Extra keyword arguments go to :func:`fit_pce` (``solver``, ``alpha``,
+    ``multi_indices``). Same key, same samples, same surrogate.
     """
+    germ = _check_germ(germ, "pce_from_samples: germ")
     d = _as_int(d, "d (germ dimension)")
     p = _as_int(p, "p (total polynomial degree)")
     T = total_degree_multi_indices(d, p).shape[0] if "multi_indices" not in fit_kwargs \
@@ -378,6 +481,106 @@ def pce_from_samples(key, qoi_fn: Callable, d: int, p: int, n_samples: int | Non
     n_samples = _as_int(n_samples, "n_samples")
     if n_samples < 1:
         raise JaxiapInputError(f"n_samples must be >= 1, got {n_samples}")
-    xi = jax.random.normal(key, (n_samples, d), dtype=jnp.result_type(float))
+    dtype = jnp.result_type(float)
+    if germ == "legendre":
+        xi = jax.random.uniform(key, (n_samples, d), dtype=dtype, minval=-1.0, maxval=1.0)
+    else:
+        xi = jax.random.normal(key, (n_samples, d), dtype=dtype)
     q = qoi_fn(xi)
-    return fit_pce(xi, q, p, **fit_kwargs)
+    return fit_pce(xi, q, p, germ=germ, **fit_kwargs)
+
+
+# ---------------------------------------------------------------- Gaussian germ of coefficient samples
+
+def _cholesky_factor(cov_or_cholesky, K: int, kind: str, name: str) -> np.ndarray:
+    """Lower Cholesky factor (K, K) from a covariance or a factor, per ``kind``."""
+    if kind not in ("auto", "cov", "cholesky"):
+        raise JaxiapInputError(f"{name}: kind must be 'auto', 'cov' or 'cholesky', got {kind!r}")
+    M = np.asarray(cov_or_cholesky, dtype=np.float64)
+    if M.shape != (K, K):
+        raise JaxiapInputError(f"{name}: the covariance / Cholesky factor must have shape ({K}, {K}) to match "
+                               f"the K={K} coefficients, got shape {M.shape}")
+    if not np.all(np.isfinite(M)):
+        raise JaxiapInputError(f"{name}: the covariance / Cholesky factor contains NaN or inf")
+    if kind == "auto":
+        scale = max(float(np.max(np.abs(M))), np.finfo(np.float64).tiny)
+        off = M - np.diag(np.diag(M))
+        if not off.any():
+            raise JaxiapInputError(
+                f"{name}: a diagonal matrix is both a covariance and a Cholesky factor; pass "
+                "kind='cov' (variances on the diagonal) or kind='cholesky' (standard deviations)")
+        if np.max(np.abs(M - M.T)) <= 1e-12 * scale:
+            kind = "cov"
+        elif not np.triu(M, 1).any():
+            kind = "cholesky"
+        else:
+            raise JaxiapInputError(
+                f"{name}: the matrix is neither symmetric (a covariance) nor lower triangular (a Cholesky "
+                "factor L with cov = L L^T); pass one of those")
+    if kind == "cov":
+        try:
+            L = np.linalg.cholesky(0.5 * (M + M.T))
+        except np.linalg.LinAlgError:
+            raise JaxiapInputError(
+                f"{name}: the covariance is not positive definite; add a small jitter to its diagonal, "
+                "or pass a Cholesky factor of the non-degenerate directions") from None
+    else:
+        if np.triu(M, 1).any():
+            raise JaxiapInputError(f"{name}: kind='cholesky' needs a lower-triangular factor L (cov = L L^T)")
+        L = M
+    diag = np.diag(L)
+    if not np.all(diag > 0):
+        raise JaxiapInputError(
+            f"{name}: the Cholesky factor has a non-positive diagonal entry ({float(diag.min()):.3g}); "
+            "the map to the germ xi = L^-1 (c - mean) needs an invertible factor")
+    return L
+
+
+def _check_coeff_array(x, K: int | None, what: str, name: str) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim not in (1, 2):
+        raise JaxiapInputError(f"{name}: {what} must have shape (M, K) or (K,), got shape {x.shape}")
+    if K is not None and x.shape[-1] != K:
+        raise JaxiapInputError(f"{name}: {what} has K={x.shape[-1]} columns but the mean has K={K}")
+    if not np.all(np.isfinite(x)):
+        raise JaxiapInputError(f"{name}: {what} contains NaN or inf")
+    return x
+
+
+def gaussian_germ(samples, mean, cov_or_cholesky, *, kind: str = "auto") -> jnp.ndarray:
+    """Map coefficient samples c (M, K) to the standard Gaussian germ xi = L^-1 (c - mean) (M, K).
+
+    The inverse of c = mean + L xi with xi ~ N(0, I_K) (the first-order Hermite
+    chaos of a Gaussian posterior, SCIENCE.md section 10); :func:`from_germ` maps back.
+    mean: (K,). cov_or_cholesky: (K, K), either the covariance Sigma (then L is
+    its lower Cholesky factor) or the lower-triangular factor L itself
+    (Sigma = L L^T). ``kind="auto"`` reads a symmetric matrix as a covariance and
+    a lower-triangular one as a factor; a diagonal matrix is ambiguous and needs
+    ``kind="cov"`` or ``kind="cholesky"``. A single sample (K,) gives (K,).
+    float64; validates eagerly (not meant for jit).
+    """
+    m = _check_coeff_array(mean, None, "mean", "gaussian_germ")
+    if m.ndim != 1:
+        raise JaxiapInputError(f"gaussian_germ: mean must have shape (K,), got shape {m.shape}")
+    K = m.shape[0]
+    c = _check_coeff_array(samples, K, "samples", "gaussian_germ")
+    L = _cholesky_factor(cov_or_cholesky, K, kind, "gaussian_germ")
+    xi = jax.scipy.linalg.solve_triangular(jnp.asarray(L), jnp.asarray(np.atleast_2d(c) - m).T, lower=True).T
+    return xi[0] if c.ndim == 1 else xi
+
+
+def from_germ(xi, mean, L, *, kind: str = "cholesky") -> jnp.ndarray:
+    """Map germ samples xi (M, K) to coefficients c = mean + L xi (M, K); the inverse of :func:`gaussian_germ`.
+
+    mean: (K,). L: (K, K) lower Cholesky factor of the covariance (default
+    ``kind="cholesky"``); pass ``kind="cov"`` to give the covariance instead, or
+    ``"auto"`` as in :func:`gaussian_germ`. A single germ (K,) gives (K,). float64.
+    """
+    m = _check_coeff_array(mean, None, "mean", "from_germ")
+    if m.ndim != 1:
+        raise JaxiapInputError(f"from_germ: mean must have shape (K,), got shape {m.shape}")
+    K = m.shape[0]
+    x = _check_coeff_array(xi, K, "xi", "from_germ")
+    Lf = _cholesky_factor(L, K, kind, "from_germ")
+    c = jnp.asarray(m) + jnp.asarray(np.atleast_2d(x)) @ jnp.asarray(Lf).T
+    return c[0] if x.ndim == 1 else c

@@ -26,9 +26,11 @@ PRESETS = {
     # defaults: the 2-core CPU run of the README (under 5 minutes)
     "cpu": {},
     # thousands of seeds on a GPU, float32 MD
-    "gpu": dict(n_seeds=4096, n_trajectories=64, dtype="float32"),
+    "gpu": dict(n_seeds=4096, n_trajectories=64, dtype="float32",
+                n_subsets=100, n_posterior_samples=128, attempt_seeds=1024),
     # seconds-long smoke runs for tests and notebooks
-    "tiny": dict(n_seeds=8, t_max=5.0, n_trajectories=4, n_samples=20, sample_every=50),
+    "tiny": dict(n_seeds=8, t_max=5.0, n_trajectories=4, n_samples=20, sample_every=50,
+                 n_subsets=3, n_posterior_samples=6, attempt_seeds=4, sample_posterior="blr"),
 }
 
 
@@ -61,6 +63,14 @@ class LJ13Config:
     energy_weight: float = 1.0
     force_weight: float = 1.0
     posterior: str = "lstsq"
+    # forward UQ: the three attempts (jaxiap.workflows.lj13_attempts)
+    attempts: str = "mle,subsets,posterior"
+    n_subsets: int = 8
+    subset_fraction: float = 0.5
+    n_posterior_samples: int = 16
+    sample_posterior: str = "merr-iid"
+    attempt_seeds: int = 64
+    pce_degree: int | None = None
     # execution
     chunk_size: int | None = None
 
@@ -72,7 +82,8 @@ class LJ13Config:
             v = getattr(self, name)
             if not (math.isfinite(v) and v > 0):
                 bad(name, "must be a positive number")
-        for name in ("n_q", "n_seeds", "n_trajectories", "n_samples", "sample_every", "basis_size"):
+        for name in ("n_q", "n_seeds", "n_trajectories", "n_samples", "sample_every", "basis_size",
+                     "n_subsets", "n_posterior_samples", "attempt_seeds"):
             if getattr(self, name) < 1:
                 bad(name, "must be a positive integer")
         if self.n_equilibrate < 0:
@@ -83,14 +94,22 @@ class LJ13Config:
             bad("r_min", f"must be smaller than r_cut={self.r_cut}")
         if self.energy_weight < 0 or self.force_weight < 0 or self.energy_weight + self.force_weight == 0:
             bad("force_weight", "energy and force weights must be >= 0 and not both 0")
+        if not 0.0 < self.subset_fraction <= 1.0:
+            bad("subset_fraction", "must be in (0, 1]")
+        if self.pce_degree is not None and self.pce_degree < 1:
+            bad("pce_degree", "must be a positive integer (or None for automatic)")
+        from jaxiap.workflows.lj13_attempts import parse_attempts
+
+        parse_attempts(self.attempts)
         if self.chunk_size is not None and self.chunk_size < 1:
             bad("chunk_size", "must be a positive integer")
         from jaxiap.descriptors.radial import FAMILIES
 
         if self.basis not in FAMILIES:
             bad("basis", f"choose one of {FAMILIES}")
-        if self.posterior not in POSTERIORS:
-            bad("posterior", f"choose one of {tuple(POSTERIORS)}")
+        for name in ("posterior", "sample_posterior"):
+            if getattr(self, name) not in POSTERIORS:
+                bad(name, f"choose one of {tuple(POSTERIORS)}")
 
     @classmethod
     def from_preset(cls, preset: str = "cpu", **overrides) -> "LJ13Config":
@@ -276,8 +295,13 @@ def run_lj13(config: LJ13Config = LJ13Config(), out_dir="runs/lj13", overwrite: 
         true_res = run_frt_ensemble(true_lj_energy, np.zeros((1, 1)), seeds, start, settings,
                                     run_dir=out / "frt_true", **common)
     with timer("frt_fitted"):
-        fit_res = run_frt_ensemble(energy_fn(basis), coef[None], seeds, start, settings,
+        fitted_energy = energy_fn(basis)
+        fit_res = run_frt_ensemble(fitted_energy, coef[None], seeds, start, settings,
                                    run_dir=out / "frt_fitted", **common)
+    from jaxiap.workflows.lj13_attempts import attempt_figures, run_attempts
+
+    attempts, attempt_results = run_attempts(config, out, design, posterior, fitted_energy, true_res,
+                                             progress=progress, mle_result=fit_res, timer=timer)
     with timer("report"):
         true_sum, fit_sum = true_res.summary()["all"], fit_res.summary()["all"]
         summary = {
@@ -291,12 +315,15 @@ def run_lj13(config: LJ13Config = LJ13Config(), out_dir="runs/lj13", overwrite: 
             "true": true_sum,
             "fitted": fit_sum,
             **compare_frt(true_res, fit_res),
+            "attempts": attempts,
             "t_censor": settings.t_censor,
             "settings": {"kT": config.kT, "gamma": config.gamma, "dt": config.dt, "n_q": config.n_q,
                          "t_max": config.t_max, "r_b": config.r_b, "criterion": config.criterion,
                          "seed": config.seed, "n_seeds": config.n_seeds, "dtype": config.dtype},
         }
         write_figures(out, config, basis, coef, parity, true_res, fit_res)
+        if attempt_results:
+            attempt_figures(out, true_res, attempt_results)
         summary["wall_time_s"] = dict(timer.times)
         write_json(out / "summary.json", summary)
         write_report(out, summary)
@@ -343,6 +370,8 @@ def _fmt(x, spec=".3g"):
 
 
 def write_report(out: Path, s: dict) -> None:
+    from jaxiap.workflows.lj13_attempts import attempts_report
+
     rows = []
     for key in ("true", "fitted"):
         d = s[key]
@@ -385,6 +414,7 @@ Two-sample KS (min(FRT, t_censor), true vs fitted): D = {s['ks_statistic']:.3f},
 
 ![energy histograms](energy_histogram.png)
 
+{attempts_report(s["attempts"]) if s.get("attempts") else ""}
 Wall time per stage (s): {', '.join(f'{k} {v:.1f}' for k, v in s.get('wall_time_s', {}).items())}
 """
     (out / "report.md").write_text(text)

@@ -1,0 +1,301 @@
+"""DPP sampling and greedy MAP: jaxiap.active.dpp against DPPy (issue 6).
+
+One PSD L-ensemble kernel per N: a quality-diversity RBF kernel
+L_ij = q_i exp(-|phi_i - phi_j|^2 / (2 ell^2)) q_j on random features phi ~ N(0, I_d), ell = 4,
+d = 10, q_i ~ U(0.5, 1.5), built once in numpy and handed to both libraries.
+
+Timed per N, for jaxiap and DPPy (``FiniteDPP('likelihood', L=L)``, mode 'GS'):
+
+- eig: the one-off eigendecomposition. jaxiap: the jitted ``jnp.linalg.eigh`` its
+  samplers call (``jaxiap.active.dpp._eig``); DPPy: ``scipy.linalg.eigh``, the call
+  FiniteDPP makes (its first ``sample_exact``).
+- exact DPP sample, per sample, given the eigendecomposition. DPPy caches the
+  eigenpairs in the FiniteDPP object; jaxiap's public ``sample_dpp(key, L)``
+  eigendecomposes on every call, so its per-sample cost is timed on the internal
+  jitted phase-2 sampler (``_bernoulli_eigs`` + ``_projection_sample`` on the same
+  (lam, V)); the public end-to-end call (input checks + eig + sample) is timed too,
+  for N <= ``--e2e-max-n``.
+- k-DPP sample (k = ``--k``), the same way (``_kdpp_eigs`` + ``_projection_sample``
+  vs ``sample_exact_k_dpp(size=k, mode='GS')``).
+- greedy MAP of k items. DPPy has no greedy MAP (only exact and MCMC samplers), so
+  the peer is a plain-numpy fast greedy MAP (Chen, Zhang & Zhou 2018, incremental
+  Cholesky, O(N k^2)) written below. jaxiap: ``greedy_map(L, k)`` (public, includes
+  the PSD check, an O(N^3) ``eigvalsh``) and its jitted core ``_greedy_map``.
+
+jaxiap is timed after compilation with ``block_until_ready``; compile time is
+``jit(...).lower(...).compile()``. Per-sample figures are medians over ``--reps``
+samples with different keys / seeds. Correctness is checked on a tiny kernel (N = 12):
+mean sample size and inclusion frequencies of both exact samplers against
+sum lam/(1+lam) and diag K, k-DPP sizes, and greedy MAP indices equal to the
+numpy reference.
+
+Usage: ``python bench/dpp.py [--sizes 1000 2000 5000] [--k 50] [--reps 5]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+import scipy.linalg as sla  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+import jaxiap  # noqa: E402,F401  (float64)
+from jaxiap.active import dpp as jdpp  # noqa: E402
+
+try:
+    from dppy.finite_dpps import FiniteDPP  # noqa: E402
+except ImportError:  # pragma: no cover
+    FiniteDPP = None
+
+
+# ----------------------------------------------------------------------------- kernel
+
+def make_kernel(n: int, d: int = 10, lengthscale: float = 4.0, seed: int = 0) -> np.ndarray:
+    """Quality-diversity RBF kernel (n, n), float64, exactly symmetric."""
+    rng = np.random.default_rng(seed)
+    phi = rng.normal(size=(n, d))
+    q = rng.uniform(0.5, 1.5, size=n)
+    sq = np.sum(phi * phi, axis=1)
+    d2 = np.maximum(sq[:, None] + sq[None, :] - 2.0 * phi @ phi.T, 0.0)
+    np.fill_diagonal(d2, 0.0)
+    L = q[:, None] * np.exp(-0.5 * d2 / lengthscale**2) * q[None, :]
+    return 0.5 * (L + L.T)
+
+
+# ----------------------------------------------------------------------------- numpy peer for greedy MAP
+
+def greedy_map_numpy(L: np.ndarray, k: int, eps: float = 1e-10) -> np.ndarray:
+    """Fast greedy MAP (Chen, Zhang & Zhou 2018, Alg. 1): incremental Cholesky, O(N k^2)."""
+    n = L.shape[0]
+    C = np.zeros((k, n))
+    d2 = np.diag(L).copy()
+    sel = []
+    j = int(np.argmax(d2))
+    for t in range(k):
+        if d2[j] < eps:
+            break
+        sel.append(j)
+        e = (L[j] - C[:t].T @ C[:t, j]) / np.sqrt(d2[j])
+        C[t] = e
+        d2 = d2 - e * e
+        d2[sel] = -np.inf
+        j = int(np.argmax(d2))
+    return np.array(sel, dtype=int)
+
+
+# ----------------------------------------------------------------------------- jaxiap phase-2 samplers
+
+@jax.jit
+def _j_dpp_given_eig(key, lam, V):
+    k_eig, k_proj = jax.random.split(key)
+    return jdpp._projection_sample(k_proj, V, jdpp._bernoulli_eigs(k_eig, lam))
+
+
+def _j_kdpp_given_eig_impl(key, lam, V, k):
+    k_eig, k_proj = jax.random.split(key)
+    return jdpp._projection_sample(k_proj, V, jdpp._kdpp_eigs(k_eig, lam, k))
+
+
+_j_kdpp_given_eig = jax.jit(_j_kdpp_given_eig_impl, static_argnums=3)
+
+
+# ----------------------------------------------------------------------------- timing helpers
+
+def _block(x):
+    return jax.block_until_ready(x)
+
+
+def _time(fn, reps: int):
+    """Median and min wall time of ``reps`` calls of fn(i)."""
+    ts = []
+    for i in range(reps):
+        t0 = time.perf_counter()
+        fn(i)
+        ts.append(time.perf_counter() - t0)
+    return float(np.median(ts)), float(np.min(ts))
+
+
+def _compile_s(jitted, *args, static=()):
+    t0 = time.perf_counter()
+    jitted.lower(*args, *static).compile()
+    return time.perf_counter() - t0
+
+
+# ----------------------------------------------------------------------------- correctness on a tiny case
+
+def correctness(n_samples: int = 4000) -> list[str]:
+    L = make_kernel(12, d=3, lengthscale=1.0, seed=1) * 2.0
+    lam, V = np.linalg.eigh(L)
+    lam = np.maximum(lam, 0.0)
+    K = (V * (lam / (1 + lam))) @ V.T
+    e_size = float(np.sum(lam / (1 + lam)))
+    keys = jax.random.split(jax.random.key(0), n_samples)
+    Lj = jnp.asarray(L)
+    jm = np.asarray(jax.vmap(lambda kk: jdpp._sample_dpp(kk, Lj))(keys))   # = sample_dpp minus the checks
+    dpp = FiniteDPP("likelihood", L=L)
+    rng = np.random.RandomState(0)
+    dm = np.zeros((n_samples, 12), bool)
+    for s in range(n_samples):
+        dm[s, dpp.sample_exact(mode="GS", random_state=rng)] = True
+    se = np.sqrt(np.sum(K.diagonal() * (1 - K.diagonal())) / n_samples)  # rough s.e. of the mean size
+    lines = [f"tiny N=12 kernel, {n_samples} samples each: E|Y| exact {e_size:.4f} | "
+             f"jaxiap {jm.sum(1).mean():.4f} | DPPy {dm.sum(1).mean():.4f} (s.e. ~{se:.3f})",
+             f"  max |inclusion freq - K_ii|: jaxiap {np.abs(jm.mean(0) - K.diagonal()).max():.4f}, "
+             f"DPPy {np.abs(dm.mean(0) - K.diagonal()).max():.4f} "
+             f"(binomial s.e. <= {0.5 / np.sqrt(n_samples):.4f})"]
+    k = 3
+    jk = np.asarray(jax.vmap(lambda kk: jdpp._sample_kdpp(kk, Lj, k))(keys))   # = sample_kdpp minus checks
+    dk = np.zeros((n_samples, 12), bool)
+    for s in range(n_samples):
+        dk[s, dpp.sample_exact_k_dpp(size=k, mode="GS", random_state=rng)] = True
+    lines.append(f"  k-DPP k={k}: sizes jaxiap {sorted(set(jk.sum(1).tolist()))}, DPPy "
+                 f"{sorted(set(dk.sum(1).tolist()))}; max |inclusion freq jaxiap - DPPy| "
+                 f"{np.abs(jk.mean(0) - dk.mean(0)).max():.4f}")
+    big = make_kernel(1000, seed=3)
+    gi, _ = jdpp.greedy_map(big, 50)
+    ni = greedy_map_numpy(big, 50)
+    lines.append(f"  greedy MAP N=1000 k=50: jaxiap indices == numpy reference: "
+                 f"{np.array_equal(np.asarray(gi), ni)}")
+    return lines
+
+
+# ----------------------------------------------------------------------------- benchmark
+
+def bench_one(n: int, k: int, reps: int, e2e_max_n: int, exact_max_n: int) -> list[dict]:
+    rows = []
+    L = make_kernel(n)
+    Lj = jnp.asarray(L)
+    _block(Lj)
+    if n > exact_max_n:
+        return rows + bench_greedy(n, k, reps, e2e_max_n, L, Lj)
+    return rows + bench_exact(n, k, reps, e2e_max_n, L, Lj) + bench_greedy(n, k, reps, e2e_max_n, L, Lj)
+
+
+def bench_exact(n, k, reps, e2e_max_n, L, Lj) -> list[dict]:
+    rows = []
+
+    # --- eigendecomposition (one-off)
+    c_eig = _compile_s(jdpp._eig, Lj)
+    t0 = time.perf_counter()
+    lam_j, V_j = _block(jdpp._eig(Lj))
+    t_eig_j = time.perf_counter() - t0
+    dpp = FiniteDPP("likelihood", L=L)
+    rng = np.random.RandomState(0)
+    t0 = time.perf_counter()
+    dpp.sample_exact(mode="GS", random_state=rng)  # scipy.linalg.eigh + one sample
+    t_first_d = time.perf_counter() - t0
+    lam = np.maximum(np.asarray(lam_j), 0.0)
+    esize = float(np.sum(lam / (1 + lam)))
+
+    # --- exact DPP, per sample given eig
+    keys = jax.random.split(jax.random.key(1), reps + 1)
+    c_dpp = _compile_s(_j_dpp_given_eig, keys[0], lam_j, V_j)
+    _block(_j_dpp_given_eig(keys[0], lam_j, V_j))
+    sizes = []
+    tj = _time(lambda i: sizes.append(int(_block(_j_dpp_given_eig(keys[i + 1], lam_j, V_j)).sum())), reps)
+    dsizes = []
+    td = _time(lambda i: dsizes.append(len(dpp.sample_exact(mode="GS", random_state=rng))), reps)
+    t_eig_d = max(t_first_d - td[0], 0.0)
+    rows.append(dict(N=n, task="eig (one-off)", jax=t_eig_j, peer=t_eig_d, compile=c_eig,
+                     note="DPPy: first sample_exact minus the median per-sample time"))
+    rows.append(dict(N=n, task="DPP sample given eig", jax=tj[0], peer=td[0], compile=c_dpp,
+                     note=f"E|Y| = {esize:.1f}; sizes jaxiap {np.mean(sizes):.1f}, DPPy {np.mean(dsizes):.1f}"))
+
+    # --- k-DPP, per sample given eig
+    c_k = _compile_s(_j_kdpp_given_eig, keys[0], lam_j, V_j, static=(k,))
+    _block(_j_kdpp_given_eig(keys[0], lam_j, V_j, k))
+    dpp.sample_exact_k_dpp(size=k, mode="GS", random_state=rng)  # DPPy: elementary symmetric polys, cached
+    tjk = _time(lambda i: _block(_j_kdpp_given_eig(keys[i + 1], lam_j, V_j, k)), reps)
+    tdk = _time(lambda i: dpp.sample_exact_k_dpp(size=k, mode="GS", random_state=rng), reps)
+    rows.append(dict(N=n, task=f"k-DPP sample given eig (k={k})", jax=tjk[0], peer=tdk[0], compile=c_k, note=""))
+
+    # --- public end-to-end calls (checks + eig + sample), small N only
+    if n <= e2e_max_n:
+        _block(jdpp.sample_dpp(keys[0], Lj))
+        te = _time(lambda i: _block(jdpp.sample_dpp(keys[i + 1], Lj)), 1)
+        fresh = FiniteDPP("likelihood", L=L)
+        t0 = time.perf_counter()
+        fresh.sample_exact(mode="GS", random_state=rng)
+        rows.append(dict(N=n, task="sample_dpp(key, L) end-to-end", jax=te[0],
+                         peer=time.perf_counter() - t0, compile=float("nan"),
+                         note="jaxiap: PSD check (eigvalsh) + eigh + sample; DPPy: fresh FiniteDPP, first sample"))
+    return rows
+
+
+def bench_greedy(n, k, reps, e2e_max_n, L, Lj) -> list[dict]:
+    rows = []
+    # --- greedy MAP
+    eps = jnp.asarray(1e-10)
+    t0 = time.perf_counter()
+    jdpp._greedy_map.lower(Lj, k, eps).compile()
+    c_g = time.perf_counter() - t0
+    _block(jdpp._greedy_map(Lj, k, eps))
+    tg = _time(lambda i: _block(jdpp._greedy_map(Lj, k, eps)), reps)
+    tn = _time(lambda i: greedy_map_numpy(L, k), reps)
+    same = np.array_equal(np.asarray(jdpp._greedy_map(Lj, k, eps)[0]), greedy_map_numpy(L, k))
+    rows.append(dict(N=n, task=f"greedy MAP core (k={k})", jax=tg[0], peer=tn[0], compile=c_g,
+                     note=f"peer: numpy Chen et al. 2018; same indices: {same}"))
+    if n <= e2e_max_n:
+        _block(jdpp.greedy_map(Lj, k)[0])
+        tpub = _time(lambda i: _block(jdpp.greedy_map(Lj, k)[0]), 1)
+        rows.append(dict(N=n, task=f"greedy_map(L, k) public (k={k})", jax=tpub[0], peer=tn[0],
+                         compile=float("nan"), note="jaxiap: includes the O(N^3) PSD check"))
+    return rows
+
+
+def _fmt(x):
+    if x != x:  # nan
+        return "-"
+    return f"{x:.3g}" if x < 100 else f"{x:.0f}"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 2000, 5000])
+    ap.add_argument("--k", type=int, default=50, help="k-DPP size and greedy MAP steps")
+    ap.add_argument("--reps", type=int, default=5, help="samples timed per row (median)")
+    ap.add_argument("--e2e-max-n", type=int, default=2000,
+                    help="time the public end-to-end calls only up to this N")
+    ap.add_argument("--exact-max-n", type=int, default=2000,
+                    help="above this N only greedy MAP is timed (the exact samplers cost O(N^3) per jaxiap "
+                         "sample and minutes of eigh on 2 cores)")
+    ap.add_argument("--no-check", action="store_true", help="skip the tiny correctness check")
+    args = ap.parse_args(argv)
+    if FiniteDPP is None:
+        print("DPPy is not installed (pip install dppy, or the project's [bench] extra)", file=sys.stderr)
+        return 2
+    t_all = time.perf_counter()
+    print(f"# bench/dpp.py: {platform.processor() or platform.machine()}, nproc={os.cpu_count()}, "
+          f"load average {os.getloadavg()[0]:.1f}, jax {jax.__version__}, numpy {np.__version__}")
+    if not args.no_check:
+        for line in correctness():
+            print(line, flush=True)
+    rows = []
+    for n in args.sizes:
+        t0 = time.perf_counter()
+        rows += bench_one(n, args.k, args.reps, args.e2e_max_n, args.exact_max_n)
+        print(f"N={n} done in {time.perf_counter() - t0:.1f} s (load average {os.getloadavg()[0]:.1f})",
+              flush=True)
+    print()
+    print("| N | task | jaxiap s | peer s | peer / jaxiap | jaxiap compile s | note |")
+    print("|---:|---|---:|---:|---:|---:|---|")
+    for r in rows:
+        ratio = r["peer"] / r["jax"] if r["jax"] > 0 else float("nan")
+        print(f"| {r['N']} | {r['task']} | {_fmt(r['jax'])} | {_fmt(r['peer'])} | {ratio:.3g}x | "
+              f"{_fmt(r['compile'])} | {r['note']} |")
+    print(f"\ntotal wall {time.perf_counter() - t_all:.0f} s, load average {os.getloadavg()[0]:.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
