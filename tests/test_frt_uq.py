@@ -9,7 +9,7 @@ import jaxiap  # noqa: F401
 from jaxiap.errors import JaxiapInputError
 from jaxiap.md.qoi import CENSORED, EVENT, FAILED, censored_exponential_mle, kaplan_meier
 from jaxiap.uq.frt import log_mean_frt, per_sample_frt, survival_band, variance_split
-from jaxiap.workflows.lj13_attempts import frt_pce, gaussian_germ, parse_attempts
+from jaxiap.workflows.lj13_attempts import frt_pce, parse_attempts, posterior_germ
 
 
 def exponential_grid(rng, means, R, t_censor):
@@ -74,13 +74,13 @@ def test_survival_band_of_identical_samples_is_their_km_curve():
         np.testing.assert_allclose(row, ref)
 
 
-def test_gaussian_germ_whitens_and_pce_recovers_a_linear_log_rate():
+def test_posterior_germ_whitens_and_pce_recovers_a_linear_log_rate():
     rng = np.random.default_rng(3)
     cov = np.array([[2.0, 0.6], [0.6, 0.5]])
     ref = rng.multivariate_normal([1.0, -1.0], cov, size=20000)
-    xi = gaussian_germ(ref[:200], ref)
+    xi = posterior_germ(ref[:200], ref)
     assert xi.shape == (200, 2)
-    np.testing.assert_allclose(np.cov(gaussian_germ(ref, ref), rowvar=False), np.eye(2), atol=1e-10)
+    np.testing.assert_allclose(np.cov(posterior_germ(ref, ref), rowvar=False), np.eye(2), atol=1e-10)
     q = 0.3 + 0.5 * xi[:, 0] - 0.2 * xi[:, 1]
     out = frt_pce(xi, q, np.zeros(200), degree=1)
     assert out["validation_error"] < 1e-10

@@ -59,21 +59,15 @@ def posterior_coefficients(posterior, n: int, key) -> np.ndarray:
     return np.asarray(posterior.sample(key, int(n)))
 
 
-def gaussian_germ(samples, reference_samples=None):
-    """Whiten coefficient samples (M, K) -> xi (M, K) = L^-1 (c - mean) with mean, L L^T from the reference.
+def posterior_germ(samples, reference_samples) -> np.ndarray:
+    """Gaussian germ xi (M, K) of coefficient samples: xi = L^-1 (c - mean), with mean and L L^T = cov
+    of ``reference_samples`` (S, K), a large cheap draw from the same posterior (see
+    :func:`jaxiap.uq.pce.gaussian_germ`). Exact for Gaussian posteriors; for others
+    (Student-t, model error, samples) it is the Gaussian germ of matching moments."""
+    from jaxiap.uq.pce import gaussian_germ
 
-    reference_samples: (S, K) draws that define the mean and covariance (a
-    large cheap draw from the same posterior); default ``samples``. Directions
-    without spread (zero variance) are dropped: xi has the numerical rank's
-    width.
-    """
-    c = np.asarray(samples, np.float64)
-    ref = c if reference_samples is None else np.asarray(reference_samples, np.float64)
-    mean = ref.mean(0)
-    cov = np.atleast_2d(np.cov(ref, rowvar=False))
-    lam, V = np.linalg.eigh(cov)
-    keep = lam > 1e-12 * max(lam.max(), 1e-300)
-    return (c - mean) @ (V[:, keep] / np.sqrt(lam[keep]))
+    ref = np.asarray(reference_samples, np.float64)
+    return np.asarray(gaussian_germ(samples, ref.mean(0), np.atleast_2d(np.cov(ref, rowvar=False)), kind="cov"))
 
 
 def attempt_summary(result, true_result) -> dict:
@@ -201,7 +195,7 @@ def run_attempts(config, out, design, fitted_posterior, energy_fn, true_res, *, 
             s = attempt_summary(res, true_res)
             if name == "posterior" and post is not None and coef.shape[0] >= 4:
                 ref = posterior_coefficients(post, 4096, jax.random.fold_in(key, 3))
-                xi = gaussian_germ(coef, ref)
+                xi = posterior_germ(coef, ref)
                 lm = s.get("log_mean_frt")
                 if lm is not None:
                     s["pce"] = frt_pce(xi, lm["log_mean"], lm["noise_var"], config.pce_degree)
