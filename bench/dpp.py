@@ -6,21 +6,20 @@ d = 10, q_i ~ U(0.5, 1.5), built once in numpy and handed to both libraries.
 
 Timed per N, for jaxiap and DPPy (``FiniteDPP('likelihood', L=L)``, mode 'GS'):
 
-- eig: the one-off eigendecomposition. jaxiap: the jitted ``jnp.linalg.eigh`` its
-  samplers call (``jaxiap.active.dpp._eig``); DPPy: ``scipy.linalg.eigh``, the call
-  FiniteDPP makes (its first ``sample_exact``).
-- exact DPP sample, per sample, given the eigendecomposition. DPPy caches the
-  eigenpairs in the FiniteDPP object; jaxiap's public ``sample_dpp(key, L)``
-  eigendecomposes on every call, so its per-sample cost is timed on the internal
-  jitted phase-2 sampler (``_bernoulli_eigs`` + ``_projection_sample`` on the same
-  (lam, V)); the public end-to-end call (input checks + eig + sample) is timed too,
-  for N <= ``--e2e-max-n``.
-- k-DPP sample (k = ``--k``), the same way (``_kdpp_eigs`` + ``_projection_sample``
-  vs ``sample_exact_k_dpp(size=k, mode='GS')``).
+- eig: the one-off eigendecomposition. jaxiap: ``dpp_spectrum(L)`` (symmetry check,
+  jitted ``jnp.linalg.eigh``, PSD check on those eigenvalues); DPPy: ``scipy.linalg.eigh``,
+  the call FiniteDPP makes (its first ``sample_exact``).
+- exact DPP sample, per sample, given the eigendecomposition: both libraries cache it
+  (jaxiap: the ``DPPSpectrum`` from ``dpp_spectrum``, sampled with the public
+  ``sample_dpp_spectral(key, spec)``; DPPy: the FiniteDPP object). The public end-to-end
+  ``sample_dpp(key, L)`` (checks + eig + sample) is timed too, for N <= ``--e2e-max-n``.
+- k-DPP sample (k = ``--k``), the same way (``sample_kdpp_spectral(key, spec, k)`` vs
+  ``sample_exact_k_dpp(size=k, mode='GS')``).
 - greedy MAP of k items. DPPy has no greedy MAP (only exact and MCMC samplers), so
   the peer is a plain-numpy fast greedy MAP (Chen, Zhang & Zhou 2018, incremental
-  Cholesky, O(N k^2)) written below. jaxiap: ``greedy_map(L, k)`` (public, includes
-  the PSD check, an O(N^3) ``eigvalsh``) and its jitted core ``_greedy_map``.
+  Cholesky, O(N k^2)) written below. jaxiap: ``greedy_map(L, k)`` (public, default
+  O(N^2) check), ``greedy_map(L, k, check="full")`` (adds the O(N^3) ``eigvalsh``)
+  and its jitted core ``_greedy_map``.
 
 jaxiap is timed after compilation with ``block_until_ready``; compile time is
 ``jit(...).lower(...).compile()``. Per-sample figures are medians over ``--reps``
@@ -93,22 +92,6 @@ def greedy_map_numpy(L: np.ndarray, k: int, eps: float = 1e-10) -> np.ndarray:
     return np.array(sel, dtype=int)
 
 
-# ----------------------------------------------------------------------------- jaxiap phase-2 samplers
-
-@jax.jit
-def _j_dpp_given_eig(key, lam, V):
-    k_eig, k_proj = jax.random.split(key)
-    return jdpp._projection_sample(k_proj, V, jdpp._bernoulli_eigs(k_eig, lam))
-
-
-def _j_kdpp_given_eig_impl(key, lam, V, k):
-    k_eig, k_proj = jax.random.split(key)
-    return jdpp._projection_sample(k_proj, V, jdpp._kdpp_eigs(k_eig, lam, k))
-
-
-_j_kdpp_given_eig = jax.jit(_j_kdpp_given_eig_impl, static_argnums=3)
-
-
 # ----------------------------------------------------------------------------- timing helpers
 
 def _block(x):
@@ -141,7 +124,8 @@ def correctness(n_samples: int = 4000) -> list[str]:
     e_size = float(np.sum(lam / (1 + lam)))
     keys = jax.random.split(jax.random.key(0), n_samples)
     Lj = jnp.asarray(L)
-    jm = np.asarray(jax.vmap(lambda kk: jdpp._sample_dpp(kk, Lj))(keys))   # = sample_dpp minus the checks
+    spec = jdpp.dpp_spectrum(Lj)
+    jm = np.array([np.asarray(jdpp.sample_dpp_spectral(kk, spec)) for kk in keys])  # bucketed fast path
     dpp = FiniteDPP("likelihood", L=L)
     rng = np.random.RandomState(0)
     dm = np.zeros((n_samples, 12), bool)
@@ -154,7 +138,7 @@ def correctness(n_samples: int = 4000) -> list[str]:
              f"DPPy {np.abs(dm.mean(0) - K.diagonal()).max():.4f} "
              f"(binomial s.e. <= {0.5 / np.sqrt(n_samples):.4f})"]
     k = 3
-    jk = np.asarray(jax.vmap(lambda kk: jdpp._sample_kdpp(kk, Lj, k))(keys))   # = sample_kdpp minus checks
+    jk = np.asarray(jax.vmap(lambda kk: jdpp.sample_kdpp_spectral(kk, spec, k))(keys))
     dk = np.zeros((n_samples, 12), bool)
     for s in range(n_samples):
         dk[s, dpp.sample_exact_k_dpp(size=k, mode="GS", random_state=rng)] = True
@@ -185,10 +169,12 @@ def bench_exact(n, k, reps, e2e_max_n, L, Lj) -> list[dict]:
     rows = []
 
     # --- eigendecomposition (one-off)
-    c_eig = _compile_s(jdpp._eig, Lj)
+    c_eig = _compile_s(jdpp._eigh, Lj)
+    _block(jdpp.dpp_spectrum(jnp.eye(n)))  # warm the jit dispatch caches (lower().compile() does not)
     t0 = time.perf_counter()
-    lam_j, V_j = _block(jdpp._eig(Lj))
+    spec = _block(jdpp.dpp_spectrum(Lj))  # checks (symmetry, PSD on its own eigenvalues) + eigh
     t_eig_j = time.perf_counter() - t0
+    lam_j, V_j = spec
     dpp = FiniteDPP("likelihood", L=L)
     rng = np.random.RandomState(0)
     t0 = time.perf_counter()
@@ -199,10 +185,12 @@ def bench_exact(n, k, reps, e2e_max_n, L, Lj) -> list[dict]:
 
     # --- exact DPP, per sample given eig
     keys = jax.random.split(jax.random.key(1), reps + 1)
-    c_dpp = _compile_s(_j_dpp_given_eig, keys[0], lam_j, V_j)
-    _block(_j_dpp_given_eig(keys[0], lam_j, V_j))
+    kp, keep, m0 = jdpp._dpp_phase1(keys[0], lam_j)
+    c_dpp = _compile_s(jdpp._project, kp, V_j, keep, static=(jdpp._bucket(int(m0), n),))
+    for kk in keys:  # compile every width bucket these keys need, outside the timing
+        _block(jdpp.sample_dpp_spectral(kk, spec))
     sizes = []
-    tj = _time(lambda i: sizes.append(int(_block(_j_dpp_given_eig(keys[i + 1], lam_j, V_j)).sum())), reps)
+    tj = _time(lambda i: sizes.append(int(_block(jdpp.sample_dpp_spectral(keys[i + 1], spec)).sum())), reps)
     dsizes = []
     td = _time(lambda i: dsizes.append(len(dpp.sample_exact(mode="GS", random_state=rng))), reps)
     t_eig_d = max(t_first_d - td[0], 0.0)
@@ -212,10 +200,10 @@ def bench_exact(n, k, reps, e2e_max_n, L, Lj) -> list[dict]:
                      note=f"E|Y| = {esize:.1f}; sizes jaxiap {np.mean(sizes):.1f}, DPPy {np.mean(dsizes):.1f}"))
 
     # --- k-DPP, per sample given eig
-    c_k = _compile_s(_j_kdpp_given_eig, keys[0], lam_j, V_j, static=(k,))
-    _block(_j_kdpp_given_eig(keys[0], lam_j, V_j, k))
+    c_k = _compile_s(jdpp._sample_kdpp_fixed, keys[0], lam_j, V_j, static=(k,))
+    _block(jdpp.sample_kdpp_spectral(keys[0], spec, k))
     dpp.sample_exact_k_dpp(size=k, mode="GS", random_state=rng)  # DPPy: elementary symmetric polys, cached
-    tjk = _time(lambda i: _block(_j_kdpp_given_eig(keys[i + 1], lam_j, V_j, k)), reps)
+    tjk = _time(lambda i: _block(jdpp.sample_kdpp_spectral(keys[i + 1], spec, k)), reps)
     tdk = _time(lambda i: dpp.sample_exact_k_dpp(size=k, mode="GS", random_state=rng), reps)
     rows.append(dict(N=n, task=f"k-DPP sample given eig (k={k})", jax=tjk[0], peer=tdk[0], compile=c_k, note=""))
 
@@ -228,7 +216,7 @@ def bench_exact(n, k, reps, e2e_max_n, L, Lj) -> list[dict]:
         fresh.sample_exact(mode="GS", random_state=rng)
         rows.append(dict(N=n, task="sample_dpp(key, L) end-to-end", jax=te[0],
                          peer=time.perf_counter() - t0, compile=float("nan"),
-                         note="jaxiap: PSD check (eigvalsh) + eigh + sample; DPPy: fresh FiniteDPP, first sample"))
+                         note="jaxiap: checks + eigh (PSD check on its eigenvalues) + sample; DPPy: fresh FiniteDPP, first sample"))
     return rows
 
 
@@ -249,7 +237,10 @@ def bench_greedy(n, k, reps, e2e_max_n, L, Lj) -> list[dict]:
         _block(jdpp.greedy_map(Lj, k)[0])
         tpub = _time(lambda i: _block(jdpp.greedy_map(Lj, k)[0]), 1)
         rows.append(dict(N=n, task=f"greedy_map(L, k) public (k={k})", jax=tpub[0], peer=tn[0],
-                         compile=float("nan"), note="jaxiap: includes the O(N^3) PSD check"))
+                         compile=float("nan"), note="jaxiap: default check (symmetry, diagonal >= 0), O(N^2)"))
+        tfull = _time(lambda i: _block(jdpp.greedy_map(Lj, k, check="full")[0]), 1)
+        rows.append(dict(N=n, task=f"greedy_map(L, k, check='full') (k={k})", jax=tfull[0], peer=tn[0],
+                         compile=float("nan"), note="jaxiap: + O(N^3) eigvalsh PSD check"))
     return rows
 
 

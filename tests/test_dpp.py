@@ -151,6 +151,101 @@ def test_samplers_deterministic_and_jittable():
     assert bool(jnp.all(dpp.sample_dpp(key, 1e12 * np.eye(4))))
 
 
+# ----------------------------------------------------------------------------- reusable spectrum, fast projection
+
+def test_fast_projection_sampler_chi_square_and_matches_full_width():
+    # the bucketed O(N |Y|^2) projection phase (eager keys) against exact subset probabilities,
+    # and draw for draw against the full-width (R = N) projection of the pre-fix sampler
+    L = _qd_L(2, 5)
+    probs, _ = _exact_probs(L)
+    spec = dpp.dpp_spectrum(L)
+    keys = jax.random.split(jax.random.key(11), 1500)
+    masks = np.array([np.asarray(dpp.sample_dpp_spectral(kk, spec)) for kk in keys])
+    assert _chi2_pvalue(masks, probs) > 1e-3
+    full = np.asarray(jax.vmap(lambda kk: dpp._sample_dpp_fixed(kk, spec.lam, spec.V, 5))(keys))
+    np.testing.assert_array_equal(masks, full)
+    probs2, _ = _exact_probs(L, k=2)
+    masks2 = np.array([np.asarray(spec.sample_k(kk, 2)) for kk in keys])
+    assert np.all(masks2.sum(1) == 2)
+    assert _chi2_pvalue(masks2, probs2) > 1e-3
+    # N = 40 > the smallest bucket: widths 8 / 16 vs the full width 40, same draws
+    L40 = _qd_L(3, 40, f=4)
+    spec40 = dpp.dpp_spectrum(L40)
+    keys40 = jax.random.split(jax.random.key(12), 40)
+    fast = np.array([np.asarray(dpp.sample_dpp_spectral(kk, spec40)) for kk in keys40])
+    ref = np.asarray(jax.vmap(lambda kk: dpp._sample_dpp_fixed(kk, spec40.lam, spec40.V, 40))(keys40))
+    np.testing.assert_array_equal(fast, ref)
+    assert dpp._bucket(0, 40) == 8 and dpp._bucket(9, 40) == 16 and dpp._bucket(33, 40) == 40
+
+
+def test_spectral_path_equals_one_shot():
+    L = _qd_L(5, 7)
+    spec = dpp.dpp_spectrum(L)
+    assert isinstance(spec, dpp.DPPSpectrum)
+    np.testing.assert_allclose(spec.inclusion_probabilities(), dpp.inclusion_probabilities(L), rtol=1e-12)
+    np.testing.assert_allclose(float(spec.expected_size()), float(dpp.expected_size(L)), rtol=1e-12)
+    np.testing.assert_allclose(spec.marginal_kernel(), dpp.marginal_kernel(L), atol=1e-14)
+    keys = jax.random.split(jax.random.key(3), 20)
+    for kk in keys:
+        a = dpp.sample_dpp(kk, L)
+        np.testing.assert_array_equal(a, dpp.sample_dpp_spectral(kk, spec))
+        np.testing.assert_array_equal(a, spec.sample(kk))
+        np.testing.assert_array_equal(a, dpp.sample_dpp_spectral(kk, (spec.lam, spec.V)))
+        b = dpp.sample_kdpp(kk, L, 3)
+        np.testing.assert_array_equal(b, dpp.sample_kdpp_spectral(kk, spec, 3))
+        np.testing.assert_array_equal(b, spec.sample_k(kk, 3))
+    # jit / vmap over keys with the spectrum as a pytree argument give the same draws
+    eager = np.array([np.asarray(spec.sample(kk)) for kk in keys])
+    np.testing.assert_array_equal(jax.vmap(lambda kk: dpp.sample_dpp_spectral(kk, spec))(keys), eager)
+    np.testing.assert_array_equal(jax.vmap(jax.jit(dpp.sample_dpp_spectral), in_axes=(0, None))(keys, spec), eager)
+    eager_k = np.array([np.asarray(spec.sample_k(kk, 3)) for kk in keys])
+    jk = jax.jit(dpp.sample_kdpp_spectral, static_argnums=2)
+    np.testing.assert_array_equal(jax.vmap(lambda kk: jk(kk, spec, 3))(keys), eager_k)
+    # the dual spectrum plugs into the same samplers
+    rng = np.random.default_rng(14)
+    B = rng.normal(size=(9, 3))
+    ds = dpp.dual_spectrum(B)
+    assert ds.V.shape == (9, 3)
+    np.testing.assert_allclose(ds.inclusion_probabilities(), dpp.inclusion_probabilities_dual(B), rtol=1e-10)
+    assert int(dpp.sample_kdpp_spectral(jax.random.key(0), ds, 3).sum()) == 3
+    with pytest.raises(JaxiapInputError, match="rank"):
+        dpp.sample_kdpp_spectral(jax.random.key(0), ds, 4)
+    with pytest.raises(JaxiapInputError, match="spectrum"):
+        dpp.sample_dpp_spectral(jax.random.key(0), np.ones((3, 3)))
+
+
+def test_psd_check_reuses_the_sampler_eigendecomposition(monkeypatch):
+    L = _qd_L(6, 6)
+    notpsd = np.array([[1.0, 2.0, 0.0], [2.0, 1.0, 0.0], [0.0, 0.0, 1.0]])  # eigenvalues -1, 1, 3
+    calls = []
+    real = np.linalg.eigvalsh
+    monkeypatch.setattr(np.linalg, "eigvalsh", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    key = jax.random.key(0)
+    dpp.sample_dpp(key, L)
+    dpp.sample_kdpp(key, L, 2)
+    dpp.inclusion_probabilities(L)
+    dpp.greedy_map(L, 3)
+    assert calls == []  # no second O(N^3) pass: the PSD check reads the sampler's own eigenvalues
+    # a kernel with a positive diagonal but a negative eigenvalue
+    assert np.all(np.diag(notpsd) > 0) and real(notpsd).min() < 0
+    with pytest.raises(JaxiapInputError, match="positive semi-definite.*eigenvalue"):
+        dpp.sample_dpp(key, notpsd)
+    with pytest.raises(JaxiapInputError, match="positive semi-definite"):
+        dpp.dpp_spectrum(notpsd)
+    dpp.greedy_map(notpsd, 2)  # cheap default: symmetric, non-negative diagonal
+    with pytest.raises(JaxiapInputError, match="positive semi-definite.*eigenvalue"):
+        dpp.greedy_map(notpsd, 2, check="full")
+    assert calls == [1]
+    neg = L.copy()
+    neg[2, 2] = -1.0
+    with pytest.raises(JaxiapInputError, match="negative diagonal"):
+        dpp.greedy_map(neg, 2)
+    with pytest.raises(JaxiapInputError, match="symmetric"):
+        dpp.greedy_map(L + np.triu(np.ones((6, 6)), 1), 2)
+    with pytest.raises(JaxiapInputError, match="check must be"):
+        dpp.greedy_map(L, 2, check="fast")
+
+
 # ----------------------------------------------------------------------------- greedy MAP
 
 def _best_subset(L, k):

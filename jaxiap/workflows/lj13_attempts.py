@@ -219,8 +219,8 @@ def attempt_figures(out, true_res, results: dict) -> None:
     bands = {}
     for name, r in results.items():
         if r.shape[0] >= 2:
-            lo, hi = survival_band(r.time, r.code, grid, quantiles=(0.05, 0.95))
-            bands[name] = (grid, lo, hi)
+            q05, q25, q75, q95 = survival_band(r.time, r.code, grid, quantiles=(0.05, 0.25, 0.75, 0.95))
+            bands[name] = [(grid, q05, q95), (grid, q25, q75)]
     plots.survival_curves(curves, out / "survival_attempts.png", bands=bands)
     true_sum = true_res.summary()["all"]
     multi = {name: per_sample_frt(r.time, r.code) for name, r in results.items() if r.shape[0] >= 2}
@@ -262,7 +262,7 @@ def attempts_report(s: dict) -> str:
                         f"{[round(x, 3) for x in pce['sobol_first']]}, total {[round(x, 3) for x in pce['sobol_total']]}; "
                         f"held-out error {pce['validation_error']:.3g} (noise floor {_g(pce['noise_floor'])}).")
     text += ["", "![FRT histograms per attempt](frt_attempts_histogram.png)", "",
-             "![survival with coefficient bands (5-95% over samples)](survival_attempts.png)", ""]
+             "![survival with coefficient bands (5-95% and 25-75% over samples)](survival_attempts.png)", ""]
     if any(a["n_samples"] >= 2 for a in s.values()):
         text += ["![per-sample mean FRT](per_sample_frt.png)", ""]
     return "\n".join(text)
