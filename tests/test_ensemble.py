@@ -296,3 +296,19 @@ def test_four_faked_devices_match_one_device(tmp_path):
                 np.testing.assert_allclose(b, a, rtol=1e-12, atol=0, err_msg=k)
             else:
                 assert np.array_equal(a, b), k
+
+
+def float64_constant_lj(c, positions):
+    """LJ computed in float64 whatever the positions' dtype (like a fitted basis with float64 constants)."""
+    import jax.numpy as jnp
+
+    return jnp.asarray(c[0], jnp.float64) * lj_energy(positions.astype(jnp.float64))
+
+
+def test_float32_md_with_a_float64_potential():
+    """settings.dtype float32 keeps the MD state in float32 even when the potential returns float64."""
+    cold32 = FRTSettings(kT=0.05, t_max=1.0, dtype="float32")
+    res = run_frt_ensemble(float64_constant_lj, np.ones((1, 1)), np.array([0, 1]), lj13_minimum(), cold32,
+                           chunk_size=2, lanes_per_device=LANES, progress=False)
+    assert np.all(res.code == CENSORED)
+    np.testing.assert_allclose(res.e0, LJ13_MINIMUM_ENERGY, rtol=1e-5)

@@ -335,7 +335,9 @@ def _frt_parts(energy_fn: Callable, settings: FRTSettings) -> _Parts:
     n_checks = s.n_checks
 
     def energy(positions, coefficients):
-        return energy_fn(coefficients, positions)
+        # the MD runs in the positions' dtype (settings.dtype): a potential whose
+        # constants are float64 (e.g. a fitted basis) must not promote the state
+        return jnp.asarray(energy_fn(coefficients, positions)).astype(positions.dtype)
 
     _, shift_fn = space.free()
     init_fn, step_fn = simulate.nvt_langevin(energy, shift_fn, dt=s.dt, kT=s.kT, gamma=s.gamma)
