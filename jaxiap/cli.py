@@ -89,6 +89,21 @@ def _add_lj13(sub):
     g.add_argument("--energy-weight", type=_nonneg_float, default=None, help=f"weight of energy rows [{d.energy_weight}]")
     g.add_argument("--force-weight", type=_nonneg_float, default=None, help=f"weight of force rows [{d.force_weight}]")
     g.add_argument("--posterior", choices=POSTERIOR_CHOICES, default=None, help=f"fit / posterior kind [{d.posterior}]")
+    g = p.add_argument_group("uncertainty through MD (the three attempts)")
+    g.add_argument("--attempts", default=None,
+                   help=f"comma list of mle, subsets, posterior, or 'none' [{d.attempts}]")
+    g.add_argument("--n-subsets", type=_positive_int, default=None,
+                   help=f"attempt 'subsets': fits on random training subsets [{d.n_subsets}]")
+    g.add_argument("--subset-fraction", type=_positive_float, default=None,
+                   help=f"attempt 'subsets': share of training structures per fit, in (0, 1] [{d.subset_fraction}]")
+    g.add_argument("--posterior-samples", type=_positive_int, default=None,
+                   help=f"attempt 'posterior': coefficient draws [{d.n_posterior_samples}]")
+    g.add_argument("--sample-posterior", choices=POSTERIOR_CHOICES, default=None,
+                   help=f"attempt 'posterior': the posterior to draw from [{d.sample_posterior}]")
+    g.add_argument("--attempt-seeds", type=_positive_int, default=None,
+                   help=f"thermostat seeds per coefficient sample in the subsets/posterior attempts [{d.attempt_seeds}]")
+    g.add_argument("--pce-degree", type=_positive_int, default=None,
+                   help="total degree of the PCE of log mean FRT [automatic: 2 with enough samples, else 1]")
     p.set_defaults(func=_run_lj13)
 
 
@@ -99,6 +114,9 @@ _LJ13_FIELDS = {
     "sample_every": "sample_every", "basis": "basis", "basis_size": "basis_size", "r_min": "r_min",
     "r_cut": "r_cut", "energy_weight": "energy_weight", "force_weight": "force_weight",
     "posterior": "posterior", "chunk_size": "chunk_size",
+    "attempts": "attempts", "n_subsets": "n_subsets", "subset_fraction": "subset_fraction",
+    "posterior_samples": "n_posterior_samples", "sample_posterior": "sample_posterior",
+    "attempt_seeds": "attempt_seeds", "pce_degree": "pce_degree",
 }
 
 
@@ -131,7 +149,94 @@ def _run_lj13(args) -> int:
           f"  ({t['n_events']}/{t['n_runs']} events)")
     print(f"mean FRT fitted {f['frt_mean']:.3g} tau  95% [{f['frt_mean_ci95'][0]:.3g}, {f['frt_mean_ci95'][1]:.3g}]"
           f"  ({f['n_events']}/{f['n_runs']} events)")
+    for name, a in summary.get("attempts", {}).items():
+        if name == "mle":
+            continue
+        m, v = a["frt"], a["variance_split_restricted"]
+        print(f"mean FRT {name:<9} {m['frt_mean']:.3g} tau  95% [{m['frt_mean_ci95'][0]:.3g}, {m['frt_mean_ci95'][1]:.3g}]"
+              f"  ({a['n_samples']} samples x {a['n_seeds']} seeds; parametric share of variance "
+              f"{v['parametric_fraction']:.2f})")
     print(f"KS D = {summary['ks_statistic']:.3f} (p = {summary['ks_pvalue']:.3g}); results in {args.out}/report.md")
+    return 0
+
+
+def _strategy_list(text):
+    """argparse type: a comma list of active-learning strategy names."""
+    from jaxiap.workflows.lj13_al import STRATEGY_NAMES
+
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [n for n in names if n not in STRATEGY_NAMES]
+    if not names or bad or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(
+            f"expected distinct names from {','.join(STRATEGY_NAMES)}, got {text!r}")
+    return tuple(names)
+
+
+def _add_lj13_al(sub):
+    from jaxiap.workflows.lj13_al import PRESET_CHOICES, STRATEGY_NAMES, DEFAULTS as d
+
+    p = sub.add_parser(
+        "lj13-al",
+        help="LJ13 active learning: compare selection strategies (DPP, optimal design, QBC, ...)",
+        description=(
+            "Pool-based active learning of a radial linear potential for LJ13: select configurations "
+            "from a pool of MD snapshots at several temperatures, label them with the true LJ, refit a "
+            "Bayesian linear model, repeat; compare strategies by held-out force error and by the "
+            "first-rearrangement-time (FRT) error against the true LJ, over repetitions. Writes "
+            "summary.json, learning curves, a DPP inclusion-probability figure and report.md to the "
+            "run folder. Re-running the same command resumes."
+        ),
+    )
+    g = p.add_argument_group("run")
+    g.add_argument("--out", default="runs/lj13-al", help="run folder [runs/lj13-al]")
+    g.add_argument("--preset", choices=PRESET_CHOICES, default="cpu",
+                   help="size preset: cpu (default, minutes on 2 cores), gpu (more repetitions and FRT seeds), "
+                        "tiny (seconds; smoke test); explicit options override the preset [cpu]")
+    g.add_argument("--seed", type=int, default=None, help=f"master random seed [{d.seed}]")
+    g.add_argument("--overwrite", action="store_true", help="discard a run folder that holds another configuration")
+    g.add_argument("--no-progress", action="store_true", help="no per-iteration progress lines")
+    g = p.add_argument_group("active learning")
+    g.add_argument("--strategies", type=_strategy_list, default=None,
+                   help=f"comma list of strategies [{','.join(STRATEGY_NAMES)}]")
+    g.add_argument("--repetitions", type=_positive_int, default=None,
+                   help=f"repetitions with different initial sets [{d.repetitions}]")
+    g.add_argument("--initial", type=_positive_int, default=None, help=f"initial labelled configurations [{d.n_initial}]")
+    g.add_argument("--batch-size", type=_positive_int, default=None, help=f"configurations per iteration [{d.batch_size}]")
+    g.add_argument("--iterations", type=_positive_int, default=None, help=f"iterations per loop [{d.n_iterations}]")
+    g.add_argument("--labels", choices=("energy", "energy+forces"), default=None,
+                   help=f"labels used in the fit [{d.labels}]")
+    g.add_argument("--basis-size", type=_positive_int, default=None, help=f"number of radial functions [{d.basis_size}]")
+    g.add_argument("--threshold-factor", type=_positive_float, default=None,
+                   help=f"error threshold as a multiple of the full-pool fit's error [{d.threshold_factor}]")
+    g = p.add_argument_group("FRT evaluation")
+    g.add_argument("--no-frt", action="store_true", help="skip the FRT ensembles (force errors only)")
+    g.add_argument("--seeds", type=_positive_int, default=None, help=f"thermostat seeds per potential [{d.n_seeds}]")
+    g.add_argument("--t-max", type=_positive_float, default=None, help=f"follow-up time per run (tau) [{d.t_max}]")
+    p.set_defaults(func=_run_lj13_al)
+
+
+_LJ13_AL_FIELDS = {
+    "seed": "seed", "strategies": "strategies", "repetitions": "repetitions", "initial": "n_initial",
+    "batch_size": "batch_size", "iterations": "n_iterations", "labels": "labels", "basis_size": "basis_size",
+    "threshold_factor": "threshold_factor", "seeds": "n_seeds", "t_max": "t_max",
+}
+
+
+def _run_lj13_al(args) -> int:
+    from jaxiap.workflows.lj13_al import LJ13ALConfig, run_lj13_al
+
+    overrides = {field: getattr(args, name) for name, field in _LJ13_AL_FIELDS.items()
+                 if getattr(args, name) is not None}
+    if args.no_frt:
+        overrides["frt"] = False
+    config = LJ13ALConfig.from_preset(args.preset, **overrides)
+    summary = run_lj13_al(config, args.out, overwrite=args.overwrite, progress=not args.no_progress)
+    fmt = lambda v, spec: "n/a" if v is None else format(v, spec)
+    print(f"{'strategy':<12} {'n->force thr':>12} {'vs random':>9} {'n->FRT thr':>10} {'vs random':>9}")
+    for name, s in summary["strategies"].items():
+        print(f"{name:<12} {fmt(s['n_to_force_threshold'], 'd'):>12} {fmt(s.get('relative_to_random_force'), '.2f'):>9} "
+              f"{fmt(s.get('n_to_frt_threshold'), 'd'):>10} {fmt(s.get('relative_to_random_frt'), '.2f'):>9}")
+    print(f"results in {args.out}/report.md")
     return 0
 
 
@@ -143,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version="jaxiap 0.1.0")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     _add_lj13(sub)
+    _add_lj13_al(sub)
     return parser
 
 

@@ -1,0 +1,548 @@
+"""Pool-based active learning: select, label, refit, repeat (SCIENCE.md sections 5 and 6).
+
+One iteration of :func:`run_pool_loop`:
+
+1. a *strategy* picks ``batch_size`` unlabelled candidates from the pool;
+2. the oracle labels only those structures (any ``oracle(structures) ->
+   (energy, forces)``: ``JaxOracle``, ``ASEOracle``, a DFT code);
+3. the potential is refitted on all labelled structures;
+4. ``evaluate(posterior)`` metrics, the selected indices, the labelled-set size,
+   the posterior mean and the wall time are appended to ``run_dir/log.jsonl``
+   and the labelled set to ``run_dir/state.npz``.
+
+A strategy is a plain function ``select(key, ctx, k) -> (k,) int indices`` of
+distinct unlabelled candidates; :data:`STRATEGIES` maps names to them. The
+:class:`LoopContext` ``ctx`` carries everything they may need: the pool's
+sqrt-weighted candidate rows, configuration features, the current posterior,
+the labelled mask, the basis, the refit function and the QoI gradient.
+
+Resuming: with the same ``run_dir`` a rerun continues after the last finished
+iteration (the oracle is not called again for labelled structures) and gives
+the same numbers as an uninterrupted run, because every random draw uses
+``fold_in(key, iteration)``. The settings are fingerprinted in
+``run_dir/loop.json``; a rerun with different settings raises
+:class:`~jaxiap.errors.JaxiapInputError`. ``n_iterations`` is not part of the
+fingerprint, so a finished run can be extended.
+
+Float64 throughout (``import jaxiap`` enables it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxiap.errors import JaxiapInputError
+
+__all__ = [
+    "LoopContext",
+    "LoopResult",
+    "STRATEGIES",
+    "run_pool_loop",
+    "pool_features",
+    "default_lengthscale",
+    "mean_energy_gradient_from_samples",
+    "design_from_rows",
+]
+
+
+class LoopContext(NamedTuple):
+    """What a strategy sees at one iteration (C candidates, P rows each, K coefficients).
+
+    rows: (C, P, K) sqrt-weighted design rows of every pool candidate (energy row,
+        then 3N force rows; weights from the loop's energy/force weights).
+    phi: (C, d) configuration features (for DPP kernels and batch diversity).
+    posterior: the current Posterior (fitted on the labelled set).
+    labelled: (C,) bool, True for candidates already labelled.
+    basis: the LinearBasis.
+    structures: the pool Structures (C candidates).
+    design: DesignMatrix of the labelled set (for committees).
+    fit: ``fit(design) -> Posterior``, the loop's refit function.
+    qoi_grad: (K,) gradient of the QoI with respect to the coefficients, or None.
+    lengthscale: RBF lengthscale for phi.
+    score: "energy" or "force": which disagreement drives QBC/uncertainty scores.
+    committee_size: members of the QBC committee.
+    """
+
+    rows: Any
+    phi: Any
+    posterior: Any
+    labelled: Any
+    basis: Any
+    structures: Any
+    design: Any
+    fit: Callable
+    qoi_grad: Any = None
+    lengthscale: float = 1.0
+    score: str = "force"
+    committee_size: int = 8
+
+
+class LoopResult(NamedTuple):
+    """Outcome of :func:`run_pool_loop`.
+
+    order: (n,) pool indices in the order they were labelled (initial set first).
+    n_labelled: (T+1,) labelled-set size after iteration t (t = 0 is the initial fit).
+    records: T+1 dicts as written to log.jsonl (iteration, selected, n_labelled,
+        metrics, coefficients, wall_s).
+    coefficients: (T+1, K) posterior means.
+    posterior: the final Posterior.
+    dataset: the labelled Dataset (in ``order``).
+    """
+
+    order: np.ndarray
+    n_labelled: np.ndarray
+    records: list
+    coefficients: np.ndarray
+    posterior: Any
+    dataset: Any
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _unlabelled(ctx: LoopContext) -> np.ndarray:
+    return np.flatnonzero(~np.asarray(ctx.labelled))
+
+
+def _check_k(ctx: LoopContext, k: int) -> np.ndarray:
+    free = _unlabelled(ctx)
+    if k > free.size:
+        raise JaxiapInputError(f"batch of {k} requested but only {free.size} unlabelled candidates are left; "
+                               "lower batch_size or n_iterations, or enlarge the pool")
+    return free
+
+
+def pool_features(basis, structures, standardize: bool = True) -> np.ndarray:
+    """Configuration features phi (C, d) for DPP kernels: the basis features per atom.
+
+    For a pair basis these are radial-function sums per atom (permutation and
+    rotation invariant). With ``standardize`` each column is centred and scaled
+    to unit std over the pool, so an RBF lengthscale is in units of "pool stds".
+    """
+    from jaxiap.active.dpp import configuration_features
+
+    phi = np.asarray(configuration_features(basis, structures, standardize=False))
+    phi = phi / np.asarray(structures.n_atoms)[:, None]
+    if standardize:
+        sd = phi.std(axis=0)
+        phi = (phi - phi.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
+    return phi
+
+
+def default_lengthscale(phi) -> float:
+    """Median pairwise distance of phi (the usual RBF heuristic)."""
+    phi = np.asarray(phi)
+    d2 = np.sum((phi[:, None, :] - phi[None, :, :]) ** 2, axis=-1)
+    iu = np.triu_indices(len(phi), 1)
+    med = float(np.sqrt(np.median(d2[iu]))) if iu[0].size else 1.0
+    return med if med > 0 else 1.0
+
+
+def _info_rows(ctx: LoopContext):
+    """Candidate rows scaled by 1/sqrt(noise_var), so M0 + sum rows^T rows is the posterior precision."""
+    nv = float(np.asarray(getattr(ctx.posterior, "noise_var", 1.0)).reshape(-1)[0])
+    return jnp.asarray(ctx.rows) / np.sqrt(nv if nv > 0 else 1.0)
+
+
+def _design_select(criterion: str):
+    def select(key, ctx: LoopContext, k: int):
+        from jaxiap.active.design import greedy_design, posterior_precision
+
+        _check_k(ctx, k)
+        c = None
+        if criterion == "C":
+            if ctx.qoi_grad is None:
+                raise JaxiapInputError("the 'qoi' strategy needs a QoI gradient: pass qoi_gradient= to run_pool_loop")
+            c = jnp.asarray(ctx.qoi_grad)
+        res = greedy_design(_info_rows(ctx), posterior_precision(ctx.posterior), k, criterion, c=c,
+                            exclude=jnp.asarray(ctx.labelled))
+        return np.asarray(res.indices)
+
+    select.__name__ = f"select_{criterion}_optimal"
+    select.__doc__ = f"Greedy Bayesian {criterion}-optimal design from the current posterior precision."
+    return select
+
+
+def _score(d, kind: str):
+    return np.asarray(d.energy_per_atom if kind == "energy" else d.max_force)
+
+
+def select_random(key, ctx: LoopContext, k: int):
+    """k distinct unlabelled candidates uniformly at random."""
+    free = _check_k(ctx, k)
+    return np.asarray(free[np.asarray(jax.random.choice(key, free.size, (k,), replace=False))])
+
+
+def _quality(ctx: LoopContext):
+    """DPP quality over the whole pool: the posterior's push-forward std (energy or force score),
+    scaled to max 1 over the unlabelled candidates, and 0 for labelled ones (never selected)."""
+    from jaxiap.active.qbc import predictive_std
+
+    s = np.maximum(_score(predictive_std(ctx.posterior, ctx.basis, ctx.structures), ctx.score), 0.0)
+    s = np.where(np.asarray(ctx.labelled), 0.0, s)
+    return s / s.max() if s.max() > 0 else np.where(np.asarray(ctx.labelled), 0.0, 1.0)
+
+
+def _dpp_kernel(ctx: LoopContext):
+    """L over the whole pool (fixed shape: compiled once); labelled candidates have quality 0."""
+    from jaxiap.active.dpp import quality_diversity_kernel
+
+    return quality_diversity_kernel(jnp.asarray(ctx.phi), jnp.asarray(_quality(ctx)), ctx.lengthscale)
+
+
+def select_dpp_sample(key, ctx: LoopContext, k: int):
+    """Exact k-DPP sample over the unlabelled pool, L = quality-diversity kernel (quality = push-forward std)."""
+    from jaxiap.active.dpp import sample_kdpp
+
+    _check_k(ctx, k)
+    idx = np.flatnonzero(np.asarray(sample_kdpp(key, _dpp_kernel(ctx), k)))
+    return _fill(ctx, idx, k)
+
+
+def _fill(ctx: LoopContext, idx, k: int):
+    """Drop labelled picks (possible only through round-off) and fill up with the highest quality."""
+    idx = [int(i) for i in idx if i >= 0 and not ctx.labelled[i]]
+    if len(idx) < k:
+        q = _quality(ctx)
+        idx += [int(i) for i in np.argsort(-q, kind="stable") if not ctx.labelled[i] and i not in idx][: k - len(idx)]
+    return np.asarray(idx[:k], np.int64)
+
+
+def select_dpp_greedy(key, ctx: LoopContext, k: int):
+    """Greedy MAP of the same quality-diversity L (approximate DPP mode)."""
+    from jaxiap.active.dpp import greedy_map
+
+    _check_k(ctx, k)
+    return _fill(ctx, np.asarray(greedy_map(_dpp_kernel(ctx), k)[0]), k)
+
+
+def select_qbc(key, ctx: LoopContext, k: int):
+    """Query by committee: refit ``committee_size`` members on 80 % subsets, score by disagreement, diversify."""
+    from jaxiap.active.qbc import committee_disagreement, diversified_batch
+    from jaxiap.inference.ensembles import fit_committee
+
+    _check_k(ctx, k)
+    committee = fit_committee(ctx.design, ctx.committee_size, key, fraction=0.8, replace=False, solver=ctx.fit)
+    samples = committee.sample(key, ctx.committee_size, resample=False)
+    scores = _score(committee_disagreement(samples, ctx.basis, ctx.structures), ctx.score)
+    return np.asarray(diversified_batch(jnp.asarray(scores), jnp.asarray(ctx.phi), k,
+                                        lengthscale=ctx.lengthscale, exclude=jnp.asarray(ctx.labelled)))
+
+
+def select_uncertainty(key, ctx: LoopContext, k: int):
+    """Largest push-forward std of the posterior (energy or force), batch diversified."""
+    from jaxiap.active.qbc import diversified_batch, predictive_std
+
+    _check_k(ctx, k)
+    scores = _score(predictive_std(ctx.posterior, ctx.basis, ctx.structures), ctx.score)
+    return np.asarray(diversified_batch(jnp.asarray(scores), jnp.asarray(ctx.phi), k,
+                                        lengthscale=ctx.lengthscale, exclude=jnp.asarray(ctx.labelled)))
+
+
+#: strategy name -> select(key, ctx, k) -> (k,) distinct unlabelled pool indices
+STRATEGIES: dict[str, Callable] = {
+    "random": select_random,
+    "dpp-sample": select_dpp_sample,
+    "dpp-greedy": select_dpp_greedy,
+    "d-optimal": _design_select("D"),
+    "a-optimal": _design_select("A"),
+    "qbc": select_qbc,
+    "uncertainty": select_uncertainty,
+    "qoi": _design_select("C"),
+}
+
+
+def mean_energy_gradient_from_samples(features, coefficients, kT):
+    """d<E>/dc for E = c . B in the canonical ensemble at kT: <B> - cov(E, B) / kT.
+
+    features (T, K) are B(x_t) of (approximately) canonical samples x_t;
+    coefficients (K,). Uses ``jaxiap.md.sensitivity.mean_energy_gradient`` when it
+    exists and otherwise the same fluctuation formula directly. Returns (K,).
+    """
+    try:
+        from jaxiap.md.sensitivity import mean_energy_gradient
+
+        return np.asarray(mean_energy_gradient(features, coefficients, kT).grad)
+    except (ImportError, AttributeError, NotImplementedError):
+        B = np.asarray(features, np.float64)
+        E = B @ np.asarray(coefficients, np.float64)
+        cov = ((E - E.mean())[:, None] * (B - B.mean(axis=0))).mean(axis=0)
+        return B.mean(axis=0) - cov / kT
+
+
+def design_from_rows(rows, dataset):
+    """The DesignMatrix of ``dataset`` from its unit-weight rows (S, 1 + 3N, K).
+
+    Same rows, targets, weights and order as
+    :func:`jaxiap.potentials.linear.design_matrix` (energy row, then atom-major
+    force rows per structure), without recomputing the basis Jacobians.
+    """
+    from jaxiap.potentials.linear import ENERGY_ROW, FORCE_ROW, DesignMatrix
+
+    rows = np.asarray(rows)
+    s, p, k = rows.shape
+    mask = np.asarray(dataset.structures.mask)
+    y = np.concatenate([np.asarray(dataset.energy)[:, None], np.asarray(dataset.forces).reshape(s, -1)], axis=1)
+    w_force = np.repeat(mask, 3, axis=1) * np.asarray(dataset.force_weight)[:, None]
+    w = np.concatenate([np.asarray(dataset.energy_weight)[:, None], w_force], axis=1)
+    kind = np.concatenate([[ENERGY_ROW], np.full(p - 1, FORCE_ROW)])
+    return DesignMatrix(A=jnp.asarray(rows.reshape(s * p, k)), y=jnp.asarray(y.reshape(-1)), w=jnp.asarray(w.reshape(-1)),
+                        kind=jnp.asarray(np.tile(kind, s)), structure=jnp.asarray(np.repeat(np.arange(s), p)),
+                        n_atoms=jnp.asarray(np.repeat(mask.sum(axis=1), p)))
+
+
+# ----------------------------------------------------------------------------- run folder
+
+
+def _digest(*arrays) -> str:
+    h = hashlib.sha1()
+    for a in arrays:
+        a = np.ascontiguousarray(np.asarray(a))
+        h.update(str((a.dtype, a.shape)).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:16]
+
+
+def _jsonable(x):
+    """Plain JSON types (numpy scalars and arrays to Python; NaN to None). The active layer does not
+    import workflows.runfolder (lower layers never import higher ones), hence this small copy."""
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple, np.ndarray)):
+        return [_jsonable(v) for v in (x.tolist() if isinstance(x, np.ndarray) else x)]
+    if isinstance(x, (bool, np.bool_)):
+        return bool(x)
+    if isinstance(x, (int, np.integer)):
+        return int(x)
+    if isinstance(x, (float, np.floating)):
+        return float(x) if np.isfinite(x) else None
+    return x
+
+
+def _write_json(path: Path, data) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(_jsonable(data), indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _open_loop_folder(run_dir: Path, fingerprint: dict) -> None:
+    path = run_dir / "loop.json"
+    want = _jsonable(fingerprint)
+    if path.exists():
+        have = json.loads(path.read_text())
+        if have != want:
+            diff = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
+            raise JaxiapInputError(
+                f"run_dir {run_dir} holds an active-learning loop with different settings (differs in: "
+                f"{', '.join(diff)}); use another run_dir or delete this one")
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(path, want)
+
+
+def _save_state(path: Path, iteration: int, order, dataset) -> None:
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez(tmp, iteration=iteration, order=np.asarray(order, np.int64), energy=np.asarray(dataset.energy),
+             forces=np.asarray(dataset.forces))
+    os.replace(tmp, path)
+
+
+def _read_log(path: Path, upto: int) -> list:
+    if not path.exists():
+        return []
+    recs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in recs if r["iteration"] <= upto]
+
+
+def _append_log(path: Path, record: dict) -> None:
+    with open(path, "a") as fh:
+        fh.write(json.dumps(_jsonable(record)) + "\n")
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def _name(fn) -> str:
+    return getattr(fn, "__qualname__", None) or type(fn).__name__
+
+
+def run_pool_loop(
+    strategy,
+    pool,
+    oracle: Callable,
+    *,
+    fit: Callable,
+    basis,
+    initial,
+    batch_size: int,
+    n_iterations: int,
+    key,
+    evaluate: Callable | None = None,
+    run_dir=None,
+    progress: bool = True,
+    energy_weight: float = 1.0,
+    force_weight: float = 1.0,
+    phi=None,
+    lengthscale: float | None = None,
+    qoi_gradient: Callable | None = None,
+    committee_size: int = 8,
+    settings: dict | None = None,
+    rows=None,
+) -> LoopResult:
+    """Pool-based active learning of a linear potential.
+
+    strategy: a name in :data:`STRATEGIES` or a function ``select(key, ctx, k)``.
+    pool: Structures, the C candidates (only their positions are used; labels
+        come from ``oracle``).
+    oracle: ``oracle(structures) -> (energy (S,), forces (S, N, 3))``, called
+        only on the selected structures (once per iteration).
+    fit: ``fit(design: DesignMatrix) -> Posterior`` (the design is already
+        reweighted by ``energy_weight`` / ``force_weight``).
+    basis: LinearBasis of the potential.
+    initial: pool indices labelled before the first selection.
+    batch_size, n_iterations: candidates per iteration and number of iterations.
+    key: jax.random key; iteration t draws with ``fold_in(key, t)``.
+    evaluate: ``evaluate(posterior) -> dict`` of JSON-able metrics, or None.
+    run_dir: folder for loop.json (fingerprint), log.jsonl and state.npz; None
+        keeps everything in memory (no resume).
+    energy_weight, force_weight: row weights of the fit and of the candidate
+        rows (force_weight=0: energy-only labels are used in the fit).
+    phi: (C, d) configuration features (default :func:`pool_features`);
+        lengthscale: RBF lengthscale (default the median pairwise distance).
+    qoi_gradient: ``qoi_gradient(posterior) -> (K,)``, needed by "qoi".
+    settings: extra JSON-able settings to fingerprint (e.g. the fit's
+        hyperparameters and the oracle's name, which the loop cannot see).
+    rows: precomputed unit-weight (C, 1 + 3N, K) candidate rows (default
+        ``active.design.candidate_rows(basis, pool)``); the fits' design matrices
+        are assembled from them (identical to ``design_matrix`` of the labelled set).
+
+    Returns a :class:`LoopResult`.
+    """
+    from jaxiap.inference.linear import reweight
+    from jaxiap.systems.oracle import label
+
+    select = STRATEGIES.get(strategy) if isinstance(strategy, str) else strategy
+    if select is None:
+        raise JaxiapInputError(f"strategy={strategy!r} is unknown; choose one of {tuple(STRATEGIES)} or pass a function")
+    c_total = len(pool)
+    initial = np.asarray(initial, np.int64).reshape(-1)
+    if initial.size == 0 or len(set(initial.tolist())) != initial.size or initial.min() < 0 or initial.max() >= c_total:
+        raise JaxiapInputError(f"initial must be distinct pool indices in [0, {c_total}), got {initial.tolist()}")
+    if batch_size < 1 or n_iterations < 0:
+        raise JaxiapInputError(f"batch_size must be >= 1 and n_iterations >= 0, got {batch_size}, {n_iterations}")
+    if initial.size + batch_size * n_iterations > c_total:
+        raise JaxiapInputError(f"{initial.size} initial + {n_iterations} x {batch_size} selected exceeds the pool "
+                               f"of {c_total} candidates; lower n_iterations or batch_size")
+
+    if rows is None:
+        from jaxiap.active.design import candidate_rows
+
+        rows = candidate_rows(basis, pool)
+    raw = np.asarray(rows)  # (C, P, K) unit-weight rows: the fit's design is cut from them (no recompiles)
+    if raw.shape[:2] != (c_total, 1 + 3 * pool.n_max):
+        raise JaxiapInputError(f"rows must have shape (C, 1 + 3N, K) = ({c_total}, {1 + 3 * pool.n_max}, K), "
+                               f"got {raw.shape}")
+    row_scale = np.concatenate([[np.sqrt(energy_weight)], np.full(3 * pool.n_max, np.sqrt(force_weight))])
+    rows = raw * row_scale[None, :, None]
+    phi = pool_features(basis, pool) if phi is None else np.asarray(phi)
+    lengthscale = default_lengthscale(phi) if lengthscale is None else float(lengthscale)
+    strategy_name = strategy if isinstance(strategy, str) else _name(strategy)
+
+    run_dir = None if run_dir is None else Path(run_dir)
+    log_path = state_path = None
+    if run_dir is not None:
+        fingerprint = {
+            "strategy": strategy_name, "batch_size": int(batch_size), "initial": initial.tolist(),
+            "key": np.asarray(jax.random.key_data(key)).tolist(), "pool": _digest(pool.positions, pool.mask),
+            "rows": _digest(rows), "phi": _digest(phi), "lengthscale": lengthscale,
+            "energy_weight": energy_weight, "force_weight": force_weight, "fit": _name(fit),
+            "committee_size": committee_size, "settings": settings or {},
+        }
+        _open_loop_folder(run_dir, fingerprint)
+        log_path, state_path = run_dir / "log.jsonl", run_dir / "state.npz"
+
+    def refit(order, dataset):
+        design = reweight(design_from_rows(raw[np.asarray(order)], dataset), energy_weight, force_weight)
+        return design, fit(design)
+
+    def record(iteration, selected, order, posterior, t0):
+        metrics = {} if evaluate is None else dict(evaluate(posterior))
+        return {"iteration": iteration, "selected": [int(i) for i in selected], "n_labelled": len(order),
+                "metrics": metrics, "coefficients": np.asarray(posterior.mean).tolist(),
+                "wall_s": round(time.perf_counter() - t0, 4)}
+
+    # --- start or resume
+    start_it, records = 0, []
+    if state_path is not None and state_path.exists():
+        z = np.load(state_path)
+        start_it = int(z["iteration"])
+        order = [int(i) for i in z["order"]]
+        from jaxiap.data import Dataset
+
+        dataset = Dataset(pool[np.asarray(order)], z["energy"], z["forces"])
+        records = _read_log(log_path, start_it)
+        log_path.write_text("".join(json.dumps(r) + "\n" for r in records))
+        if start_it > n_iterations:  # a longer run is stored: return its first n_iterations
+            n_keep = records[n_iterations]["n_labelled"]
+            order, dataset = order[:n_keep], dataset[np.arange(n_keep)]
+        design, posterior = refit(order, dataset)
+        if progress:
+            print(f"[jaxiap] active learning ({strategy_name}): resuming after iteration {start_it} "
+                  f"({len(order)} labelled)", file=sys.stderr, flush=True)
+    else:
+        t0 = time.perf_counter()
+        order = initial.tolist()
+        dataset = label(oracle, pool[initial])
+        design, posterior = refit(order, dataset)
+        rec = record(0, order, order, posterior, t0)
+        records = [rec]
+        if log_path is not None:
+            log_path.write_text("")
+            _append_log(log_path, rec)
+            _save_state(state_path, 0, order, dataset)
+
+    from jaxiap.data import concatenate
+
+    for it in range(start_it + 1, n_iterations + 1):
+        t0 = time.perf_counter()
+        labelled = np.zeros(c_total, bool)
+        labelled[order] = True
+        qg = None if qoi_gradient is None else np.asarray(qoi_gradient(posterior))
+        ctx = LoopContext(rows, phi, posterior, labelled, basis, pool, design, fit, qg, lengthscale,
+                          "energy" if force_weight == 0 else "force", committee_size)
+        sel = np.asarray(select(jax.random.fold_in(key, it), ctx, batch_size), np.int64).reshape(-1)
+        if sel.size != batch_size or len(set(sel.tolist())) != sel.size or labelled[sel].any():
+            raise JaxiapInputError(f"strategy {strategy_name!r} returned {sel.tolist()}: expected {batch_size} "
+                                   "distinct unlabelled pool indices")
+        dataset = concatenate([dataset, label(oracle, pool[sel])])
+        order = order + sel.tolist()
+        design, posterior = refit(order, dataset)
+        rec = record(it, sel, order, posterior, t0)
+        records.append(rec)
+        if log_path is not None:
+            _append_log(log_path, rec)  # log first: a crash before the state is saved redoes this iteration
+            _save_state(state_path, it, order, dataset)
+        if progress:
+            m = ", ".join(f"{k} {v:.4g}" for k, v in rec["metrics"].items() if isinstance(v, (int, float)))
+            print(f"[jaxiap] {strategy_name} iteration {it}/{n_iterations}: {len(order)} labelled"
+                  f"{'; ' + m if m else ''} ({rec['wall_s']:.1f} s)", file=sys.stderr, flush=True)
+
+    records = records[: n_iterations + 1]
+    return LoopResult(
+        order=np.asarray(order, np.int64),
+        n_labelled=np.asarray([r["n_labelled"] for r in records]),
+        records=records,
+        coefficients=np.asarray([r["coefficients"] for r in records]),
+        posterior=posterior,
+        dataset=dataset,
+    )
