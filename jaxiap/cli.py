@@ -195,6 +195,8 @@ def _add_lj13_al(sub):
     g.add_argument("--seed", type=int, default=None, help=f"master random seed [{d.seed}]")
     g.add_argument("--overwrite", action="store_true", help="discard a run folder that holds another configuration")
     g.add_argument("--no-progress", action="store_true", help="no per-iteration progress lines")
+    g.add_argument("--devices", type=_positive_int, default=None,
+                   help="CPU devices the FRT ensembles shard over [one per core, at most 8]")
     g = p.add_argument_group("active learning")
     g.add_argument("--strategies", type=_strategy_list, default=None,
                    help=f"comma list of strategies [{','.join(STRATEGY_NAMES)}]")
@@ -223,6 +225,7 @@ _LJ13_AL_FIELDS = {
 
 
 def _run_lj13_al(args) -> int:
+    _split_cpu(args.devices)
     from jaxiap.workflows.lj13_al import LJ13ALConfig, run_lj13_al
 
     overrides = {field: getattr(args, name) for name, field in _LJ13_AL_FIELDS.items()

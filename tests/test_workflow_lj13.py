@@ -10,18 +10,16 @@ from jaxiap.errors import JaxiapInputError
 from jaxiap.workflows.lj13 import LJ13Config
 
 TINY = ["--preset", "tiny", "--seeds", "4", "--t-max", "2", "--no-progress"]
-#: tests sharing the tiny run go to one xdist worker (``--dist loadgroup``), so it is built once
-SHARES_TINY_RUN = pytest.mark.xdist_group("lj13_tiny_run")
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
+    """Built once per worker: the suite runs with ``--dist loadfile`` (one worker per file)."""
     out = tmp_path_factory.mktemp("lj13") / "run"
     assert main(["lj13", "--out", str(out), *TINY]) == 0
     return out
 
 
-@SHARES_TINY_RUN
 def test_run_folder_contents(tiny_run):
     for name in ("summary.json", "report.md", "parity.png", "pair_profiles.png", "frt_histogram.png",
                  "survival.png", "energy_histogram.png", "posterior.npz", "config.json"):
@@ -39,7 +37,6 @@ def test_run_folder_contents(tiny_run):
     assert "![survival](survival.png)" in (tiny_run / "report.md").read_text()
 
 
-@SHARES_TINY_RUN
 def test_three_attempts_are_reported(tiny_run):
     """Tiny preset: mle (1 x 4 seeds), subsets (3 x 4), posterior (6 blr draws x 4); same seeds."""
     s = json.loads((tiny_run / "summary.json").read_text())
@@ -63,7 +60,6 @@ def test_three_attempts_are_reported(tiny_run):
     assert "the three attempts" in report and "parametric" in report
 
 
-@SHARES_TINY_RUN
 def test_rerun_resumes_with_identical_numbers(tiny_run):
     before = json.loads((tiny_run / "summary.json").read_text())
     assert main(["lj13", "--out", str(tiny_run), *TINY]) == 0
@@ -72,7 +68,6 @@ def test_rerun_resumes_with_identical_numbers(tiny_run):
         assert after[key] == before[key]
 
 
-@SHARES_TINY_RUN
 def test_changed_config_in_same_folder_is_refused(tiny_run, capsys):
     assert main(["lj13", "--out", str(tiny_run), *TINY, "--kT", "0.25"]) == 2
     err = capsys.readouterr().err.strip()

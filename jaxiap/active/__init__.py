@@ -33,6 +33,7 @@ from jaxiap.active.dpp import (
     sample_kdpp_dual,
     sample_kdpp_spectral,
 )
+from jaxiap.active.loop import STRATEGIES, LoopContext, LoopResult, run_pool_loop
 from jaxiap.active.qbc import (
     Disagreement,
     committee_disagreement,
@@ -55,4 +56,6 @@ __all__ = [
     # qbc
     "Disagreement", "committee_predictions", "committee_disagreement", "predictive_std",
     "select_top", "diversified_batch",
+    # loop
+    "STRATEGIES", "LoopContext", "LoopResult", "run_pool_loop",
 ]
