@@ -263,21 +263,14 @@ STRATEGIES: dict[str, Callable] = {
 
 
 def mean_energy_gradient_from_samples(features, coefficients, kT):
-    """d<E>/dc for E = c . B in the canonical ensemble at kT: <B> - cov(E, B) / kT.
+    """d<E>/dc for E = c . B in the canonical ensemble at kT: <B> - cov(E, B) / kT (K,).
 
     features (T, K) are B(x_t) of (approximately) canonical samples x_t;
-    coefficients (K,). Uses ``jaxiap.md.sensitivity.mean_energy_gradient`` when it
-    exists and otherwise the same fluctuation formula directly. Returns (K,).
+    coefficients (K,). The fluctuation estimator of :mod:`jaxiap.md.sensitivity`.
     """
-    try:
-        from jaxiap.md.sensitivity import mean_energy_gradient
+    from jaxiap.md.sensitivity import mean_energy_gradient
 
-        return np.asarray(mean_energy_gradient(features, coefficients, kT).grad)
-    except (ImportError, AttributeError, NotImplementedError):
-        B = np.asarray(features, np.float64)
-        E = B @ np.asarray(coefficients, np.float64)
-        cov = ((E - E.mean())[:, None] * (B - B.mean(axis=0))).mean(axis=0)
-        return B.mean(axis=0) - cov / kT
+    return np.asarray(mean_energy_gradient(features, coefficients, kT))
 
 
 def design_from_rows(rows, dataset):
