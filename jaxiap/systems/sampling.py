@@ -1,11 +1,61 @@
-"""Reference configurations from Langevin MD (jax-md BAOAB), vmapped over seeds."""
+"""Reference configurations from Langevin MD (jax-md BAOAB), vmapped over trajectories."""
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
+
+
+@functools.lru_cache(maxsize=32)
+def _trajectories_fn(energy_fn: Callable, n_samples: int, sample_every: int, n_equilibrate: int,
+                     gamma: float, dt: float, fixed_kT: float | None):
+    """Jitted (keys (T,), kTs (T,), r0 (N, 3)) -> frames (T, n_samples, N, 3), cached per settings.
+
+    ``fixed_kT`` None: kT is traced per trajectory, so several temperatures (and
+    repeated calls) share one compilation. A float: that kT is compiled in and
+    ``kTs`` is ignored (the one-temperature path of :func:`langevin_samples`,
+    whose numbers the LJ13 reference data were generated with).
+    """
+    from jax_md import simulate, space
+
+    _, shift_fn = space.free()
+    baked = fixed_kT is not None
+    init_fn, step_fn = simulate.nvt_langevin(energy_fn, shift_fn, dt=dt, kT=fixed_kT if baked else 1.0, gamma=gamma)
+
+    def trajectory(key, kT, r0):
+        kw = {} if baked else {"kT": kT}
+        state = init_fn(key, r0, **kw)
+        state = jax.lax.fori_loop(0, n_equilibrate, lambda i, s: step_fn(s, **kw), state)
+
+        def block(s, _):
+            s = jax.lax.fori_loop(0, sample_every, lambda i, x: step_fn(x, **kw), s)
+            return s, s.position
+
+        return jax.lax.scan(block, state, None, length=n_samples)[1]
+
+    return jax.jit(jax.vmap(trajectory, in_axes=(0, 0, None)))
+
+
+def _run(keys, kTs, r0, energy_fn, n_samples, sample_every, gamma, dt, n_equilibrate, fixed_kT=None):
+    traj = _trajectories_fn(energy_fn, int(n_samples), int(sample_every), int(n_equilibrate), float(gamma),
+                            float(dt), fixed_kT)
+    return traj(keys, jnp.asarray(kTs, jnp.result_type(float)), jnp.asarray(r0))
+
+
+def langevin_trajectories(keys, kTs, energy_fn: Callable, start_positions, n_samples: int, sample_every: int,
+                          gamma: float = 1.0, dt: float = 0.005, n_equilibrate: int = 0):
+    """Snapshots (T, n_samples, N, 3) of free-cluster Langevin MD, one trajectory per (keys[t], kTs[t]).
+
+    keys (T,) PRNG keys; kTs (T,) temperatures (energy units). Each trajectory
+    starts at ``start_positions`` (N, 3) with Maxwell-Boltzmann velocities at
+    its kT, runs ``n_equilibrate`` steps, then records every ``sample_every``
+    steps. Reduced units; unit masses. One compilation per (energy_fn, sizes,
+    gamma, dt), whatever the temperatures.
+    """
+    return _run(keys, kTs, start_positions, energy_fn, n_samples, sample_every, gamma, dt, n_equilibrate)
 
 
 def langevin_samples(
@@ -20,28 +70,10 @@ def langevin_samples(
     dt: float = 0.005,
     n_equilibrate: int = 0,
 ):
-    """Snapshots (n_trajectories, n_samples, N, 3) of free-cluster Langevin MD.
+    """Snapshots (n_trajectories, n_samples, N, 3) at one temperature kT, trajectory keys split from ``key``.
 
-    Each trajectory starts at ``start_positions`` (N, 3) with Maxwell-Boltzmann
-    velocities at kT (centre-of-mass momentum removed), runs ``n_equilibrate``
-    steps, then records every ``sample_every`` steps. Reduced units; unit masses.
-    Reproducible from ``key``.
+    See :func:`langevin_trajectories`. Reproducible from ``key``.
     """
-    from jax_md import simulate, space
-
-    _, shift_fn = space.free()
-    init_fn, step_fn = simulate.nvt_langevin(energy_fn, shift_fn, dt=dt, kT=kT, gamma=gamma)
-    r0 = jnp.asarray(start_positions)
-
-    def block(state, _):
-        state = jax.lax.fori_loop(0, sample_every, lambda i, s: step_fn(s), state)
-        return state, state.position
-
-    def trajectory(k):
-        state = init_fn(k, r0)
-        state = jax.lax.fori_loop(0, n_equilibrate, lambda i, s: step_fn(s), state)
-        _, frames = jax.lax.scan(block, state, None, length=n_samples)
-        return frames
-
     keys = jax.random.split(key, n_trajectories)
-    return jax.jit(jax.vmap(trajectory))(keys)
+    return _run(keys, jnp.full((n_trajectories,), kT), start_positions, energy_fn, n_samples, sample_every, gamma,
+                dt, n_equilibrate, fixed_kT=float(kT))

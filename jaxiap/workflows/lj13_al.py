@@ -39,7 +39,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import zlib
-from functools import partial
 from pathlib import Path
 
 import jax
@@ -196,30 +195,6 @@ def make_basis(config: LJ13ALConfig):
     return LinearBasis(RadialBasis(config.basis, config.basis_size, config.r_min, config.r_cut))
 
 
-@partial(jax.jit, static_argnums=(3, 4, 5, 6, 7))
-def _langevin_frames(keys, kTs, r0, n_samples, every, n_equilibrate, gamma, dt):
-    """(T, n_samples, 13, 3) BAOAB frames of the true LJ13, one trajectory per (key, kT), all in one
-    compiled call (the temperature is a traced argument, so a pool of several temperatures compiles once)."""
-    from jax_md import simulate, space
-
-    from jaxiap.systems.lj import lj_energy
-
-    _, shift_fn = space.free()
-    init_fn, step_fn = simulate.nvt_langevin(lj_energy, shift_fn, dt=dt, kT=1.0, gamma=gamma)
-
-    def trajectory(key, kT):
-        state = init_fn(key, r0, kT=kT)
-        state = jax.lax.fori_loop(0, n_equilibrate, lambda i, st: step_fn(st, kT=kT), state)
-
-        def block(st, _):
-            st = jax.lax.fori_loop(0, every, lambda i, x: step_fn(x, kT=kT), st)
-            return st, st.position
-
-        return jax.lax.scan(block, state, None, length=n_samples)[1]
-
-    return jax.vmap(trajectory)(keys, kTs)
-
-
 def generate_data(config: LJ13ALConfig, folder: Path | None = None):
     """(pool Dataset, pool temperatures (C,), test Dataset, series Dataset); cached in ``folder``.
 
@@ -232,6 +207,7 @@ def generate_data(config: LJ13ALConfig, folder: Path | None = None):
     from jaxiap.structures import from_positions
     from jaxiap.systems.lj import lj13_minimum, lj_energy
     from jaxiap.systems.oracle import JaxOracle, label
+    from jaxiap.systems.sampling import langevin_trajectories
 
     names = ("pool", "test", "series")
     if folder is not None and all((folder / f"{n}.npz").exists() for n in names):
@@ -241,15 +217,15 @@ def generate_data(config: LJ13ALConfig, folder: Path | None = None):
                           np.full(config.test_trajectories, config.kT)])
     keys = jax.random.split(jax.random.key(config.seed * 1000 + 10), len(kTs))
     r0 = jnp.asarray(lj13_minimum())
-    frames = np.asarray(_langevin_frames(keys, jnp.asarray(kTs), r0, config.pool_samples, config.sample_every,
-                                         config.n_equilibrate, config.gamma, config.dt))
+    frames = np.asarray(langevin_trajectories(keys, kTs, lj_energy, r0, config.pool_samples, config.sample_every,
+                                              config.gamma, config.dt, config.n_equilibrate))
     n_pool = len(config.pool_kTs) * config.pool_trajectories
     oracle = JaxOracle(lj_energy)
     pool = label(oracle, from_positions(frames[:n_pool].reshape(-1, 13, 3)))
     test = label(oracle, from_positions(frames[n_pool:].reshape(-1, 13, 3)))
-    sframes = _langevin_frames(jax.random.split(jax.random.key(config.seed * 1000 + 2), 1), jnp.asarray([config.kT]), r0,
-                               config.series_frames, config.series_every, config.n_equilibrate, config.gamma,
-                               config.dt)
+    sframes = langevin_trajectories(jax.random.split(jax.random.key(config.seed * 1000 + 2), 1), [config.kT],
+                                    lj_energy, r0, config.series_frames, config.series_every, config.gamma,
+                                    config.dt, config.n_equilibrate)
     series = label(oracle, from_positions(np.asarray(sframes).reshape(-1, 13, 3)))
     pool_kT = np.repeat(kTs[:n_pool], config.pool_samples)
     if folder is not None:
