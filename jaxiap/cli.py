@@ -38,6 +38,21 @@ _positive_float = _number(float, math.ulp(0.0), "a positive finite number")  # s
 _nonneg_float = _number(float, 0.0, "a finite number >= 0")
 
 
+def _add_run_options(p, out: str, presets, seed: int, preset_help: str):
+    """The 'run' option group every study command shares; returns the group for extra options."""
+    g = p.add_argument_group("run")
+    g.add_argument("--out", default=out, help=f"run folder [{out}]")
+    g.add_argument("--preset", choices=presets, default="cpu",
+                   help=f"size preset: {preset_help}, tiny (seconds; smoke test); explicit options override "
+                        "the preset [cpu]")
+    g.add_argument("--seed", type=int, default=None, help=f"master random seed [{seed}]")
+    g.add_argument("--overwrite", action="store_true", help="discard a run folder that holds another configuration")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars or stage messages")
+    g.add_argument("--devices", type=_positive_int, default=None,
+                   help="split the CPU into this many JAX devices to shard the MD replicas [one per core, at most 8]")
+    return g
+
+
 def _add_lj13(sub):
     from jaxiap.workflows.lj13 import POSTERIOR_CHOICES, PRESET_CHOICES, DEFAULTS as d
 
@@ -51,18 +66,10 @@ def _add_lj13(sub):
             "to the run folder. Reduced LJ units throughout. Re-running the same command resumes."
         ),
     )
-    g = p.add_argument_group("run")
-    g.add_argument("--out", default="runs/lj13", help="run folder [runs/lj13]")
-    g.add_argument("--preset", choices=PRESET_CHOICES, default="cpu",
-                   help="size preset: cpu (default run, minutes on 2 cores), gpu (4096 seeds, float32), "
-                        "tiny (seconds; smoke test); explicit options override the preset [cpu]")
-    g.add_argument("--seed", type=int, default=None, help=f"master random seed [{d.seed}]")
-    g.add_argument("--overwrite", action="store_true", help="discard a run folder that holds another configuration")
-    g.add_argument("--no-progress", action="store_true", help="no progress bars or stage messages")
+    g = _add_run_options(p, "runs/lj13", PRESET_CHOICES, d.seed,
+                         "cpu (default run, minutes on 2 cores), gpu (4096 seeds, float32)")
     g.add_argument("--chunk-size", type=_positive_int, default=None,
                    help="replicas per compiled MD chunk [chosen from available memory]")
-    g.add_argument("--devices", type=_positive_int, default=None,
-                   help="split the CPU into this many JAX devices to shard the replica axis [one per core, at most 8]")
     g = p.add_argument_group("MD and FRT protocol")
     g.add_argument("--kT", type=_positive_float, default=None, help=f"temperature (epsilon) [{d.kT}]")
     g.add_argument("--gamma", type=_positive_float, default=None, help=f"Langevin friction (1/tau) [{d.gamma}]")
@@ -187,16 +194,8 @@ def _add_lj13_al(sub):
             "run folder. Re-running the same command resumes."
         ),
     )
-    g = p.add_argument_group("run")
-    g.add_argument("--out", default="runs/lj13-al", help="run folder [runs/lj13-al]")
-    g.add_argument("--preset", choices=PRESET_CHOICES, default="cpu",
-                   help="size preset: cpu (default, minutes on 2 cores), gpu (more repetitions and FRT seeds), "
-                        "tiny (seconds; smoke test); explicit options override the preset [cpu]")
-    g.add_argument("--seed", type=int, default=None, help=f"master random seed [{d.seed}]")
-    g.add_argument("--overwrite", action="store_true", help="discard a run folder that holds another configuration")
-    g.add_argument("--no-progress", action="store_true", help="no per-iteration progress lines")
-    g.add_argument("--devices", type=_positive_int, default=None,
-                   help="CPU devices the FRT ensembles shard over [one per core, at most 8]")
+    _add_run_options(p, "runs/lj13-al", PRESET_CHOICES, d.seed,
+                     "cpu (default, minutes on 2 cores), gpu (more repetitions and FRT seeds)")
     g = p.add_argument_group("active learning")
     g.add_argument("--strategies", type=_strategy_list, default=None,
                    help=f"comma list of strategies [{','.join(STRATEGY_NAMES)}]")
