@@ -1,4 +1,4 @@
-"""NUTS (numpyro, via jaxiap) vs adaptive Metropolis on the LJ13 linear-potential posterior.
+"""NUTS through ``jaxiap.inference.mcmc.run_nuts`` vs adaptive Metropolis on the LJ13 linear-potential posterior.
 
 What is measured
 ----------------
@@ -11,34 +11,52 @@ exact LJ labels; every energy and force row, weights from the dataset):
 
 The posterior is Gaussian, so the exact mean and covariance are known
 (``fit_blr``); it is also very strongly correlated (the radial-basis columns
-are nearly collinear), which is what makes it a sampler benchmark. Both
-samplers evaluate the *same* log density, the numpyro potential energy of the
-model over all rows (no sufficient-statistics shortcut), and start at the
-least-squares solution.
+are nearly collinear), which is what makes it a sampler benchmark. Every
+sampler evaluates the same log density over all rows (no
+sufficient-statistics shortcut) and starts at the least-squares solution.
 
-* ``NUTS``: numpyro NUTS with dense mass-matrix adaptation (step size and
-  mass adapted during warmup), target acceptance 0.8, ``--chains`` chains
-  vmapped, started from the same diagonal inverse mass diag(1 / diag(H)) as
-  AM's first proposal, with numpyro's mass-matrix regularisation (shrinkage
-  toward 1e-3 I) off: with it, on this posterior (sds ~1e-4), NUTS needs
-  hundreds of leapfrog steps per draw (``--also-numpyro-default`` adds that
-  run as a third row). The warmup + sampling loop is one ``lax.scan`` compiled ahead of
-  time, so the timed call excludes compilation. Log-density evaluations are
-  counted as leapfrog steps (``num_steps``; each is one value-and-gradient).
-* ``AM``: random-walk adaptive Metropolis (Haario, Saksman & Tamminen 2001;
-  the AMCMC used by pytuq / FitSNAP UQ workflows): proposal N(x, C_t) with
-  C_t = (2.4^2 / d) (Cov(x_0..x_{t-1}) + eps I) refreshed every ``--tadapt``
-  steps after ``--t0`` steps, and C_0 = (2.4^2 / d) diag(1 / diag(H)) with H
-  the posterior precision (a warm start AM users rarely have). One
-  log-density evaluation per step, no gradient. It gets exactly as many
-  evaluations per chain as NUTS used (warmup + sampling), and discards the
-  same fraction as burn-in that NUTS spent in warmup.
+NUTS rows: the public ``run_nuts(model, key, ..., dense_mass=True,
+init_params=...)`` (numpyro NUTS, target acceptance 0.8, ``--chains`` chains
+vectorised on one CPU device), ``--warmup`` + ``--samples`` iterations. Each
+row changes ONE factor against the first row:
 
-Reported per sampler: min over coefficients of the bulk ESS
-(``numpyro.diagnostics.effective_sample_size`` over all chains), ESS per
-1000 log-density evaluations, ESS per second of sampling wall time, the
-compile time, and the error of the sample mean (in posterior sds) and of the
-sample sds (ratio) against the exact posterior. "ratio" = NUTS / AM.
+1. ``defaults``: ``run_nuts`` defaults (mass-matrix regularisation on: numpyro
+   shrinks the adapted mass matrix toward 1e-3 I).
+2. ``regularize_mass_matrix=False``: only the regularisation changed.
+3. ``reparametrised``: only the model changed: c = c_ls + s * z with
+   s = 1 / sqrt(diag H) (H the posterior precision), sampled in z, which is
+   O(1); regularisation on as in row 1. This is the advice in ``run_nuts``'s
+   docstring and uses the same information as AM's warm start below.
+
+(``run_nuts`` takes no initial inverse mass matrix, so the diagonal warm start
+of the mass matrix that an earlier version of this benchmark gave numpyro
+directly cannot be set through it; see bench/RESULTS.md.)
+
+Peer, ``AM``: random-walk adaptive Metropolis (Haario, Saksman & Tamminen
+2001; the AMCMC used by pytuq / FitSNAP UQ workflows): proposal N(x, C_t) with
+C_t = (2.4^2 / d) (Cov(x_0..x_{t-1}) + eps I) refreshed every ``--tadapt``
+steps after ``--t0`` steps, and C_0 = (2.4^2 / d) diag(1 / diag(H)) (a warm
+start AM users rarely have). One log-density evaluation per step, no
+gradient, ``--chains`` chains vmapped and jitted (compiled ahead of time).
+
+Evaluations. ``run_nuts`` reports the leapfrog steps (one value-and-gradient
+each) of the sampling phase only, not of warmup. "ESS per 1k evaluations" is
+therefore measured on the sampling phase for both: NUTS min ESS over its
+post-warmup leapfrog steps; AM min ESS over its post-burn-in steps. AM runs
+(warmup + samples) / samples times the sampling-phase evaluations per chain
+of NUTS row 2 and discards the first warmup / (warmup + samples) of each
+chain as burn-in.
+
+Time. A ``run_nuts`` call compiles its sampling loop every time (numpyro
+re-jits per call), so its wall time includes compilation; "fixed s" is the
+wall time of the same call with 1 warmup + 1 sample iteration (compilation and
+set-up), and "ESS/s" for NUTS is min ESS / (wall - fixed). For AM, compilation
+is separate (``lower().compile()``) and ESS/s is min ESS / run time.
+
+Each row is repeated ``--repeats`` times with different seeds (NUTS: the
+``run_nuts`` key; AM: the chain keys); the table gives the median and min-max.
+Also reported: the error of the sample mean (in posterior sds) and the range of
+sample sd / exact sd, from the first repeat.
 
 Run ``python bench/inference_nuts.py --help`` for the options.
 """
@@ -46,11 +64,15 @@ Run ``python bench/inference_nuts.py --help`` for the options.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's jaxiap
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import footer, header, med, spread  # noqa: E402
 
 
 def build_problem(n_traj: int, n_samples: int, n_basis: int, seed: int):
@@ -83,36 +105,42 @@ def linear_model(A, y, w, sig2, s0):
     numpyro.factor("loglik", -0.5 * jnp.sum(w * (y - A @ c) ** 2) / sig2)
 
 
-def run_nuts_bench(potential, c0, chains, warmup, samples, seed, inv_mass=None, regularize=True):
-    import jax
+def scaled_model(A, y, w, sig2, s0, c_ref, scale):
+    """The same posterior in z = (c - c_ref) / scale (O(1) coordinates)."""
     import jax.numpy as jnp
-    from numpyro.infer.hmc import hmc
+    import numpyro
+    import numpyro.distributions as dist
 
-    init_kernel, sample_kernel = hmc(potential_fn=potential, algo="NUTS")
-    keys = jax.random.split(jax.random.key(seed), chains)
-    init = jnp.broadcast_to(c0, (chains, c0.shape[0]))
-    state0 = jax.vmap(lambda z, k: init_kernel(z, warmup, dense_mass=True, target_accept_prob=0.8,
-                                               inverse_mass_matrix=inv_mass, regularize_mass_matrix=regularize,
-                                               rng_key=k))(init, keys)
-    vsample = jax.vmap(sample_kernel)
+    z = numpyro.sample("z", dist.Normal(-c_ref / scale, s0 / scale).to_event(1))
+    c = c_ref + scale * z
+    numpyro.factor("loglik", -0.5 * jnp.sum(w * (y - A @ c) ** 2) / sig2)
 
-    def loop(state):
-        def step(s, _):
-            s = vsample(s)
-            return s, (s.z, s.num_steps, s.diverging)
 
-        return jax.lax.scan(step, state, None, length=warmup + samples)[1]
+def nuts_row(name, model, model_args, init, site, to_c, args, regularize, seed):
+    """One run_nuts call (timed by run_nuts itself) -> dict."""
+    import jax
 
-    t0 = time.perf_counter()
-    compiled = jax.jit(loop).lower(state0).compile()
-    t_compile = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    z, steps, div = jax.block_until_ready(compiled(state0))
-    wall = time.perf_counter() - t0
-    z = np.asarray(z).transpose(1, 0, 2)  # (chains, T, K)
-    steps = np.asarray(steps).T
-    return dict(draws=z[:, warmup:], evals=steps.sum(axis=1), warm_evals=steps[:, :warmup].sum(axis=1),
-                divergent=int(np.asarray(div)[warmup:].sum()), wall=wall, compile=t_compile)
+    from jaxiap.inference.mcmc import run_nuts
+
+    res = run_nuts(model, jax.random.key(seed), *model_args, num_warmup=args.warmup, num_samples=args.samples,
+                   num_chains=args.chains, dense_mass=True, regularize_mass_matrix=regularize,
+                   init_params={site: init}, progress=False, warn=False)
+    d = res.diagnostics
+    draws = to_c(np.asarray(res.chains[site]))  # (chains, S, K) in c coordinates
+    return dict(name=name, draws=draws, evals=int(d["num_steps"]), wall=float(d["wall_time"]),
+                divergent=int(d["n_divergent"]), rhat=res.max_rhat, chain_method=d["chain_method"])
+
+
+def nuts_fixed_cost(model, model_args, init, site, args, regularize) -> float:
+    """Wall time of the same run_nuts call with 1 warmup + 1 sample iteration (compile + set-up)."""
+    import jax
+
+    from jaxiap.inference.mcmc import run_nuts
+
+    res = run_nuts(model, jax.random.key(0), *model_args, num_warmup=1, num_samples=1, num_chains=args.chains,
+                   dense_mass=True, regularize_mass_matrix=regularize, init_params={site: init}, progress=False,
+                   warn=False)
+    return float(res.diagnostics["wall_time"])
 
 
 def run_am_bench(logp, c0, C0, chains, n_steps, t0_adapt, tadapt, seed):
@@ -160,16 +188,16 @@ def run_am_bench(logp, c0, C0, chains, n_steps, t0_adapt, tadapt, seed):
     return dict(draws=np.asarray(xs), accept=np.asarray(acc) / n_steps, wall=wall, compile=t_compile)
 
 
-def summarize(name, draws, evals, wall, compile_s, exact_mean, exact_sd):
+def min_ess(draws) -> float:
     from numpyro.diagnostics import effective_sample_size
 
-    ess = np.asarray(effective_sample_size(draws))
+    return float(np.asarray(effective_sample_size(draws)).min())
+
+
+def accuracy(draws, exact_mean, exact_sd):
     flat = draws.reshape(-1, draws.shape[-1])
-    mean_err = np.max(np.abs(flat.mean(0) - exact_mean) / exact_sd)
     sd_ratio = flat.std(0) / exact_sd
-    return dict(name=name, min_ess=float(ess.min()), evals=int(evals), ess_per_kevals=1e3 * float(ess.min()) / evals,
-                ess_per_s=float(ess.min()) / wall, wall=wall, compile=compile_s, mean_err_sd=float(mean_err),
-                sd_ratio_min=float(sd_ratio.min()), sd_ratio_max=float(sd_ratio.max()))
+    return float(np.max(np.abs(flat.mean(0) - exact_mean) / exact_sd)), float(sd_ratio.min()), float(sd_ratio.max())
 
 
 def main(argv=None):
@@ -180,19 +208,26 @@ def main(argv=None):
     p.add_argument("--chains", type=int, default=4)
     p.add_argument("--warmup", type=int, default=500)
     p.add_argument("--samples", type=int, default=1000)
+    p.add_argument("--repeats", type=int, default=5, help="seeds per row (median and min-max are reported)")
+    p.add_argument("--rows", default="defaults,unregularised,reparametrised",
+                   help="comma-separated NUTS rows to run (defaults, unregularised, reparametrised)")
     p.add_argument("--t0", type=int, default=1000, help="AM: steps before adaptation starts")
     p.add_argument("--tadapt", type=int, default=100, help="AM: refresh the proposal every tadapt steps")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--also-numpyro-default", action="store_true",
-                   help="add a NUTS run with numpyro's defaults (identity initial mass, mass matrix regularised "
-                        "toward 1e-3 I): slow on this posterior, whose standard deviations are ~1e-4")
+    p.add_argument("--seed", type=int, default=0, help="data seed; repeat r uses sampler seed r")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny smoke run: 2 trajectories x 10 snapshots, 2 chains, 50 + 100 iterations, 2 repeats")
     args = p.parse_args(argv)
+    if args.quick:
+        args.trajectories, args.snapshots, args.chains, args.warmup, args.samples, args.repeats = 2, 10, 2, 50, 100, 2
+        args.t0 = 100
+    rows_wanted = args.rows.split(",")
 
+    header("bench/inference_nuts.py")
+    t_all = time.perf_counter()
     import jax
     import jax.numpy as jnp
 
     import jaxiap  # noqa: F401  (float64)
-    from numpyro.infer.util import initialize_model
 
     t = time.perf_counter()
     A, y, w, sig2, s0, c_ls, exact = build_problem(args.trajectories, args.snapshots, args.n_basis, args.seed)
@@ -202,50 +237,85 @@ def main(argv=None):
     exact_sd = np.sqrt(np.diag(exact_cov))
     corr = exact_cov / np.outer(exact_sd, exact_sd)
     print(f"posterior: max |correlation| = {np.abs(corr - np.eye(len(corr))).max():.6f}, "
-          f"condition number of the covariance = {np.linalg.cond(exact_cov):.3g}")
-
-    info = initialize_model(jax.random.key(0), linear_model, model_args=(A, y, w, sig2, s0))
-    pe = info.potential_fn  # dict -> -log density (identity transform for a real-valued site)
-    potential = lambda c: pe({"c": c})  # noqa: E731
-    c0 = jnp.asarray(c_ls)
+          f"condition number of the covariance = {np.linalg.cond(exact_cov):.3g}, sds {exact_sd.min():.2g}-"
+          f"{exact_sd.max():.2g}", flush=True)
 
     H = np.linalg.inv(exact_cov)
-    diag_warm = np.diag(1.0 / np.diag(H))  # the same diagonal warm start for both samplers
-    nuts = run_nuts_bench(potential, c0, args.chains, args.warmup, args.samples, args.seed,
-                          jnp.asarray(diag_warm), regularize=False)
-    evals_per_chain = int(np.round(nuts["evals"].mean()))
-    warm_frac = float(nuts["warm_evals"].sum() / nuts["evals"].sum())
-    C0 = jnp.asarray(diag_warm * 2.4**2 / len(c_ls))
-    am = run_am_bench(lambda c: -potential(c), c0, C0, args.chains, evals_per_chain, args.t0, args.tadapt, args.seed)
-    burn = int(round(warm_frac * evals_per_chain))
+    scale = 1.0 / np.sqrt(np.diag(H))
+    c0 = jnp.asarray(c_ls)
+    plain_args = (A, y, w, sig2, s0)
+    configs = {
+        "defaults": ("NUTS run_nuts defaults (regularised mass)", linear_model, plain_args, c0, "c",
+                     lambda d: d, True),
+        "unregularised": ("NUTS run_nuts regularize_mass_matrix=False", linear_model, plain_args, c0, "c",
+                          lambda d: d, False),
+        "reparametrised": ("NUTS run_nuts defaults, model in z = (c - c_ls) / s", scaled_model,
+                           (*plain_args, c0, jnp.asarray(scale)), jnp.zeros_like(c0), "z",
+                           lambda d: c_ls + scale * d, True),
+    }
+    results = {}
+    for key in rows_wanted:
+        name, model, margs, init, site, to_c, reg = configs[key]
+        fixed = nuts_fixed_cost(model, margs, init, site, args, reg)
+        reps = []
+        for r in range(args.repeats):
+            out = nuts_row(name, model, margs, init, site, to_c, args, reg, seed=r)
+            out["ess"] = min_ess(out["draws"])
+            reps.append(out)
+            print(f"  {key} seed {r}: min ESS {out['ess']:.0f}, {out['evals']} post-warmup evals, "
+                  f"wall {out['wall']:.1f} s (fixed {fixed:.1f} s), {out['divergent']} divergent, "
+                  f"max R-hat {out['rhat']:.3f}", flush=True)
+        results[key] = dict(name=name, fixed=fixed, reps=reps)
 
-    rows = [
-        summarize("NUTS (numpyro, dense mass, unregularised)", nuts["draws"], int(nuts["evals"].sum()),
-                  nuts["wall"], nuts["compile"], exact_mean, exact_sd),
-        summarize("AM (Haario, random walk)", am["draws"][:, burn:], evals_per_chain * args.chains, am["wall"],
-                  am["compile"], exact_mean, exact_sd),
-    ]
-    if args.also_numpyro_default:
-        nd = run_nuts_bench(potential, c0, args.chains, args.warmup, args.samples, args.seed)
-        rows.append(summarize("NUTS (numpyro defaults: identity start, regularised mass)", nd["draws"],
-                              int(nd["evals"].sum()), nd["wall"], nd["compile"], exact_mean, exact_sd))
-    print(f"\nchains {args.chains}; NUTS warmup {args.warmup} + samples {args.samples} iterations; "
-          f"{evals_per_chain} log-density evaluations per chain for both ({100 * warm_frac:.0f}% in NUTS warmup = "
-          f"AM burn-in); NUTS divergences {nuts['divergent']}; AM acceptance "
-          f"{am['accept'].mean():.3f}")
-    hdr = ("sampler", "min ESS", "evals", "ESS/1k evals", "ESS/s", "sample s", "compile s", "max|mean err|/sd",
-           "sd ratio")
+    # AM budget: NUTS row 2's (or the first run row's) sampling-phase evaluations per chain
+    ref_key = "unregularised" if "unregularised" in results else rows_wanted[0]
+    samp_evals = med(r["evals"] for r in results[ref_key]["reps"]) / args.chains
+    n_am = int(round(samp_evals * (args.warmup + args.samples) / args.samples))
+    burn = int(round(n_am * args.warmup / (args.warmup + args.samples)))
+    C0 = jnp.asarray(np.diag(scale**2) * 2.4**2 / len(c_ls))
+    info_logp = None
+    from numpyro.infer.util import initialize_model
+
+    info_logp = initialize_model(jax.random.key(0), linear_model, model_args=plain_args).potential_fn
+    logp = lambda c: -info_logp({"c": c})  # noqa: E731
+    am_reps = []
+    for r in range(args.repeats):
+        am = run_am_bench(logp, c0, C0, args.chains, n_am, args.t0, args.tadapt, seed=r)
+        am["draws"] = am["draws"][:, burn:]
+        am["ess"] = min_ess(am["draws"])
+        am["evals"] = (n_am - burn) * args.chains
+        am_reps.append(am)
+        print(f"  AM seed {r}: min ESS {am['ess']:.0f}, {n_am} steps per chain ({burn} burn-in), "
+              f"run {am['wall']:.1f} s, acceptance {am['accept'].mean():.3f}", flush=True)
+
+    print(f"\n{args.chains} chains; NUTS {args.warmup} warmup + {args.samples} sampling iterations "
+          f"(chain method {next(iter(results.values()))['reps'][0]['chain_method']}); AM {n_am} steps per chain, "
+          f"first {burn} discarded; {args.repeats} seeds per row: median (min-max, n)\n")
+    hdr = ("sampler", "min ESS", "sampling-phase evals", "ESS / 1k evals", "ESS / s", "wall s", "fixed s",
+           "max |mean err| / sd", "sd ratio", "divergent")
     print("| " + " | ".join(hdr) + " |")
-    print("|" + "---|" * len(hdr))
-    for r in rows:
-        print(f"| {r['name']} | {r['min_ess']:.0f} | {r['evals']} | {r['ess_per_kevals']:.3g} | {r['ess_per_s']:.3g} | "
-              f"{r['wall']:.2f} | {r['compile']:.1f} | {r['mean_err_sd']:.3f} | "
-              f"{r['sd_ratio_min']:.2f}-{r['sd_ratio_max']:.2f} |")
-    n, a = rows[:2]
-    print(f"\nratio NUTS / AM: min ESS per evaluation {n['ess_per_kevals'] / max(a['ess_per_kevals'], 1e-300):.3g}x, "
-          f"min ESS per second {n['ess_per_s'] / max(a['ess_per_s'], 1e-300):.3g}x")
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"jax {jax.__version__} on {jax.devices()[0].platform}")
+    print("|---|" + "---:|" * (len(hdr) - 1))
+    table = {}
+    for key, res in results.items():
+        reps = res["reps"]
+        per_k = [1e3 * r["ess"] / r["evals"] for r in reps]
+        per_s = [r["ess"] / max(r["wall"] - res["fixed"], 1e-9) for r in reps]
+        err, lo, hi = accuracy(reps[0]["draws"], exact_mean, exact_sd)
+        table[key] = (per_k, per_s)
+        print(f"| {res['name']} | {spread(r['ess'] for r in reps)} | {spread([r['evals'] for r in reps])} | "
+              f"{spread(per_k)} | {spread(per_s)} | {spread(r['wall'] for r in reps)} | {res['fixed']:.1f} | "
+              f"{err:.3f} | {lo:.2f}-{hi:.2f} | {spread([r['divergent'] for r in reps], '{:.0f}')} |")
+    am_k = [1e3 * a["ess"] / a["evals"] for a in am_reps]
+    am_s = [a["ess"] / a["wall"] for a in am_reps]
+    err, lo, hi = accuracy(am_reps[0]["draws"], exact_mean, exact_sd)
+    print(f"| AM (Haario, random walk; peer) | {spread(a['ess'] for a in am_reps)} | {am_reps[0]['evals']} | "
+          f"{spread(am_k)} | {spread(am_s)} | {spread(a['wall'] for a in am_reps)} | "
+          f"{am_reps[0]['compile']:.1f} (compile) | {err:.3f} | {lo:.2f}-{hi:.2f} | - |")
+    print()
+    for key, (per_k, per_s) in table.items():
+        print(f"{results[key]['name']} / AM: min ESS per evaluation {med(per_k) / med(am_k):.3g}x, "
+              f"min ESS per second {med(per_s) / med(am_s):.3g}x (ratios of medians)")
+    footer(time.perf_counter() - t_all)
 
 
 if __name__ == "__main__":

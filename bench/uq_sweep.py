@@ -4,7 +4,7 @@ The sweep of the LJ13 forward-UQ study: M coefficient samples of a fitted
 3-function Chebyshev potential (drawn from its Student-t posterior, NIG) times R
 thermostat seeds, each replica running Langevin MD at kT = 0.3 with a FIRE
 quench and a bond-graph check every n_q steps until the first rearrangement or
-t_max (SCIENCE.md section 1).
+t_max (docs/science.md section 5).
 
 - ``jaxiap``: :func:`jaxiap.md.ensemble.run_frt_ensemble` on the (M, R) grid
   (lanes recycled, sharded over the devices: the CPU split into ``--devices``

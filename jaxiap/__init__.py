@@ -15,7 +15,7 @@ if _os.environ.get("JAXIAP_X64", "1") != "0":
 from jaxiap.structures import Structures, from_atoms, to_atoms  # noqa: E402
 from jaxiap.data import Dataset, read_extxyz, write_extxyz  # noqa: E402
 
-__version__ = "0.1.0"
+from jaxiap._version import __version__  # noqa: E402
 
 __all__ = [
     "Structures",

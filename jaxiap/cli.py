@@ -38,6 +38,17 @@ _positive_float = _number(float, math.ulp(0.0), "a positive finite number")  # s
 _nonneg_float = _number(float, 0.0, "a finite number >= 0")
 
 
+def _seed(text):
+    """argparse type: a master seed, an integer in [0, 2**32) (the base seed of the 32-bit thermostat keys)."""
+    try:
+        v = int(text)
+    except ValueError:
+        v = None
+    if v is None or not 0 <= v < 2**32:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**32), got {text!r}")
+    return v
+
+
 def _add_run_options(p, out: str, presets, seed: int, preset_help: str):
     """The 'run' option group every study command shares; returns the group for extra options."""
     g = p.add_argument_group("run")
@@ -45,7 +56,7 @@ def _add_run_options(p, out: str, presets, seed: int, preset_help: str):
     g.add_argument("--preset", choices=presets, default="cpu",
                    help=f"size preset: {preset_help}, tiny (seconds; smoke test); explicit options override "
                         "the preset [cpu]")
-    g.add_argument("--seed", type=int, default=None, help=f"master random seed [{seed}]")
+    g.add_argument("--seed", type=_seed, default=None, help=f"master random seed, in [0, 2**32) [{seed}]")
     g.add_argument("--overwrite", action="store_true", help="discard a run folder that holds another configuration")
     g.add_argument("--no-progress", action="store_true", help="no progress bars or stage messages")
     g.add_argument("--devices", type=_positive_int, default=None,
@@ -111,7 +122,7 @@ def _add_lj13(sub):
                    help=f"thermostat seeds per coefficient sample in the subsets/posterior attempts [{d.attempt_seeds}]")
     g.add_argument("--pce-degree", type=_positive_int, default=None,
                    help="total degree of the PCE of log mean FRT [automatic: 2 with enough samples, else 1]")
-    p.set_defaults(func=_run_lj13)
+    p.set_defaults(func=_run_lj13, parser=p)
 
 
 _LJ13_FIELDS = {
@@ -213,7 +224,7 @@ def _add_lj13_al(sub):
     g.add_argument("--no-frt", action="store_true", help="skip the FRT ensembles (force errors only)")
     g.add_argument("--seeds", type=_positive_int, default=None, help=f"thermostat seeds per potential [{d.n_seeds}]")
     g.add_argument("--t-max", type=_positive_float, default=None, help=f"follow-up time per run (tau) [{d.t_max}]")
-    p.set_defaults(func=_run_lj13_al)
+    p.set_defaults(func=_run_lj13_al, parser=p)
 
 
 _LJ13_AL_FIELDS = {
@@ -247,7 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="jaxiap",
         description="jaxiap: differentiable Bayesian interatomic potentials on JAX.",
     )
-    parser.add_argument("--version", action="version", version="jaxiap 0.1.0")
+    from jaxiap._version import __version__
+
+    parser.add_argument("--version", action="version", version=f"jaxiap {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     _add_lj13(sub)
     _add_lj13_al(sub)
@@ -256,7 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # reported by the subcommand's parser: "jaxiap lj13: error: unrecognized arguments: ..."
+        getattr(args, "parser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

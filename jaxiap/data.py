@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxiap import runfolder
 from jaxiap.errors import JaxiapInputError
 from jaxiap.structures import Structures, from_atoms, to_atoms
 
@@ -162,7 +163,10 @@ def write_extxyz(path, dataset: Dataset) -> None:
     """Write energies, forces and weights to an extended-XYZ file."""
     import ase.io
 
-    ase.io.write(str(path), to_atoms_list(dataset), format="extxyz")
+    from jaxiap.runfolder import atomic_path
+
+    with atomic_path(path) as tmp:
+        ase.io.write(str(tmp), to_atoms_list(dataset), format="extxyz")
 
 
 def read_extxyz(path, species_names=None, n_max=None, index=":") -> Dataset:
@@ -180,11 +184,12 @@ def save_npz(path, dataset: Dataset) -> None:
                   species_names=np.asarray(st.species_names))
     if st.box is not None:
         arrays["box"] = st.box
-    np.savez(path, **{k: np.asarray(v) for k, v in arrays.items()})
+    runfolder.savez(path, **{k: np.asarray(v) for k, v in arrays.items()})
 
 
 def load_npz(path) -> Dataset:
-    with np.load(path, allow_pickle=False) as z:
+    """Read a dataset written by :func:`save_npz`; an unreadable file raises JaxiapInputError naming it."""
+    with runfolder.read_npz(path, "dataset") as z:
         st = Structures(jnp.asarray(z["positions"]), jnp.asarray(z["species"]), jnp.asarray(z["mask"]),
                         jnp.asarray(z["box"]) if "box" in z else None, tuple(str(s) for s in z["species_names"]))
         return Dataset(st, z["energy"], z["forces"], z["energy_weight"], z["force_weight"])

@@ -24,7 +24,10 @@ def _plt():
 
 def _save(fig, path):
     if path is not None:
-        fig.savefig(path, dpi=120, bbox_inches="tight")
+        from jaxiap.runfolder import atomic_path
+
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=120, bbox_inches="tight")
     return fig
 
 

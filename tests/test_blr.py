@@ -165,7 +165,7 @@ def test_nig_student_t_marginal_matches_hierarchical_sampling():
     y = A @ np.array([1.0, -0.5]) + 0.5 * rng.normal(size=8)
     a0, b0, L0, mu0 = 1.5, 0.5, np.array([[1.0, 0.2], [0.2, 0.8]]), np.zeros(2)
     post = fit_nig(make_design(A, y), a0, b0, L0, mu0)
-    # closed form from the formulas in SCIENCE.md section 2
+    # closed form from the formulas in docs/science.md section 9.4
     Ln = A.T @ A + L0
     mun = np.linalg.solve(Ln, A.T @ y + L0 @ mu0)
     an, bn = a0 + 4, b0 + 0.5 * (y @ y + mu0 @ L0 @ mu0 - mun @ Ln @ mun)

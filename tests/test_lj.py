@@ -13,7 +13,7 @@ def test_lj13_minimum_energy():
     r = lj13_minimum()
     e = float(lj_energy(jnp.asarray(r)))
     assert abs(e - LJ13_MINIMUM_ENERGY) < 1e-6
-    # geometry quoted in SCIENCE.md: centre-to-vertex 1.0818, shortest vertex-vertex 1.1375
+    # geometry quoted in docs/science.md section 2.2: centre-to-vertex 1.0818, shortest vertex-vertex 1.1375
     d = np.linalg.norm(r - r[0], axis=1)[1:]
     np.testing.assert_allclose(d, 1.0818, atol=1e-4)
     rv = np.linalg.norm(r[1:, None] - r[None, 1:], axis=-1)

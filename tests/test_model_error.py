@@ -1,4 +1,4 @@
-"""Embedded model error (SCIENCE.md section 3): likelihoods, push-forward split, sampling, sin^4 demo."""
+"""Embedded model error (docs/science.md section 11): likelihoods, push-forward split, sampling, sin^4 demo."""
 
 import warnings
 

@@ -1,4 +1,4 @@
-"""Hermite polynomial chaos: basis, exact recovery, moments, Sobol indices (SCIENCE.md section 10)."""
+"""Hermite polynomial chaos: basis, exact recovery, moments, Sobol indices (docs/science.md section 15)."""
 
 import math
 

@@ -106,7 +106,7 @@ def test_constructed_basin_change(x0, quench, reference, criteria):
     q, fmax = quench(xs)
     assert float(jnp.max(fmax)) < 1e-6
     e = jax.vmap(lj_energy)(q)
-    # The three lowest LJ13 defect minima of SCIENCE.md section 1.
+    # The three lowest LJ13 defect minima of docs/science.md section 2.3.
     np.testing.assert_allclose(np.asarray(e), [-41.47198, -41.44460, -41.39440], atol=1e-3)
     assert np.all(np.asarray(e) - LJ13_MINIMUM_ENERGY >= 2.8)
     coord = np.asarray(jax.vmap(lambda p: qoi.coordination(p, R_B))(q))

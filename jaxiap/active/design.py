@@ -1,4 +1,4 @@
-"""Bayesian optimal experimental design for linear potentials (SCIENCE.md section 6).
+"""Bayesian optimal experimental design for linear potentials (docs/science.md section 17).
 
 A candidate configuration i contributes the block of weighted rows U_i = W_i^1/2 A_i
 (P, K): its energy row first, then its 3N force rows (P = 1 + 3N). Labelling a set S of

@@ -2,7 +2,7 @@
 
 An L-ensemble over N candidates assigns P(Y = S) = det(L_S) / det(L + I) to each
 subset S, for a symmetric positive semi-definite kernel L of shape (N, N)
-(Kulesza & Taskar 2012; SCIENCE.md section 5).
+(Kulesza & Taskar 2012; docs/science.md section 19).
 
 What lives here:
 
@@ -868,7 +868,7 @@ def _vector(x, name):
 
 
 def quality_scores(kind, *, uncertainty=None, energies=None, kT=None, n_atoms=None, n=None):
-    """DPP quality scores q (C,) for L_ij = q_i k_ij q_j (SCIENCE.md section 5).
+    """DPP quality scores q (C,) for L_ij = q_i k_ij q_j (docs/science.md section 19.3).
 
     kinds:
 

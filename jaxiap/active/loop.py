@@ -1,4 +1,4 @@
-"""Pool-based active learning: select, label, refit, repeat (SCIENCE.md sections 5 and 6).
+"""Pool-based active learning: select, label, refit, repeat (docs/science.md sections 17-19).
 
 One iteration of :func:`run_pool_loop`:
 
@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -41,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxiap import runfolder
 from jaxiap.errors import JaxiapInputError
 
 __all__ = [
@@ -270,6 +270,9 @@ def mean_energy_gradient_from_samples(features, coefficients, kT):
     """
     from jaxiap.md.sensitivity import mean_energy_gradient
 
+    if not (isinstance(kT, (int, float, np.number)) and np.isfinite(kT) and kT > 0):
+        raise JaxiapInputError(f"mean_energy_gradient_from_samples: kT={kT!r} must be a positive finite "
+                               "temperature, the one the samples were drawn at")
     return np.asarray(mean_energy_gradient(features, coefficients, kT))
 
 
@@ -306,60 +309,34 @@ def _digest(*arrays) -> str:
     return h.hexdigest()[:16]
 
 
-def _jsonable(x):
-    """Plain JSON types (numpy scalars and arrays to Python; NaN to None). The active layer does not
-    import workflows.runfolder (lower layers never import higher ones), hence this small copy."""
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple, np.ndarray)):
-        return [_jsonable(v) for v in (x.tolist() if isinstance(x, np.ndarray) else x)]
-    if isinstance(x, (bool, np.bool_)):
-        return bool(x)
-    if isinstance(x, (int, np.integer)):
-        return int(x)
-    if isinstance(x, (float, np.floating)):
-        return float(x) if np.isfinite(x) else None
-    return x
-
-
-def _write_json(path: Path, data) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(_jsonable(data), indent=2) + "\n")
-    os.replace(tmp, path)
-
-
-def _open_loop_folder(run_dir: Path, fingerprint: dict) -> None:
-    path = run_dir / "loop.json"
-    want = _jsonable(fingerprint)
-    if path.exists():
-        have = json.loads(path.read_text())
-        if have != want:
-            diff = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
-            raise JaxiapInputError(
-                f"run_dir {run_dir} holds an active-learning loop with different settings (differs in: "
-                f"{', '.join(diff)}); use another run_dir or delete this one")
-        return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(path, want)
+def _open_loop_folder(run_dir: Path, fingerprint: dict, progress: bool) -> None:
+    runfolder.open_run_folder(run_dir, fingerprint, kind="pool-loop", meta_name="loop.json", progress=progress,
+                              option="run_dir")
 
 
 def _save_state(path: Path, iteration: int, order, dataset) -> None:
-    tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez(tmp, iteration=iteration, order=np.asarray(order, np.int64), energy=np.asarray(dataset.energy),
-             forces=np.asarray(dataset.forces))
-    os.replace(tmp, path)
+    runfolder.savez(path, iteration=iteration, order=np.asarray(order, np.int64),
+                    energy=np.asarray(dataset.energy), forces=np.asarray(dataset.forces))
 
 
 def _read_log(path: Path, upto: int) -> list:
+    """Records of iterations <= upto; an unparsable line (a write cut short in an older folder) ends the log."""
     if not path.exists():
         return []
-    recs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    recs = []
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            recs.append(runfolder._decode(json.loads(line)))
+        except json.JSONDecodeError:
+            break
     return [r for r in recs if r["iteration"] <= upto]
 
 
-def _append_log(path: Path, record: dict) -> None:
-    with open(path, "a") as fh:
-        fh.write(json.dumps(_jsonable(record)) + "\n")
+def _write_log(path: Path, records: list) -> None:
+    """The whole log, one strict-JSON record a line, written atomically."""
+    runfolder.write_text(path, "".join(runfolder.dumps(r, indent=None) + "\n" for r in records))
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -461,7 +438,7 @@ def run_pool_loop(
             "energy_weight": energy_weight, "force_weight": force_weight, "fit": _name(fit),
             "committee_size": committee_size, "settings": settings or {},
         }
-        _open_loop_folder(run_dir, fingerprint)
+        _open_loop_folder(run_dir, fingerprint, progress)
         log_path, state_path = run_dir / "log.jsonl", run_dir / "state.npz"
 
     def refit(order, dataset):
@@ -477,14 +454,18 @@ def run_pool_loop(
     # --- start or resume
     start_it, records = 0, []
     if state_path is not None and state_path.exists():
-        z = np.load(state_path)
-        start_it = int(z["iteration"])
-        order = [int(i) for i in z["order"]]
+        with runfolder.read_npz(state_path, "active-learning state") as z:
+            start_it = int(z["iteration"])
+            order = [int(i) for i in z["order"]]
+            energy, forces = z["energy"], z["forces"]
         from jaxiap.data import Dataset
 
-        dataset = Dataset(pool[np.asarray(order)], z["energy"], z["forces"])
+        dataset = Dataset(pool[np.asarray(order)], energy, forces)
         records = _read_log(log_path, start_it)
-        log_path.write_text("".join(json.dumps(r) + "\n" for r in records))
+        if len(records) != start_it + 1:
+            raise JaxiapInputError(f"{log_path} holds {len(records)} records but {state_path} is at iteration "
+                                   f"{start_it}; the folder is damaged: use another run_dir or delete this one")
+        _write_log(log_path, records)
         if start_it > n_iterations:  # a longer run is stored: return its first n_iterations
             n_keep = records[n_iterations]["n_labelled"]
             order, dataset = order[:n_keep], dataset[np.arange(n_keep)]
@@ -500,8 +481,7 @@ def run_pool_loop(
         rec = record(0, order, order, posterior, t0)
         records = [rec]
         if log_path is not None:
-            log_path.write_text("")
-            _append_log(log_path, rec)
+            _write_log(log_path, records)
             _save_state(state_path, 0, order, dataset)
 
     from jaxiap.data import concatenate
@@ -523,7 +503,7 @@ def run_pool_loop(
         rec = record(it, sel, order, posterior, t0)
         records.append(rec)
         if log_path is not None:
-            _append_log(log_path, rec)  # log first: a crash before the state is saved redoes this iteration
+            _write_log(log_path, records)  # log first: a crash before the state is saved redoes this iteration
             _save_state(state_path, it, order, dataset)
         if progress:
             m = ", ".join(f"{k} {v:.4g}" for k, v in rec["metrics"].items() if isinstance(v, (int, float)))

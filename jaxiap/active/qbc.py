@@ -1,4 +1,4 @@
-"""Query-by-committee and push-forward uncertainty scores (SCIENCE.md section 6).
+"""Query-by-committee and push-forward uncertainty scores (docs/science.md section 18).
 
 Scores for ranking a pool of C candidate configurations:
 
@@ -80,7 +80,7 @@ def committee_predictions(samples, basis, structures):
 
 
 def committee_disagreement(samples, basis, structures, ddof=1):
-    """Committee disagreement of each candidate (SCIENCE.md section 6, QBC).
+    """Committee disagreement of each candidate (docs/science.md section 18.1).
 
     energy_per_atom = std_m(E_m) / N_atoms, max_force = max over real atoms j and components
     a of std_m(F_m,j,a). The std uses ``ddof`` (default 1, as SamplePosterior.predict;
@@ -161,7 +161,7 @@ def select_top(scores, k, exclude=None):
 
 
 def diversified_batch(scores, phi, k, *, lengthscale=None, exclude=None, pre_factor=3):
-    """Top-score candidates de-duplicated by greedy DPP MAP (SCIENCE.md section 6, QBC).
+    """Top-score candidates de-duplicated by greedy DPP MAP (docs/science.md section 18.3).
 
     1. Keep the m = min(pre_factor * k, available) highest-scoring non-excluded candidates.
     2. Quality q = score / max score over those (min-max scaled instead if any score is

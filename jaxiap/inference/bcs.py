@@ -1,7 +1,7 @@
 """Bayesian compressive sensing: the fast relevance vector machine (float64, numpy).
 
 Tipping & Faul (2003) fast marginal-likelihood maximisation, as in Ji et al.
-(2008) and pytuq ``lreg/bcs.py`` (SCIENCE.md section 4). Each coefficient has
+(2008) and pytuq ``lreg/bcs.py`` (docs/science.md section 12.4). Each coefficient has
 a prior c_k ~ N(0, 1/alpha_k); alpha_k = inf prunes column k. With the
 marginal covariance C = sig^2 I + sum_k alpha_k^-1 a_k a_k^T, every column has
 

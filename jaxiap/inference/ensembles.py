@@ -1,4 +1,4 @@
-"""Committees of linear fits on resampled structures (SCIENCE.md section 6).
+"""Committees of linear fits on resampled structures (docs/science.md section 14).
 
 Each member is fitted on a random subset of the training STRUCTURES (all of a
 structure's energy and force rows go in or out together, since the force

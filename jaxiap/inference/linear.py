@@ -1,7 +1,7 @@
 """Linear solvers on a weighted design matrix (float64 throughout).
 
 Every solver takes a ``DesignMatrix`` (A (R, K), y (R,), row weights w (R,))
-and returns a Posterior (SCIENCE.md section 2). Row weights are precisions
+and returns a Posterior (docs/science.md sections 9 and 10). Row weights are precisions
 relative to a noise variance: y_r ~ N(A_r . c, noise_var / w_r); rows with
 w_r = 0 are ignored (they do not count toward N).
 
@@ -410,7 +410,7 @@ def fit_nig(design, a0=None, b0=0.0, L0=None, mu0=None) -> StudentTPosterior:
     """Unknown-noise Bayesian regression, prior c | s2 ~ N(mu0, s2 L0^-1), s2 ~ IG(a0, b0).
 
     design: DesignMatrix or NormalEquations; y_r ~ N(A_r c, s2 / w_r).
-    Posterior (SCIENCE.md section 2): Ln = A^T W A + L0, mun = Ln^-1 (A^T W y + L0 mu0),
+    Posterior (docs/science.md section 9.4): Ln = A^T W A + L0, mun = Ln^-1 (A^T W y + L0 mu0),
     an = a0 + N/2, bn = b0 + (y^T W y + mu0^T L0 mu0 - mun^T Ln mun)/2, and
     c | y ~ Student-t(2 an, mun, (bn/an) Ln^-1): a StudentTPosterior(kind="nig")
     whose ``an``/``bn`` properties give the IG(an, bn) noise posterior.

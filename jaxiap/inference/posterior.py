@@ -27,6 +27,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxiap import runfolder
+from jaxiap.errors import JaxiapInputError
+
 
 class Prediction(NamedTuple):
     """mean (R,), std (R,) push-forward, std_predictive (R,) with data noise."""
@@ -82,7 +85,7 @@ class GaussianPosterior(eqx.Module):
         return Prediction(mean, jnp.sqrt(var), jnp.sqrt(var + noise))
 
     def save(self, path) -> None:
-        np.savez(path, kind=self.kind, family="gaussian", mean=np.asarray(self.mean),
+        runfolder.savez(path, kind=self.kind, family="gaussian", mean=np.asarray(self.mean),
                  cov_factor=np.asarray(self.cov_factor), noise_var=np.asarray(self.noise_var))
 
     @classmethod
@@ -99,7 +102,7 @@ def _t_variance_factor(df):
 class StudentTPosterior(eqx.Module):
     """c ~ multivariate Student-t(df, mean, Sigma) with scale matrix Sigma = F F^T.
 
-    From the normal-inverse-gamma posterior (SCIENCE.md section 2):
+    From the normal-inverse-gamma posterior (docs/science.md sections 9.4-9.5):
     df = 2 a_n, Sigma = (b_n / a_n) L_n^-1, ``noise_scale2`` = b_n / a_n, and a
     new datum with row a and weight w has Student-t(df) predictive with
     scale^2 = a^T Sigma a + noise_scale2 / w (push-forward: without the noise
@@ -166,7 +169,7 @@ class StudentTPosterior(eqx.Module):
         return Prediction(mean, s * f, sp * f)
 
     def save(self, path) -> None:
-        np.savez(path, kind=self.kind, family="student_t", mean=np.asarray(self.mean),
+        runfolder.savez(path, kind=self.kind, family="student_t", mean=np.asarray(self.mean),
                  scale_factor=np.asarray(self.scale_factor), df=np.asarray(self.df),
                  noise_scale2=np.asarray(self.noise_scale2))
 
@@ -215,8 +218,8 @@ class SamplePosterior(eqx.Module):
         in stored order (e.g. each committee member once; requires n <= S)."""
         if not resample:
             if n > self.n_samples:
-                raise ValueError(f"resample=False needs n <= {self.n_samples} stored samples, got n={n}; "
-                                 "use resample=True to draw with replacement")
+                raise JaxiapInputError(f"resample=False needs n <= {self.n_samples} stored samples, got n={n}; "
+                                       "use resample=True to draw with replacement")
             return self.samples[:n]
         idx = jax.random.randint(key, (n,), 0, self.n_samples)
         return self.samples[idx]
@@ -230,7 +233,7 @@ class SamplePosterior(eqx.Module):
         return Prediction(mean, jnp.sqrt(var), jnp.sqrt(var + noise))
 
     def save(self, path) -> None:
-        np.savez(path, kind=self.kind, family="samples", samples=np.asarray(self.samples),
+        runfolder.savez(path, kind=self.kind, family="samples", samples=np.asarray(self.samples),
                  noise_var=np.asarray(self.noise_var))
 
     @classmethod
@@ -249,8 +252,11 @@ def load_posterior(path):
     Kinds not listed above (e.g. a solver's own label) load by the stored
     ``family`` ("gaussian", "student_t", "samples") that every ``save`` writes.
     """
-    with np.load(path, allow_pickle=False) as npz:
+    with runfolder.read_npz(path, "posterior") as npz:
         z = {k: npz[k] for k in npz.files}
+    if "kind" not in z:
+        raise JaxiapInputError(f"{path}: not a jaxiap posterior file (no 'kind' array); pass a file written by "
+                               "Posterior.save")
     kind = str(z["kind"])
     family = str(z["family"]) if "family" in z else ""
     # ---- branch point: model-error posteriors live in jaxiap/inference/model_error.py,
@@ -265,5 +271,5 @@ def load_posterior(path):
         return StudentTPosterior.load(z)
     elif kind in SAMPLE_KINDS or family == "samples":
         return SamplePosterior.load(z)
-    raise ValueError(f"{path}: unknown posterior kind {kind!r}; expected one of "
-                     f"{GAUSSIAN_KINDS + STUDENT_T_KINDS + SAMPLE_KINDS + ('model_error',)}")
+    raise JaxiapInputError(f"{path}: unknown posterior kind {kind!r}; expected one of "
+                           f"{GAUSSIAN_KINDS + STUDENT_T_KINDS + SAMPLE_KINDS + ('model_error',)}")

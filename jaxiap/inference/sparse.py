@@ -1,4 +1,4 @@
-"""Sparsity priors for linear models with numpyro (SCIENCE.md section 4; float64).
+"""Sparsity priors for linear models with numpyro (docs/science.md section 12; float64).
 
 Models (plain functions with ``numpyro.sample`` sites, all non-centred):
 

@@ -1,7 +1,7 @@
 """First-rearrangement-time (FRT) ensembles: Langevin MD vmapped over (coefficient sample, seed).
 
-The engine behind the LJ13 uncertainty-propagation study (SCIENCE.md
-section 1). One *replica* is one Langevin trajectory of a free cluster under
+The engine behind the LJ13 uncertainty-propagation study (docs/science.md
+sections 3-5). One *replica* is one Langevin trajectory of a free cluster under
 one potential sample ``m`` with one thermostat seed ``r``; a run is the grid
 of M x R replicas, flattened m-major (replica ``i = m * R + r``), processed in
 fixed-size chunks by a single compiled program, sharded over ``jax.devices()``
@@ -24,7 +24,7 @@ a frozen settings dataclass):
   sharding, run folder with resume, progress bar) returning an
   :class:`FRTEnsembleResult` of (M, R) arrays.
 
-Algorithm of one replica (SCIENCE.md section 1, "FRT algorithm"):
+Algorithm of one replica (docs/science.md section 5.2):
 
 1. Quench the reference structure (default: the start structure) with FIRE
    under the replica's own potential: E0 and the reference basin
@@ -92,6 +92,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxiap import runfolder
 from jaxiap.errors import JaxiapInputError
 from jaxiap.md.qoi import CENSORED, EVENT, EVAPORATED, FAILED  # outcome codes
 from jaxiap.md.quench import fire_quench_fn
@@ -202,7 +203,9 @@ class FRTSettings:
 
     def __post_init__(self):
         def bad(name, why):
-            raise JaxiapInputError(f"FRTSettings: {name}={getattr(self, name)!r} {why}")
+            exc = JaxiapInputError(f"FRTSettings: {name}={getattr(self, name)!r} {why}")
+            exc.field = name  # the offending field, for callers that map it to their own option names
+            raise exc
 
         for name in ("kT", "gamma", "dt", "t_max", "r_b", "r_evap", "e_tol", "fmax",
                      "fire_dt_start", "fire_dt_max", "explode_energy", "explode_distance"):
@@ -214,7 +217,12 @@ class FRTSettings:
             if not (isinstance(v, (int, np.integer)) and v >= 1):
                 bad(name, "must be a positive integer")
         if self.n_q % self.sample_every:
-            bad("sample_every", f"must divide n_q={self.n_q}")
+            bad("sample_every", f"must divide n_q={self.n_q} (use an n_q that is a multiple of {self.sample_every})")
+        checks = self.t_max / (self.n_q * self.dt)  # ~ n_checks; energy samples of a censored replica:
+        if not (checks + 1) * (self.n_q // self.sample_every) < 2**31:
+            bad("t_max", f"needs {checks:.3g} basin checks of n_q*dt={self.n_q * self.dt:g} per replica, with "
+                         f"{self.n_q // self.sample_every} energy samples each: more than the int32 counters "
+                         "hold (2**31 - 1); lower t_max or raise n_q")
         if self.criterion not in ("graph", "energy", "n12"):
             bad("criterion", "must be one of 'graph', 'energy', 'n12'")
         if self.dtype not in ("float32", "float64"):
@@ -636,12 +644,12 @@ class FRTEnsembleResult:
             lanes_per_device=np.asarray(self.lanes_per_device),
             settings_json=np.asarray(json.dumps(self.settings.to_dict())),
         )
-        _atomic_savez(os.fspath(path), arrays)
+        runfolder.savez(path, **arrays)
 
     @classmethod
     def load(cls, path) -> "FRTEnsembleResult":
         """Read a file written by :meth:`save`."""
-        with np.load(os.fspath(path), allow_pickle=False) as z:
+        with runfolder.read_npz(path, "FRT ensemble result") as z:
             kw = {f: z[f] for f in REPLICA_FIELDS}
             return cls(
                 **kw,
@@ -752,24 +760,6 @@ def auto_chunk_size(n_replicas: int, n_atoms: int, n_coef: int = 1, nbins: int =
 # ---------------------------------------------------------------------------
 # Run folder helpers
 # ---------------------------------------------------------------------------
-
-
-def _atomic_savez(path: str, arrays: dict) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _atomic_write_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _fn_name(fn) -> str:
@@ -934,8 +924,11 @@ def run_frt_ensemble(
         reference bytes, chunk size and a probe energy of ``energy_fn``);
         rerunning with the same folder loads finished chunks and computes the
         rest, giving the same numbers as an uninterrupted run. A folder with
-        a different fingerprint raises :class:`JaxiapInputError` unless
-        ``overwrite=True`` (which deletes its chunk files first). The code of
+        a different fingerprint, or from another run-folder format, raises
+        :class:`JaxiapInputError` unless ``overwrite=True``, which removes
+        the files jaxiap wrote there (chunks, metadata; others are kept).
+        Every file is written atomically; a corrupt chunk is recomputed with
+        a warning (:mod:`jaxiap.runfolder`). The code of
         ``energy_fn`` itself is not fingerprinted beyond its name and the
         probe energy.
     progress: tqdm bar over replicas (updated as replicas finish) on stderr.
@@ -996,25 +989,11 @@ def run_frt_ensemble(
             chunk_size=chunk_size,
         )
         fingerprint = _fingerprint(parts, [seeds, start, ref, *leaves])
-        os.makedirs(run_dir, exist_ok=True)
-        meta_path = os.path.join(run_dir, _META_NAME)
-        if os.path.exists(meta_path):
-            with open(meta_path) as f:
-                old = json.load(f)
-            if old.get("fingerprint") != fingerprint:
-                if not overwrite:
-                    raise JaxiapInputError(
-                        f"run_frt_ensemble: run_dir {run_dir!r} holds an ensemble with different inputs "
-                        f"(fingerprint {old.get('fingerprint')} != {fingerprint}: settings, seeds, "
-                        "coefficients, structures, chunk size or potential changed). Use a new run_dir, "
-                        "or pass overwrite=True to delete its finished chunks."
-                    )
-                for name in os.listdir(run_dir):
-                    if name.startswith("chunk_") and name.endswith(".npz"):
-                        os.remove(os.path.join(run_dir, name))
-        meta = dict(parts, fingerprint=fingerprint, n_chunks=n_chunks, lanes_per_device=lanes_per_device, n_devices=nd,
-                    devices=[str(d) for d in devices])
-        _atomic_write_text(meta_path, json.dumps(meta, indent=1, sort_keys=True))
+        extra = dict(n_chunks=n_chunks, lanes_per_device=lanes_per_device, n_devices=nd,
+                     devices=[str(d) for d in devices])
+        runfolder.open_run_folder(run_dir, dict(parts, fingerprint=fingerprint), kind="frt-ensemble",
+                                  overwrite=overwrite, meta_name=_META_NAME, extra=extra, progress=progress,
+                                  option="run_dir")
 
     # ---- chunks ---------------------------------------------------------
     out = {}
@@ -1054,7 +1033,7 @@ def run_frt_ensemble(
                     _PROGRESS["bar"] = None
                 res = {k: np.asarray(v)[pos] for k, v in res.items()}
                 if path is not None:
-                    _atomic_savez(path, dict(res, replica_index=idx, fingerprint=np.asarray(fingerprint)))
+                    runfolder.savez(path, **res, replica_index=idx, fingerprint=np.asarray(fingerprint))
             for k, v in res.items():
                 if k not in out:
                     out[k] = np.empty((n_rep,) + v.shape[1:], v.dtype)
@@ -1093,14 +1072,18 @@ def run_frt_ensemble(
 
 
 def _load_chunk(path, fingerprint, idx):
-    """Return a finished chunk's arrays, or None when it is missing or unusable."""
+    """Return a finished chunk's arrays, or None when it is missing, from other inputs or unreadable.
+
+    A truncated or corrupt chunk (e.g. damaged on disk) is recomputed with a
+    warning that names it; the other chunks are kept.
+    """
     if not os.path.exists(path):
         return None
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with runfolder.read_npz(path, "MD ensemble chunk") as z:
             if str(z["fingerprint"]) != fingerprint or not np.array_equal(z["replica_index"], idx):
                 return None
             return {k: z[k] for k in REPLICA_FIELDS}
-    except Exception as exc:  # truncated / foreign file: recompute, keep the evidence
-        warnings.warn(f"run_frt_ensemble: cannot read {path} ({exc}); recomputing that chunk", RuntimeWarning)
+    except JaxiapInputError as exc:
+        warnings.warn(f"run_frt_ensemble: {exc}; recomputing that chunk", RuntimeWarning, stacklevel=3)
         return None

@@ -1,6 +1,6 @@
 """Quantities of interest for MD ensembles: basin criteria, survival statistics, histograms.
 
-Two kinds of functions live here (see SCIENCE.md section 1, "first
+Two kinds of functions live here (see docs/science.md sections 5 and 6, "first
 rearrangement time", FRT):
 
 * **Pure JAX, jittable and vmappable** (fixed shapes, no Python control flow
@@ -96,7 +96,7 @@ def n12(positions, r_b: float = 1.35, mask=None):
     """Number of atoms with exactly 12 neighbours inside ``r_b``: int32 scalar.
 
     1 for the LJ13 icosahedron (the centre atom), 0 for its three lowest
-    defect minima (SCIENCE.md section 1, criterion (c)).
+    defect minima (docs/science.md section 5.3, criterion (c)).
     """
     return jnp.sum(coordination(positions, r_b, mask) == 12, dtype=jnp.int32)
 
@@ -172,7 +172,7 @@ def evaporated(positions, mask=None, r_evap: float = 3.0):
     """Has an atom left the cluster?  () bool.
 
     True when any real atom's nearest-neighbour distance exceeds ``r_evap``
-    (3 sigma for LJ13; SCIENCE.md section 1, step 6). positions: (N, 3);
+    (3 sigma for LJ13; docs/science.md section 5.4). positions: (N, 3);
     mask: (N,) bool or None. A structure with fewer than two real atoms is
     never reported as evaporated. Jittable and vmappable.
     """

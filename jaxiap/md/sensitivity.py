@@ -1,6 +1,6 @@
 """Derivatives of MD quantities of interest with respect to potential coefficients.
 
-Three estimators, for three kinds of QoI (SCIENCE.md, "sensitivities"):
+Three estimators, for three kinds of QoI (docs/science.md section 16):
 
 1. **Pathwise (reverse mode through the MD scan)** for smooth trajectory
    averages, :func:`trajectory_qoi` + :func:`ensemble_qoi_and_grad`.
@@ -453,6 +453,27 @@ def _fluct_terms(A, B, w, kT):
     return _wmean(z, w), z
 
 
+def _check_kT(fn: str, kT) -> None:
+    """kT of the fluctuation estimators: a positive finite temperature (kT <= 0 gave NaN or wrong numbers)."""
+    if isinstance(kT, jax.core.Tracer):
+        return
+    try:
+        v = float(kT)
+    except (TypeError, ValueError):
+        v = None
+    if v is None or not (math.isfinite(v) and v > 0):
+        raise JaxiapInputError(f"{fn}: kT={kT!r} must be a positive finite temperature (energy units of the "
+                               "potential), the temperature the samples were drawn at")
+
+
+def _check_coefficients(fn: str, coefficients, B):
+    c = jnp.asarray(coefficients, B.dtype)
+    if c.shape != (B.shape[1],) or not bool(jnp.all(jnp.isfinite(c))):
+        raise JaxiapInputError(f"{fn}: coefficients must be finite with shape (K,) = ({B.shape[1]},) like the "
+                               f"features' columns; got shape {c.shape}")
+    return c
+
+
 def fluctuation_gradient(observable, features, kT, weights=None):
     """d<A>/dc = -(<A B> - <A><B>) / kT for canonical samples under E = c . B.
 
@@ -461,6 +482,7 @@ def fluctuation_gradient(observable, features, kT, weights=None):
     temperature, weights (T,) optional non-negative sample weights (e.g.
     Boltzmann weights on a quadrature grid). Returns (K,). float64.
     """
+    _check_kT("fluctuation_gradient", kT)
     A, B, w = _check_series(observable, features, weights)
     return _fluct_terms(A, B, w, kT)[0]
 
@@ -470,8 +492,9 @@ def mean_energy_gradient(features, coefficients, kT, weights=None):
 
     features (T, K), coefficients (K,) of the sampled potential. Returns (K,).
     """
+    _check_kT("mean_energy_gradient", kT)
     _, B, w = _check_series(None, features, weights, need_obs=False)
-    E = B @ jnp.asarray(coefficients, B.dtype)
+    E = B @ _check_coefficients("mean_energy_gradient", coefficients, B)
     g, _ = _fluct_terms(E, B, w, kT)
     return _wmean(B, w) + g
 
@@ -497,6 +520,7 @@ def fluctuation_gradient_estimate(observable, features, kT, weights=None, n_bloc
     time of the samples. For several independent trajectories, concatenate
     them with lengths divisible by n_blocks / n_trajectories.
     """
+    _check_kT("fluctuation_gradient_estimate", kT)
     A, B, w = _check_series(observable, features, weights)
     g, z = _fluct_terms(A, B, w, kT)
     return FluctuationEstimate(g, _batch_stderr(z, w, g, n_blocks), int(n_blocks))
@@ -504,8 +528,9 @@ def fluctuation_gradient_estimate(observable, features, kT, weights=None, n_bloc
 
 def mean_energy_gradient_estimate(features, coefficients, kT, weights=None, n_blocks: int = 20) -> FluctuationEstimate:
     """:func:`mean_energy_gradient` with a batch-means standard error."""
+    _check_kT("mean_energy_gradient_estimate", kT)
     _, B, w = _check_series(None, features, weights, need_obs=False)
-    E = B @ jnp.asarray(coefficients, B.dtype)
+    E = B @ _check_coefficients("mean_energy_gradient_estimate", coefficients, B)
     g, z = _fluct_terms(E, B, w, kT)
     z = z + B
     g = g + _wmean(B, w)

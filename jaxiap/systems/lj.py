@@ -104,6 +104,24 @@ def lj13_dataset(
     from jaxiap.systems.oracle import JaxOracle, label
     from jaxiap.systems.sampling import langevin_samples
 
+    def is_int(v):
+        return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+    if not is_int(seed):
+        raise JaxiapInputError(f"lj13_dataset: seed={seed!r} must be an integer")
+    for name, v in (("n_trajectories", n_trajectories), ("n_samples", n_samples), ("sample_every", sample_every)):
+        if not (is_int(v) and v >= 1):
+            raise JaxiapInputError(f"lj13_dataset: {name}={v!r} must be a positive integer (a dataset needs at "
+                                   "least one snapshot, taken after at least one MD step)")
+    if not (is_int(n_equilibrate) and n_equilibrate >= 0):
+        raise JaxiapInputError(f"lj13_dataset: n_equilibrate={n_equilibrate!r} must be an integer >= 0")
+    if not (isinstance(kT, (int, float, np.number)) and np.isfinite(kT) and kT > 0):
+        raise JaxiapInputError(f"lj13_dataset: kT={kT!r} must be a positive finite temperature (epsilon); kT = 0 "
+                               "gives no thermal motion, so every snapshot is the same quenched icosahedron")
+    for name, v in (("gamma", gamma), ("dt", dt)):
+        if not (isinstance(v, (int, float, np.number)) and np.isfinite(v) and v > 0):
+            raise JaxiapInputError(f"lj13_dataset: {name}={v!r} must be a positive finite number")
+
     frames = langevin_samples(
         jax.random.key(seed), lj_energy, lj13_minimum(), n_trajectories, n_samples,
         sample_every, kT, gamma, dt, n_equilibrate,

@@ -55,6 +55,13 @@ def variance_split(times, codes, t_censor: float) -> dict:
     coefficients and seed); ``parametric_raw`` is the plain variance of the
     per-sample means. With M = 1 the parametric part is 0 by definition.
     """
+    try:
+        t_c = float(t_censor)
+    except (TypeError, ValueError):
+        t_c = math.nan
+    if not (math.isfinite(t_c) and t_c > 0):
+        raise JaxiapInputError(f"variance_split: t_censor={t_censor!r} must be a positive finite time (the "
+                               "censoring time of the runs, e.g. FRTSettings.t_censor)")
     t, c, ok, _ = _grid(times, codes)
     T = np.minimum(t, float(t_censor))
     n = ok.sum(axis=1)

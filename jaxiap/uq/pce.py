@@ -1,4 +1,4 @@
-"""Polynomial chaos surrogates of QoIs and their Sobol indices (SCIENCE.md section 10).
+"""Polynomial chaos surrogates of QoIs and their Sobol indices (docs/science.md section 15).
 
 Two germs (families of inputs) are supported, chosen with ``germ=``:
 
@@ -551,7 +551,7 @@ def gaussian_germ(samples, mean, cov_or_cholesky, *, kind: str = "auto") -> jnp.
     """Map coefficient samples c (M, K) to the standard Gaussian germ xi = L^-1 (c - mean) (M, K).
 
     The inverse of c = mean + L xi with xi ~ N(0, I_K) (the first-order Hermite
-    chaos of a Gaussian posterior, SCIENCE.md section 10); :func:`from_germ` maps back.
+    chaos of a Gaussian posterior, docs/science.md section 15.6); :func:`from_germ` maps back.
     mean: (K,). cov_or_cholesky: (K, K), either the covariance Sigma (then L is
     its lower Cholesky factor) or the lower-triangular factor L itself
     (Sigma = L L^T). ``kind="auto"`` reads a symmetric matrix as a covariance and

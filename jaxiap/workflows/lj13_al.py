@@ -45,6 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxiap import runfolder
 from jaxiap.errors import JaxiapInputError
 
 STRATEGY_NAMES = ("random", "dpp-sample", "dpp-greedy", "d-optimal", "a-optimal", "qbc", "uncertainty", "qoi")
@@ -59,6 +60,14 @@ PRESETS = {
     "tiny": dict(pool_trajectories=2, pool_samples=6, sample_every=50, n_equilibrate=50, test_trajectories=2,
                  basis_size=6, repetitions=2, n_iterations=3, committee_size=4, n_seeds=4, t_max=3.0,
                  frt_checkpoints=(4, 8), series_frames=24, series_every=10),
+}
+
+
+#: the ``jaxiap lj13-al`` option of each LJ13ALConfig field (config errors name both)
+CLI_FLAGS = {
+    "seed": "--seed", "strategies": "--strategies", "repetitions": "--repetitions", "n_initial": "--initial",
+    "batch_size": "--batch-size", "n_iterations": "--iterations", "labels": "--labels", "basis_size": "--basis-size",
+    "threshold_factor": "--threshold-factor", "n_seeds": "--seeds", "t_max": "--t-max", "frt": "--no-frt",
 }
 
 
@@ -107,9 +116,16 @@ class LJ13ALConfig:
     series_every: int = 20
 
     def __post_init__(self):
-        def bad(name, why):
-            raise JaxiapInputError(f"{name}={getattr(self, name)!r}: {why}")
+        from jaxiap.workflows.lj13 import SEED_LIMIT, check_seed, field_text, validated_frt_settings
 
+        def field(name):
+            return field_text(self, name, CLI_FLAGS)
+
+        def bad(name, why):
+            raise JaxiapInputError(f"{field(name)}: {why}")
+
+        check_seed(self, CLI_FLAGS, "seed * 1000 + 2, + 10 and seed + 3, + 4 key the data, the loops and the "
+                                    "initial sets")
         object.__setattr__(self, "pool_kTs", tuple(float(v) for v in self.pool_kTs))
         object.__setattr__(self, "strategies", tuple(self.strategies))
         object.__setattr__(self, "frt_checkpoints", tuple(int(v) for v in self.frt_checkpoints))
@@ -118,14 +134,16 @@ class LJ13ALConfig:
                      "frt_threshold_factor"):
             v = getattr(self, name)
             if not (math.isfinite(v) and v > 0):
-                bad(name, "must be a positive number")
+                bad(name, "must be a positive finite number")
         if not self.pool_kTs or not all(math.isfinite(v) and v > 0 for v in self.pool_kTs):
             bad("pool_kTs", "must be positive temperatures")
         for name in ("pool_trajectories", "pool_samples", "sample_every", "test_trajectories",
                      "basis_size", "repetitions", "n_initial", "batch_size", "n_iterations", "committee_size",
                      "n_seeds", "n_q", "series_frames", "series_every"):
-            if getattr(self, name) < 1:
+            if not (isinstance(getattr(self, name), (int, np.integer)) and getattr(self, name) >= 1):
                 bad(name, "must be a positive integer")
+        if self.n_seeds > SEED_LIMIT:
+            bad("n_seeds", "thermostat seeds are 32-bit: at most 2**32 of them")
         if not (math.isfinite(self.frt_error_floor) and self.frt_error_floor >= 0):
             bad("frt_error_floor", "must be a number >= 0")
         if not all(math.isfinite(f) and f > 0 for f in self.extra_threshold_factors):
@@ -140,10 +158,18 @@ class LJ13ALConfig:
         if unknown or not self.strategies or len(set(self.strategies)) != len(self.strategies):
             bad("strategies", f"must be distinct names from {STRATEGY_NAMES}")
         n_pool = len(self.pool_kTs) * self.pool_trajectories * self.pool_samples
+        if self.n_initial >= n_pool:
+            bad("n_initial", f"the pool holds only {n_pool} candidates ({len(self.pool_kTs)} temperatures x "
+                             f"{self.pool_trajectories} trajectories x {self.pool_samples} snapshots) and the loop "
+                             f"must leave some to select; use --initial {max(1, n_pool // 4)} or less")
         n_final = self.n_initial + self.batch_size * self.n_iterations
         if n_final > n_pool:
-            bad("n_iterations", f"{self.n_initial} initial + {self.n_iterations} x {self.batch_size} exceeds the "
-                                f"pool of {n_pool} candidates")
+            room = n_pool - self.n_initial
+            fix = (f"--iterations {room // self.batch_size}" if room >= self.batch_size
+                   else f"--batch-size {room} --iterations 1")
+            bad("n_iterations", f"{field('n_initial')} + {self.n_iterations} x {field('batch_size')} = {n_final} "
+                                f"labelled configurations exceed the pool of {n_pool} candidates; keep --iterations x "
+                                f"--batch-size <= {room} (e.g. {fix})")
         reachable = {self.n_initial + self.batch_size * i for i in range(self.n_iterations + 1)}
         if any(c not in reachable for c in self.frt_checkpoints):
             bad("frt_checkpoints", f"labelled-set sizes must be among {sorted(reachable)}")
@@ -151,6 +177,10 @@ class LJ13ALConfig:
             bad("dtype", "choose float64 or float32")
         if self.basis not in ("chebyshev", "bessel", "gaussian"):
             bad("basis", "choose chebyshev, bessel or gaussian")
+        # the FRT settings of the study's ensembles, validated once here
+        object.__setattr__(self, "_frt_settings", validated_frt_settings(
+            self, CLI_FLAGS, kT=self.kT, gamma=self.gamma, dt=self.dt, n_q=self.n_q, t_max=self.t_max, r_b=self.r_b,
+            dtype=self.dtype))
 
     @classmethod
     def from_preset(cls, preset: str = "cpu", **overrides) -> "LJ13ALConfig":
@@ -175,10 +205,8 @@ class LJ13ALConfig:
         return 0.0 if self.labels == "energy" else 1.0
 
     def frt_settings(self):
-        from jaxiap.md.ensemble import FRTSettings
-
-        return FRTSettings(kT=self.kT, gamma=self.gamma, dt=self.dt, n_q=self.n_q, t_max=self.t_max,
-                           r_b=self.r_b, dtype=self.dtype)
+        """The FRTSettings of the study's ensembles (built and validated with the config)."""
+        return self._frt_settings
 
 
 PRESET_CHOICES = tuple(PRESETS)
@@ -212,7 +240,7 @@ def generate_data(config: LJ13ALConfig, folder: Path | None = None):
     names = ("pool", "test", "series")
     if folder is not None and all((folder / f"{n}.npz").exists() for n in names):
         pool, test, series = (load_npz(folder / f"{n}.npz") for n in names)
-        return pool, np.load(folder / "pool_kT.npy"), test, series
+        return pool, runfolder.load_npy(folder / "pool_kT.npy", "pool temperatures"), test, series
     kTs = np.concatenate([np.repeat(config.pool_kTs, config.pool_trajectories),
                           np.full(config.test_trajectories, config.kT)])
     keys = jax.random.split(jax.random.key(config.seed * 1000 + 10), len(kTs))
@@ -229,10 +257,10 @@ def generate_data(config: LJ13ALConfig, folder: Path | None = None):
     series = label(oracle, from_positions(np.asarray(sframes).reshape(-1, 13, 3)))
     pool_kT = np.repeat(kTs[:n_pool], config.pool_samples)
     if folder is not None:
-        folder.mkdir(parents=True, exist_ok=True)
+        runfolder.ensure_dir(folder)
         for n, ds in zip(names, (pool, test, series)):
             save_npz(folder / f"{n}.npz", ds)
-        np.save(folder / "pool_kT.npy", pool_kT)
+        runfolder.save_npy(folder / "pool_kT.npy", pool_kT)
     return pool, pool_kT, test, series
 
 
@@ -325,9 +353,10 @@ def run_lj13_al(config: LJ13ALConfig = LJ13ALConfig(), out_dir="runs/lj13-al", o
     from jaxiap.active.loop import mean_energy_gradient_from_samples, pool_features, run_pool_loop
     from jaxiap.systems.lj import lj_energy
     from jaxiap.systems.oracle import JaxOracle
-    from jaxiap.workflows.runfolder import StageTimer, open_run_folder, write_json
+    from jaxiap.workflows.timing import StageTimer
 
-    out = open_run_folder(out_dir, dataclasses.asdict(config), overwrite)
+    out = runfolder.open_run_folder(out_dir, dataclasses.asdict(config), kind="lj13-al", overwrite=overwrite,
+                                    progress=progress)
     timer = StageTimer(verbose=progress)
     with timer("data"):
         pool_ds, pool_kT, test, series = generate_data(config, out / "data")
@@ -378,10 +407,8 @@ def run_lj13_al(config: LJ13ALConfig = LJ13ALConfig(), out_dir="runs/lj13-al", o
         with timer("frt"):
             frt = run_frt_checkpoints(config, out, basis, loops, full_post, n_lab, progress)
 
-    import json
-
     previous = out / "summary.json"
-    history = json.loads(previous.read_text()).get("wall_time_history", []) if previous.exists() else []
+    history = runfolder.read_json(previous, "summary").get("wall_time_history", []) if previous.exists() else []
     with timer("report"):
         full_err["qoi_error"] = abs(float(np.mean(test_rows[:, 0, :] @ np.asarray(full_post.mean) - e_test))) / 13.0
         summary = build_summary(config, n_lab, curves, full_err, hyper, frt, picks_kT, len(pool), len(test))
@@ -396,9 +423,9 @@ def run_lj13_al(config: LJ13ALConfig = LJ13ALConfig(), out_dir="runs/lj13-al", o
         summary["wall_time_s"] = dict(timer.times)  # this call (a resumed call reuses finished stages)
     summary["wall_time_s"] = dict(timer.times)
     summary["wall_time_history"] = history + [dict(timer.times)]  # one entry per call, first = the full run
-    write_json(out / "summary.json", summary)
+    runfolder.write_json(out / "summary.json", summary)
     write_report(out, summary)
-    return json.loads((out / "summary.json").read_text())  # NaN -> null, as on disk
+    return runfolder.read_json(out / "summary.json", "summary")  # NaN -> None, as on disk
 
 
 def run_frt_checkpoints(config, out, basis, loops, full_post, n_lab, progress) -> dict:
@@ -645,4 +672,4 @@ Wall time per stage (s), one line per call of the study on this folder (later ca
 
 {chr(10).join('- ' + ', '.join(f'{k} {v:.1f}' for k, v in h.items()) for h in s.get('wall_time_history', [])) or 'n/a'}
 """
-    (out / "report.md").write_text(text)
+    runfolder.write_text(out / "report.md", text)

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxiap import runfolder
 from jaxiap.errors import JaxiapInputError
 
 ATTEMPTS = ("mle", "subsets", "posterior")
@@ -185,7 +186,7 @@ def run_attempts(config, out, design, fitted_posterior, energy_fn, true_res, *, 
             if not np.all(np.isfinite(coef)):
                 raise JaxiapInputError(f"attempt {name}: non-finite coefficients from the fits; "
                                        "use a smaller basis or more data")
-            np.save(out / f"coefficients_{name}.npy", coef)
+            runfolder.save_npy(out / f"coefficients_{name}.npy", coef)
             if name == "mle" and mle_result is not None:
                 res = mle_result
             else:
