@@ -7,40 +7,45 @@ d = 10, q_i ~ U(0.5, 1.5), built once in numpy and handed to both libraries.
 Timed per N, for jaxiap and DPPy (``FiniteDPP('likelihood', L=L)``, mode 'GS'):
 
 - eig: the one-off eigendecomposition. jaxiap: ``dpp_spectrum(L)`` (symmetry check,
-  jitted ``jnp.linalg.eigh``, PSD check on those eigenvalues); DPPy: ``scipy.linalg.eigh``,
-  the call FiniteDPP makes (its first ``sample_exact``).
+  jitted ``jnp.linalg.eigh``, PSD check on those eigenvalues); DPPy: a fresh FiniteDPP's
+  first ``sample_exact`` (``scipy.linalg.eigh`` + one sample) minus the median per-sample
+  time. ``--eig-reps`` calls each.
 - exact DPP sample, per sample, given the eigendecomposition: both libraries cache it
   (jaxiap: the ``DPPSpectrum`` from ``dpp_spectrum``, sampled with the public
-  ``sample_dpp_spectral(key, spec)``; DPPy: the FiniteDPP object). The public end-to-end
-  ``sample_dpp(key, L)`` (checks + eig + sample) is timed too, for N <= ``--e2e-max-n``.
-- k-DPP sample (k = ``--k``), the same way (``sample_kdpp_spectral(key, spec, k)`` vs
-  ``sample_exact_k_dpp(size=k, mode='GS')``).
+  ``sample_dpp_spectral(key, spec)``; DPPy: the FiniteDPP object). Sample sizes |Y| are
+  random and differ between samples, and both samplers cost O(N |Y|^2), so the raw times are
+  also given normalised: each sample's time divided by its |Y|^2.
+- k-DPP sample (k = ``--k``): the equal-size comparison (``sample_kdpp_spectral(key, spec, k)``
+  vs ``sample_exact_k_dpp(size=k, mode='GS')``).
+- end to end: the public ``sample_dpp(key, L)`` (checks + eigh + sample) against a fresh
+  FiniteDPP's first sample, ``--eig-reps`` calls each.
 - greedy MAP of k items. DPPy has no greedy MAP (only exact and MCMC samplers), so
   the peer is a plain-numpy fast greedy MAP (Chen, Zhang & Zhou 2018, incremental
-  Cholesky, O(N k^2)) written below. jaxiap: ``greedy_map(L, k)`` (public, default
-  O(N^2) check), ``greedy_map(L, k, check="full")`` (adds the O(N^3) ``eigvalsh``)
-  and its jitted core ``_greedy_map``.
+  Cholesky, O(N k^2)) written below. jaxiap: its jitted core ``_greedy_map``,
+  ``greedy_map(L, k)`` (public, default O(N^2) check) and ``greedy_map(L, k, check="full")``
+  (adds the O(N^3) ``eigvalsh``; ``--eig-reps`` calls).
 
 jaxiap is timed after compilation with ``block_until_ready``; compile time is
-``jit(...).lower(...).compile()``. Per-sample figures are medians over ``--reps``
-samples with different keys / seeds. Correctness is checked on a tiny kernel (N = 12):
-mean sample size and inclusion frequencies of both exact samplers against
-sum lam/(1+lam) and diag K, k-DPP sizes, and greedy MAP indices equal to the
-numpy reference.
+``jit(...).lower(...).compile()``. Every row gives the median and min-max over ``--reps``
+samples / calls (different keys / seeds), or ``--eig-reps`` for rows containing an
+eigendecomposition; the ratio is of the medians. Correctness is checked on a tiny kernel
+(N = 12): mean sample size and inclusion frequencies of both exact samplers against
+sum lam/(1+lam) and diag K, k-DPP sizes, and greedy MAP indices equal to the numpy
+reference.
 
-Usage: ``python bench/dpp.py [--sizes 1000 2000 5000] [--k 50] [--reps 5]``.
+Usage: ``python bench/dpp.py [--sizes 1000 2000] [--k 50] [--reps 20] [--eig-reps 5] [--quick]``.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import footer, header, load, med, spread  # noqa: E402
 
 import numpy as np  # noqa: E402
 import scipy.linalg as sla  # noqa: E402
@@ -98,14 +103,14 @@ def _block(x):
     return jax.block_until_ready(x)
 
 
-def _time(fn, reps: int):
-    """Median and min wall time of ``reps`` calls of fn(i)."""
+def _times(fn, reps: int) -> list[float]:
+    """Wall times of ``reps`` calls of fn(i)."""
     ts = []
     for i in range(reps):
         t0 = time.perf_counter()
         fn(i)
         ts.append(time.perf_counter() - t0)
-    return float(np.median(ts)), float(np.min(ts))
+    return ts
 
 
 def _compile_s(jitted, *args, static=()):
@@ -155,91 +160,90 @@ def correctness(n_samples: int = 4000) -> list[str]:
 
 # ----------------------------------------------------------------------------- benchmark
 
-def bench_one(n: int, k: int, reps: int, e2e_max_n: int, exact_max_n: int) -> list[dict]:
-    rows = []
+def bench_one(n: int, k: int, reps: int, eig_reps: int, exact_max_n: int) -> list[dict]:
     L = make_kernel(n)
     Lj = jnp.asarray(L)
     _block(Lj)
-    if n > exact_max_n:
-        return rows + bench_greedy(n, k, reps, e2e_max_n, L, Lj)
-    return rows + bench_exact(n, k, reps, e2e_max_n, L, Lj) + bench_greedy(n, k, reps, e2e_max_n, L, Lj)
+    rows = [] if n > exact_max_n else bench_exact(n, k, reps, eig_reps, L, Lj)
+    return rows + bench_greedy(n, k, reps, eig_reps if n <= exact_max_n else 0, L, Lj)
 
 
-def bench_exact(n, k, reps, e2e_max_n, L, Lj) -> list[dict]:
+def bench_exact(n, k, reps, eig_reps, L, Lj) -> list[dict]:
     rows = []
+    rng = np.random.RandomState(0)
+    keys = jax.random.split(jax.random.key(1), reps + 1)
 
-    # --- eigendecomposition (one-off)
+    # --- eigendecomposition (one-off): jaxiap dpp_spectrum; DPPy: a fresh FiniteDPP's first sample
     c_eig = _compile_s(jdpp._eigh, Lj)
     _block(jdpp.dpp_spectrum(jnp.eye(n)))  # warm the jit dispatch caches (lower().compile() does not)
-    t0 = time.perf_counter()
-    spec = _block(jdpp.dpp_spectrum(Lj))  # checks (symmetry, PSD on its own eigenvalues) + eigh
-    t_eig_j = time.perf_counter() - t0
+    t_eig_j = _times(lambda i: _block(jdpp.dpp_spectrum(Lj)), eig_reps)
+    spec = jdpp.dpp_spectrum(Lj)
     lam_j, V_j = spec
-    dpp = FiniteDPP("likelihood", L=L)
-    rng = np.random.RandomState(0)
-    t0 = time.perf_counter()
-    dpp.sample_exact(mode="GS", random_state=rng)  # scipy.linalg.eigh + one sample
-    t_first_d = time.perf_counter() - t0
+    t_first_d = []
+    for _ in range(eig_reps):  # scipy.linalg.eigh + one sample, what a new FiniteDPP costs
+        fresh = FiniteDPP("likelihood", L=L)
+        t0 = time.perf_counter()
+        fresh.sample_exact(mode="GS", random_state=rng)
+        t_first_d.append(time.perf_counter() - t0)
+    dpp = fresh
     lam = np.maximum(np.asarray(lam_j), 0.0)
     esize = float(np.sum(lam / (1 + lam)))
 
-    # --- exact DPP, per sample given eig
-    keys = jax.random.split(jax.random.key(1), reps + 1)
+    # --- exact DPP, per sample given eig; sizes differ per sample, so also time / |Y|^2
     kp, keep, m0 = jdpp._dpp_phase1(keys[0], lam_j)
     c_dpp = _compile_s(jdpp._project, kp, V_j, keep, static=(jdpp._bucket(int(m0), n),))
     for kk in keys:  # compile every width bucket these keys need, outside the timing
         _block(jdpp.sample_dpp_spectral(kk, spec))
-    sizes = []
-    tj = _time(lambda i: sizes.append(int(_block(jdpp.sample_dpp_spectral(keys[i + 1], spec)).sum())), reps)
-    dsizes = []
-    td = _time(lambda i: dsizes.append(len(dpp.sample_exact(mode="GS", random_state=rng))), reps)
-    t_eig_d = max(t_first_d - td[0], 0.0)
+    sizes, dsizes = [], []
+    tj = _times(lambda i: sizes.append(int(_block(jdpp.sample_dpp_spectral(keys[i + 1], spec)).sum())), reps)
+    td = _times(lambda i: dsizes.append(len(dpp.sample_exact(mode="GS", random_state=rng))), reps)
+    t_eig_d = [max(t - float(np.median(td)), 0.0) for t in t_first_d]
     rows.append(dict(N=n, task="eig (one-off)", jax=t_eig_j, peer=t_eig_d, compile=c_eig,
-                     note="DPPy: first sample_exact minus the median per-sample time"))
-    rows.append(dict(N=n, task="DPP sample given eig", jax=tj[0], peer=td[0], compile=c_dpp,
-                     note=f"E|Y| = {esize:.1f}; sizes jaxiap {np.mean(sizes):.1f}, DPPy {np.mean(dsizes):.1f}"))
+                     note="DPPy: a fresh FiniteDPP's first sample_exact minus the median per-sample time"))
+    rows.append(dict(N=n, task="DPP sample given eig (raw, sizes differ)", jax=tj, peer=td, compile=c_dpp,
+                     note=f"E|Y| = {esize:.1f}; mean |Y| jaxiap {np.mean(sizes):.1f}, DPPy {np.mean(dsizes):.1f}"))
+    rows.append(dict(N=n, task="DPP sample given eig, per |Y|^2 (us)",
+                     jax=[1e6 * t / max(m, 1) ** 2 for t, m in zip(tj, sizes)],
+                     peer=[1e6 * t / max(m, 1) ** 2 for t, m in zip(td, dsizes)], compile=float("nan"),
+                     note="each sample's time over its size squared (both samplers are O(N |Y|^2))"))
 
-    # --- k-DPP, per sample given eig
+    # --- k-DPP, per sample given eig (equal sizes: k)
     c_k = _compile_s(jdpp._sample_kdpp_fixed, keys[0], lam_j, V_j, static=(k,))
     _block(jdpp.sample_kdpp_spectral(keys[0], spec, k))
     dpp.sample_exact_k_dpp(size=k, mode="GS", random_state=rng)  # DPPy: elementary symmetric polys, cached
-    tjk = _time(lambda i: _block(jdpp.sample_kdpp_spectral(keys[i + 1], spec, k)), reps)
-    tdk = _time(lambda i: dpp.sample_exact_k_dpp(size=k, mode="GS", random_state=rng), reps)
-    rows.append(dict(N=n, task=f"k-DPP sample given eig (k={k})", jax=tjk[0], peer=tdk[0], compile=c_k, note=""))
+    tjk = _times(lambda i: _block(jdpp.sample_kdpp_spectral(keys[i + 1], spec, k)), reps)
+    tdk = _times(lambda i: dpp.sample_exact_k_dpp(size=k, mode="GS", random_state=rng), reps)
+    rows.append(dict(N=n, task=f"k-DPP sample given eig (k={k}, equal sizes)", jax=tjk, peer=tdk, compile=c_k,
+                     note=""))
 
-    # --- public end-to-end calls (checks + eig + sample), small N only
-    if n <= e2e_max_n:
-        _block(jdpp.sample_dpp(keys[0], Lj))
-        te = _time(lambda i: _block(jdpp.sample_dpp(keys[i + 1], Lj)), 1)
-        fresh = FiniteDPP("likelihood", L=L)
-        t0 = time.perf_counter()
-        fresh.sample_exact(mode="GS", random_state=rng)
-        rows.append(dict(N=n, task="sample_dpp(key, L) end-to-end", jax=te[0],
-                         peer=time.perf_counter() - t0, compile=float("nan"),
-                         note="jaxiap: checks + eigh (PSD check on its eigenvalues) + sample; DPPy: fresh FiniteDPP, first sample"))
+    # --- public end-to-end calls (checks + eig + sample)
+    _block(jdpp.sample_dpp(keys[0], Lj))
+    te = _times(lambda i: _block(jdpp.sample_dpp(keys[i % reps + 1], Lj)), eig_reps)
+    rows.append(dict(N=n, task="sample_dpp(key, L) end-to-end", jax=te, peer=t_first_d, compile=float("nan"),
+                     note="jaxiap: checks + eigh (PSD check on its eigenvalues) + sample; DPPy: fresh FiniteDPP, "
+                          "first sample"))
     return rows
 
 
-def bench_greedy(n, k, reps, e2e_max_n, L, Lj) -> list[dict]:
+def bench_greedy(n, k, reps, eig_reps, L, Lj) -> list[dict]:
     rows = []
-    # --- greedy MAP
     eps = jnp.asarray(1e-10)
     t0 = time.perf_counter()
     jdpp._greedy_map.lower(Lj, k, eps).compile()
     c_g = time.perf_counter() - t0
     _block(jdpp._greedy_map(Lj, k, eps))
-    tg = _time(lambda i: _block(jdpp._greedy_map(Lj, k, eps)), reps)
-    tn = _time(lambda i: greedy_map_numpy(L, k), reps)
+    tg = _times(lambda i: _block(jdpp._greedy_map(Lj, k, eps)), reps)
+    tn = _times(lambda i: greedy_map_numpy(L, k), reps)
     same = np.array_equal(np.asarray(jdpp._greedy_map(Lj, k, eps)[0]), greedy_map_numpy(L, k))
-    rows.append(dict(N=n, task=f"greedy MAP core (k={k})", jax=tg[0], peer=tn[0], compile=c_g,
+    rows.append(dict(N=n, task=f"greedy MAP core (k={k})", jax=tg, peer=tn, compile=c_g,
                      note=f"peer: numpy Chen et al. 2018; same indices: {same}"))
-    if n <= e2e_max_n:
-        _block(jdpp.greedy_map(Lj, k)[0])
-        tpub = _time(lambda i: _block(jdpp.greedy_map(Lj, k)[0]), 1)
-        rows.append(dict(N=n, task=f"greedy_map(L, k) public (k={k})", jax=tpub[0], peer=tn[0],
-                         compile=float("nan"), note="jaxiap: default check (symmetry, diagonal >= 0), O(N^2)"))
-        tfull = _time(lambda i: _block(jdpp.greedy_map(Lj, k, check="full")[0]), 1)
-        rows.append(dict(N=n, task=f"greedy_map(L, k, check='full') (k={k})", jax=tfull[0], peer=tn[0],
+    _block(jdpp.greedy_map(Lj, k)[0])
+    tpub = _times(lambda i: _block(jdpp.greedy_map(Lj, k)[0]), reps)
+    rows.append(dict(N=n, task=f"greedy_map(L, k) public (k={k})", jax=tpub, peer=tn,
+                     compile=float("nan"), note="jaxiap: default check (symmetry, diagonal >= 0), O(N^2)"))
+    if eig_reps:
+        tfull = _times(lambda i: _block(jdpp.greedy_map(Lj, k, check="full")[0]), eig_reps)
+        rows.append(dict(N=n, task=f"greedy_map(L, k, check='full') (k={k})", jax=tfull, peer=tn,
                          compile=float("nan"), note="jaxiap: + O(N^3) eigvalsh PSD check"))
     return rows
 
@@ -252,39 +256,42 @@ def _fmt(x):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 2000, 5000])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 2000])
     ap.add_argument("--k", type=int, default=50, help="k-DPP size and greedy MAP steps")
-    ap.add_argument("--reps", type=int, default=5, help="samples timed per row (median)")
-    ap.add_argument("--e2e-max-n", type=int, default=2000,
-                    help="time the public end-to-end calls only up to this N")
+    ap.add_argument("--reps", type=int, default=20, help="samples / calls timed per sampling and greedy row")
+    ap.add_argument("--eig-reps", type=int, default=5,
+                    help="calls timed per row that contains an O(N^3) eigendecomposition")
     ap.add_argument("--exact-max-n", type=int, default=2000,
-                    help="above this N only greedy MAP is timed (the exact samplers cost O(N^3) per jaxiap "
-                         "sample and minutes of eigh on 2 cores)")
+                    help="above this N only greedy MAP (core and default public call) is timed")
     ap.add_argument("--no-check", action="store_true", help="skip the tiny correctness check")
+    ap.add_argument("--quick", action="store_true", help="tiny smoke run: N = 200, k = 10, 5 reps, no check")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.sizes, args.k, args.reps, args.eig_reps, args.no_check = [200], 10, 5, 5, True
     if FiniteDPP is None:
         print("DPPy is not installed (pip install dppy, or the project's [bench] extra)", file=sys.stderr)
         return 2
     t_all = time.perf_counter()
-    print(f"# bench/dpp.py: {platform.processor() or platform.machine()}, nproc={os.cpu_count()}, "
-          f"load average {os.getloadavg()[0]:.1f}, jax {jax.__version__}, numpy {np.__version__}")
+    header("bench/dpp.py")
+    print(f"# jax {jax.__version__}, numpy {np.__version__}")
     if not args.no_check:
         for line in correctness():
             print(line, flush=True)
     rows = []
     for n in args.sizes:
         t0 = time.perf_counter()
-        rows += bench_one(n, args.k, args.reps, args.e2e_max_n, args.exact_max_n)
-        print(f"N={n} done in {time.perf_counter() - t0:.1f} s (load average {os.getloadavg()[0]:.1f})",
-              flush=True)
+        rows += bench_one(n, args.k, args.reps, args.eig_reps, args.exact_max_n)
+        print(f"N={n} done in {time.perf_counter() - t0:.1f} s (load average {load()})", flush=True)
     print()
-    print("| N | task | jaxiap s | peer s | peer / jaxiap | jaxiap compile s | note |")
-    print("|---:|---|---:|---:|---:|---:|---|")
+    print("Times in s (the per-|Y|^2 row in us): median (min-max, n = calls or samples); ratio = median peer / "
+          "median jaxiap (> 1: jaxiap faster)\n")
+    print("| N | task | jaxiap | peer | peer / jaxiap | jaxiap compile s | note |")
+    print("|---:|---|---|---|---:|---:|---|")
     for r in rows:
-        ratio = r["peer"] / r["jax"] if r["jax"] > 0 else float("nan")
-        print(f"| {r['N']} | {r['task']} | {_fmt(r['jax'])} | {_fmt(r['peer'])} | {ratio:.3g}x | "
+        ratio = med(r["peer"]) / med(r["jax"]) if med(r["jax"]) > 0 else float("nan")
+        print(f"| {r['N']} | {r['task']} | {spread(r['jax'])} | {spread(r['peer'])} | {ratio:.3g}x | "
               f"{_fmt(r['compile'])} | {r['note']} |")
-    print(f"\ntotal wall {time.perf_counter() - t_all:.0f} s, load average {os.getloadavg()[0]:.1f}")
+    footer(time.perf_counter() - t_all)
     return 0
 
 

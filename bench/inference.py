@@ -1,15 +1,16 @@
 """Inference benchmarks of the Bayesian-inference issue, in one command.
 
-(a) NUTS minimum ESS per second on the LJ13 linear-potential posterior against
-    a Haario adaptive-Metropolis sampler of the kind FitSNAP uses
-    (``bench/inference_nuts.py``);
+(a) NUTS through ``jaxiap.inference.mcmc.run_nuts`` (one factor changed per
+    row) against a Haario adaptive-Metropolis sampler of the kind FitSNAP
+    uses, min ESS per evaluation and per second on the LJ13 linear-potential
+    posterior (``bench/inference_nuts.py``);
 (b) streaming BLR throughput (rows/s) and peak memory at 1e5, 1e6 and 1e7
-    design rows against in-memory numpy least squares
-    (``bench/inference_streaming.py``).
+    design rows against the same normal equations in numpy and, separately,
+    in-memory SVD least squares (``bench/inference_streaming.py``).
 
-Usage: ``python bench/inference.py [nuts|streaming|all]``. Each part prints its
-table with the peer's figure from the same run; results are recorded in
-bench/RESULTS.md.
+Usage: ``python bench/inference.py [nuts|streaming|all] [--quick]``. Each part
+prints its table with the peers' figures from the same run; results are
+recorded in bench/RESULTS.md.
 """
 
 import subprocess
@@ -22,15 +23,21 @@ PARTS = {"nuts": ["inference_nuts.py"],
 
 
 def main(argv=None) -> int:
-    which = (argv or sys.argv[1:] or ["all"])[0]
+    argv = list(sys.argv[1:] if argv is None else argv)
+    quick = "--quick" in argv
+    argv = [a for a in argv if a != "--quick"]
+    which = (argv or ["all"])[0]
     if which not in (*PARTS, "all"):
-        print(f"usage: python bench/inference.py [{'|'.join(PARTS)}|all]; got {which!r}", file=sys.stderr)
+        print(f"usage: python bench/inference.py [{'|'.join(PARTS)}|all] [--quick]; got {which!r}", file=sys.stderr)
         return 2
     rc = 0
     for name, cmd in PARTS.items():
         if which in (name, "all"):
             print(f"== {name} ==", flush=True)
-            rc |= subprocess.call([sys.executable, str(HERE / cmd[0]), *cmd[1:]])
+            extra = ["--quick"] if quick else []
+            if quick and name == "streaming":
+                cmd = cmd[:1]  # --quick picks its own sizes
+            rc |= subprocess.call([sys.executable, str(HERE / cmd[0]), *cmd[1:], *extra])
     return rc
 
 

@@ -1,35 +1,46 @@
-"""Streaming Bayesian linear regression: throughput and peak memory vs in-memory numpy lstsq.
+"""Streaming Bayesian linear regression: jaxiap vs the same normal equations in numpy, and vs SVD lstsq.
 
 What is measured
 ----------------
 A weighted linear system with K features (default 12) and R design rows
-(default R = 1e5, 1e6, 1e7) is solved two ways, each in a fresh subprocess:
+(default R = 1e5, 1e6, 1e7) is solved three ways, each in a fresh subprocess:
 
 * ``stream``: ``jaxiap.inference.streaming.accumulate`` reduces the rows chunk
   by chunk (``--chunk`` rows each, default 50,000) into ``NormalEquations``
-  (A^T W A, A^T W y, ... split by energy / force rows; float64) and
-  ``solve_blr`` returns the BLR posterior (prior precision 1e-8, noise_var 1).
-  The design is never materialised. Rows are split over ``--devices`` JAX
-  devices (1 = the default CPU device; N > 1 fakes N host devices with
+  (A^T W A, A^T W y, y^T W y, row counts and sum log w, split by energy / force
+  rows, with the NaN / weight / kind check; float64) and ``solve_blr`` returns
+  the BLR posterior (prior precision 1e-8, noise_var 1). The chunks are host
+  numpy arrays: ``accumulate`` transfers each one to the device inside the
+  timed loop. Rows are split over ``--devices`` JAX devices (1 = the default
+  CPU device; N > 1 fakes N host devices with
   ``XLA_FLAGS=--xla_force_host_platform_device_count=N``).
-* ``numpy``: the peer. The full (R, K) design is materialised and solved by
-  ``np.linalg.lstsq(W^1/2 A, W^1/2 y)`` (LAPACK gelsd), float64. Run for
-  R <= ``--peer-max``.
+* ``numpy NE``: the peer doing the same work: the same host chunks, the same
+  statistics per chunk in numpy (finite / weight / kind check; per row kind
+  A^T W A, A^T W y, y^T W y, count, sum log w), summed, then the same BLR
+  solve (Cholesky of 1e-8 I + A^T W A, ``scipy.linalg.cho_solve``). Streaming,
+  O(K^2) memory.
+* ``numpy lstsq``: the in-memory SVD route, separately: the full (R, K) design
+  is materialised and solved by ``np.linalg.lstsq(W^1/2 A, W^1/2 y)`` (LAPACK
+  gelsd), float64. Run for R <= ``--peer-max``. Not the same arithmetic (it
+  does not square the condition number), so it is the reference for accuracy
+  rather than a like-for-like timing.
 
-Rows: a pool of ``--pool`` (default 4) chunks of random rows is generated
-once with ``numpy.random.default_rng(0)`` (A ~ U(-1, 1) with column scales
-1..K, y = A c + 0.1 noise, w ~ U(0.5, 2), kinds alternating energy / force)
-and cycled: chunk i is pool[i % pool]. Both engines see exactly the same
-rows, so their coefficients must agree (printed as max |dc|). Row generation
-is outside the timed region for both; the numpy peer's materialisation of A
-counts toward its memory, which is the point of streaming.
+Rows: a pool of ``--pool`` (default 16, 96 MB at K = 12: more than the CPU
+caches) chunks of random rows is generated once per process with
+``numpy.random.default_rng(0)`` (A ~ U(-1, 1) with column scales 1..K,
+y = A c + 0.1 noise, w ~ U(0.5, 2), kinds alternating energy / force) and
+cycled: chunk i is pool[i % pool]. Every engine sees exactly the same rows, so
+their coefficients must agree (printed as max |dc| against lstsq). Row
+generation is outside the timed region; the lstsq peer's materialisation of
+A counts toward its memory (not its time), which is the point of streaming.
 
-Reported per run: seconds of the timed solve (fastest of ``--repeats``;
-stream: accumulate + solve_blr; numpy: weighting + lstsq), rows/s,
-"compile s" (stream: one warm-up chunk, compilation included), the baseline
-RSS after imports, pool and warm-up ("base MB"), and the peak resident set
-size VmHWM from /proc/self/status at the end ("peak MB"). tracemalloc is not
-used: it does not see XLA's allocations. Ratio = numpy s / stream s.
+Reported per run: seconds of the timed solve, median and min-max over
+``--repeats`` (stream and numpy NE: the chunk loop + solve; lstsq: weighting +
+lstsq), rows/s at the median, "compile s" (stream: two warm-up chunks and a
+solve, compilation and first-call costs included), the baseline RSS after imports, pool and warm-up
+("base MB"), and the peak resident set size VmHWM from /proc/self/status at
+the end ("peak MB"). tracemalloc is not used: it does not see XLA's
+allocations. Ratios = peer median s / stream median s (> 1: jaxiap faster).
 
 Run ``python bench/inference_streaming.py --help`` for the options.
 """
@@ -39,7 +50,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -48,6 +58,8 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+from _common import footer, header, load, med, spread  # noqa: E402
 
 
 def _proc_status_mb(field: str) -> float:
@@ -79,22 +91,61 @@ def worker_stream(rows: int, args) -> dict:
     import jaxiap  # noqa: F401  (float64)
     from jaxiap.inference.streaming import accumulate, solve_blr
 
-    pool_np = make_pool(args.pool, args.chunk, args.k)
-    pool = [tuple(jax.device_put(v) for v in chunk) for chunk in pool_np]
+    pool = make_pool(args.pool, args.chunk, args.k)  # host numpy chunks, transferred by accumulate
     n_chunks = rows // args.chunk
     t0 = time.perf_counter()
-    accumulate(pool[:1])
+    # compile + first-call costs. Two chunks: the step compiles twice, once for the fresh zero totals and
+    # once for the totals it returned itself (their sharding differs), so one warm-up chunk leaves a
+    # compile inside the first timed pass
+    solve_blr(accumulate(pool[:2]), prior_precision=1e-8, noise_var=1.0)
     compile_s = time.perf_counter() - t0
     base = _proc_status_mb("VmRSS")
-    best, post = np.inf, None
+    times = []
     for _ in range(args.repeats):
         t0 = time.perf_counter()
         ne = accumulate(pool[i % args.pool] for i in range(n_chunks))
         post = solve_blr(ne, prior_precision=1e-8, noise_var=1.0)
         coef = np.asarray(post.mean)
-        best = min(best, time.perf_counter() - t0)
-    return dict(seconds=best, compile_s=compile_s, base_mb=base, peak_mb=_proc_status_mb("VmHWM"),
+        times.append(time.perf_counter() - t0)
+    return dict(seconds=times, compile_s=compile_s, base_mb=base, peak_mb=_proc_status_mb("VmHWM"),
                 coef=coef.tolist(), devices=len(jax.devices()))
+
+
+def numpy_stats(A, y, w, kind, acc):
+    """Add one chunk's NormalEquations (per row kind) to acc, in numpy: the work stats_arrays does."""
+    if not (np.isfinite(A).all() and np.isfinite(y).all() and np.isfinite(w).all()) or (w < 0).any() \
+            or ((kind != 0) & (kind != 1)).any():
+        raise ValueError("bad rows")
+    for g in (0, 1):
+        m = (kind == g) & (w > 0)
+        Ag, yg, wg = A[m], y[m], w[m]
+        wA = Ag * wg[:, None]
+        acc["AtWA"][g] += wA.T @ Ag
+        acc["AtWy"][g] += wA.T @ yg
+        acc["ytWy"][g] += wg @ (yg * yg)
+        acc["n"][g] += m.sum()
+        acc["slw"][g] += np.log(wg).sum()
+
+
+def worker_numpy_ne(rows: int, args) -> dict:
+    import scipy.linalg as sla
+
+    pool = make_pool(args.pool, args.chunk, args.k)
+    n_chunks = rows // args.chunk
+    k = args.k
+    base = _proc_status_mb("VmRSS")
+    times = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        acc = dict(AtWA=np.zeros((2, k, k)), AtWy=np.zeros((2, k)), ytWy=np.zeros(2), n=np.zeros(2),
+                   slw=np.zeros(2))
+        for i in range(n_chunks):
+            numpy_stats(*pool[i % args.pool], acc)
+        lam = 1e-8 * np.eye(k) + acc["AtWA"].sum(0) / 1.0  # prior precision 1e-8, noise_var 1
+        coef = sla.cho_solve((np.linalg.cholesky(lam), True), acc["AtWy"].sum(0) / 1.0)
+        times.append(time.perf_counter() - t0)
+    return dict(seconds=times, compile_s=0.0, base_mb=base, peak_mb=_proc_status_mb("VmHWM"),
+                coef=coef.tolist(), devices=1)
 
 
 def worker_numpy(rows: int, args) -> dict:
@@ -104,13 +155,13 @@ def worker_numpy(rows: int, args) -> dict:
     A = np.concatenate([pool[i % args.pool][0] for i in range(n_chunks)])
     y = np.concatenate([pool[i % args.pool][1] for i in range(n_chunks)])
     w = np.concatenate([pool[i % args.pool][2] for i in range(n_chunks)])
-    best = np.inf
+    times = []
     for _ in range(args.repeats):
         t0 = time.perf_counter()
         sw = np.sqrt(w)
         coef = np.linalg.lstsq(A * sw[:, None], y * sw, rcond=None)[0]
-        best = min(best, time.perf_counter() - t0)
-    return dict(seconds=best, compile_s=0.0, base_mb=base, peak_mb=_proc_status_mb("VmHWM"),
+        times.append(time.perf_counter() - t0)
+    return dict(seconds=times, compile_s=0.0, base_mb=base, peak_mb=_proc_status_mb("VmHWM"),
                 coef=coef.tolist(), devices=1)
 
 
@@ -127,20 +178,9 @@ def run_worker(method: str, rows: int, args) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    mem = _meminfo_gb()
-    return f"{cpu}, {os.cpu_count()} CPUs visible (nproc), {mem:.0f} GB RAM, {platform.platform()}"
-
-
-def _meminfo_gb() -> float:
-    with open("/proc/meminfo") as f:
-        return int(f.readline().split()[1]) / 1024**2
+WORKERS = {"stream": worker_stream, "numpy_ne": worker_numpy_ne, "numpy": worker_numpy}
+LABELS = {"numpy_ne": "numpy normal equations (streamed, same statistics)",
+          "numpy": "numpy lstsq, SVD (in-memory)"}
 
 
 def main():
@@ -148,44 +188,49 @@ def main():
     ap.add_argument("--sizes", type=float, nargs="+", default=[1e5, 1e6, 1e7], help="design rows R")
     ap.add_argument("--k", type=int, default=12, help="features K")
     ap.add_argument("--chunk", type=int, default=50_000, help="rows per streamed chunk")
-    ap.add_argument("--pool", type=int, default=4, help="distinct pre-generated chunks, cycled")
-    ap.add_argument("--repeats", type=int, default=2, help="timed repeats (fastest kept)")
+    ap.add_argument("--pool", type=int, default=16, help="distinct pre-generated chunks, cycled")
+    ap.add_argument("--repeats", type=int, default=5, help="timed repeats (median and min-max reported)")
     ap.add_argument("--devices", type=int, default=1, help="JAX devices for the stream (fake host devices if > 1)")
-    ap.add_argument("--peer-max", type=float, default=1e7, help="largest R for the in-memory numpy peer")
-    ap.add_argument("--worker", choices=["stream", "numpy"], help=argparse.SUPPRESS)
+    ap.add_argument("--peer-max", type=float, default=1e7, help="largest R for the in-memory lstsq peer")
+    ap.add_argument("--quick", action="store_true", help="tiny smoke run: R = 1e4 and 1e5, chunk 5000, 2 repeats")
+    ap.add_argument("--worker", choices=list(WORKERS), help=argparse.SUPPRESS)
     ap.add_argument("--rows", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.quick:
+        args.sizes, args.chunk, args.repeats, args.pool = [1e4, 1e5], 5000, 2, 4
 
     if args.worker:
-        fn = worker_stream if args.worker == "stream" else worker_numpy
-        print(json.dumps(fn(args.rows, args)))
+        print(json.dumps(WORKERS[args.worker](args.rows, args)))
         return
 
-    print(f"machine: {machine()}")
+    header("bench/inference_streaming.py")
+    t_all = time.perf_counter()
     print(f"K = {args.k}, chunk = {args.chunk} rows, pool = {args.pool} chunks, repeats = {args.repeats}, "
           f"stream devices = {args.devices}")
-    header = ("| rows | engine | solve s | rows/s | compile s | base MB | peak MB | "
-              "numpy s / stream s | max abs dc |")
-    print(header)
-    print("|---|---|---|---|---|---|---|---|---|")
+    header_row = ("| rows | engine | solve s, median (min-max) | rows/s | compile s | base MB | peak MB | "
+                  "peer s / stream s | max abs dc vs lstsq |")
+    lines = [header_row, "|---|---|---|---|---|---|---|---|---|"]
     for size in args.sizes:
         rows = int(round(size / args.chunk)) * args.chunk
-        res = {"stream": run_worker("stream", rows, args)}
+        res = {"stream": run_worker("stream", rows, args), "numpy_ne": run_worker("numpy_ne", rows, args)}
         if rows <= args.peer_max:
             res["numpy"] = run_worker("numpy", rows, args)
-        ok = all("error" not in r for r in res.values())
-        ratio = res["numpy"]["seconds"] / res["stream"]["seconds"] if ok and "numpy" in res else float("nan")
-        dc = (np.max(np.abs(np.subtract(res["numpy"]["coef"], res["stream"]["coef"])))
-              if ok and "numpy" in res else float("nan"))
+        ref = res.get("numpy")
+        t_stream = med(res["stream"]["seconds"]) if "error" not in res["stream"] else float("nan")
         for name, r in res.items():
             if "error" in r:
-                print(f"| {rows:.0e} | {name} | failed: {r['error']} | | | | | | |")
+                lines.append(f"| {rows:.0e} | {name} | failed: {r['error']} | | | | | | |")
                 continue
-            label = f"jaxiap stream ({r['devices']} dev)" if name == "stream" else "numpy lstsq (in-memory)"
-            extra = f"{ratio:.2f} | {dc:.1e}" if name == "stream" and "numpy" in res else " | "
-            print(f"| {rows:.0e} | {label} | {r['seconds']:.3f} | {rows / r['seconds']:.3g} | "
-                  f"{r['compile_s']:.2f} | {r['base_mb']:.0f} | {r['peak_mb']:.0f} | {extra} |")
-        sys.stdout.flush()
+            label = f"jaxiap stream ({r['devices']} dev)" if name == "stream" else LABELS[name]
+            ratio = "" if name == "stream" else f"{med(r['seconds']) / t_stream:.2f}"
+            dc = (f"{np.max(np.abs(np.subtract(r['coef'], ref['coef']))):.1e}"
+                  if ref is not None and "error" not in ref and name != "numpy" else "")
+            lines.append(f"| {rows:.0e} | {label} | {spread(r['seconds'])} | {rows / med(r['seconds']):.3g} | "
+                         f"{r['compile_s']:.2f} | {r['base_mb']:.0f} | {r['peak_mb']:.0f} | {ratio} | {dc} |")
+            print(f"  {rows:.0e} {label}: {spread(r['seconds'])} s; load {load()}", flush=True)
+    print()
+    print("\n".join(lines))
+    footer(time.perf_counter() - t_all)
 
 
 if __name__ == "__main__":

@@ -26,14 +26,15 @@ dt = 0.005 tau, every cluster starting from the quenched icosahedron
 Protocol, the same for every engine: equilibrate for at least
 EQUILIBRATION_STEPS (4 tau) in calls of ``steps`` steps (for jax-md the first
 call is preceded by an explicit ahead-of-time compile), then make
-``--repeats`` timed *steady-state* calls of ``steps`` steps each, continuing
-the trajectory. Throughput uses the fastest steady call: R * steps / seconds
-(cluster-steps/s), and 13 times that (atom-steps/s).
+``--repeats`` (default 5) timed *steady-state* calls of ``steps`` steps each,
+continuing the trajectory. Throughput uses the median steady call:
+R * steps / seconds (cluster-steps/s), and 13 times that (atom-steps/s, with
+the min-max over the calls).
 
 * "compile s": the jax ``lower().compile()`` time; "first call s": compile
   plus the first execution, i.e. what the first call of a plain ``jit``
   function costs.
-* "cpu/wall": process CPU time over wall time of the fastest call, i.e. the
+* "cpu/wall": process CPU time over wall time of the median call, i.e. the
   cores the engine kept busy. The machine may be shared: below 1 for a
   one-thread engine, or well below 2 for the sharded rows, means it was
   contended (the load average is printed at the start and the end).
@@ -77,9 +78,10 @@ class Row:
     engine: str
     replicas: int
     steps: int  # steps per call
-    seconds: float  # fastest steady-state call
+    seconds: float  # median steady-state call
+    spread: tuple  # (fastest, slowest) steady-state call seconds
     temperature: float  # mean kinetic temperature over the steady-state calls
-    cpu_load: float  # process CPU seconds / wall seconds of the fastest call (cores in use)
+    cpu_load: float  # process CPU seconds / wall seconds of the median call (cores in use)
     compile_s: float | None = None
     first_call_s: float | None = None
 
@@ -101,14 +103,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=None,
                    help="steps per call for jax-md and LAMMPS at every R (default: ~2e5/R, 100-50000)")
     p.add_argument("--ase-steps", type=int, default=2000, help="steps per call for ASE")
-    p.add_argument("--repeats", type=int, default=5, help="timed steady-state calls; the fastest counts")
+    p.add_argument("--repeats", type=int, default=5, help="timed steady-state calls; the median counts")
     p.add_argument("--x64", action="store_true", help="run jax-md in float64 (default float32)")
     p.add_argument("--devices", type=int, default=min(2, os.cpu_count() or 1),
                    help="also run jax-md sharded over this many host CPU devices (1: no sharded rows)")
     p.add_argument("--skip-lammps", action="store_true")
     p.add_argument("--skip-ase", action="store_true")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true",
+                   help="tiny smoke run: R = 1 and 64, 200 steps per call (ASE too), 5 repeats")
     args = p.parse_args(argv)
+    if args.quick:
+        args.replicas, args.steps, args.ase_steps = "1,64", 200, 200
     args.replicas = [int(r) for r in args.replicas.split(",")]
     return args
 
@@ -144,19 +150,20 @@ def start_positions() -> np.ndarray:
         return np.asarray(lj13_minimum(), np.float64)
 
 
-def steady_state(advance, repeats: int) -> tuple[float, float, list]:
+def steady_state(advance, repeats: int) -> tuple[float, float, list, tuple]:
     """Call advance() ``repeats`` times.
 
-    Returns the fastest call's wall seconds, its CPU seconds (all threads of this process)
-    over wall seconds, and the calls' results.
+    Returns the median call's wall seconds, its CPU seconds (all threads of this process)
+    over wall seconds, the calls' results and (fastest, slowest) wall seconds.
     """
     calls, results = [], []
     for _ in range(repeats):
         wall, cpu = time.perf_counter(), time.process_time()
         results.append(advance())
         calls.append((time.perf_counter() - wall, time.process_time() - cpu))
-    wall, cpu = min(calls)
-    return wall, cpu / wall, results
+    calls_sorted = sorted(calls)
+    wall, cpu = calls_sorted[(len(calls) - 1) // 2]  # the median call (lower median for even counts)
+    return wall, cpu / wall, results, (calls_sorted[0][0], calls_sorted[-1][0])
 
 
 # --------------------------------------------------------------------------- jax-md
@@ -230,9 +237,9 @@ def bench_jaxmd(replicas: int, steps: int, repeats: int, positions, seed: int, n
         state, temps = jax.block_until_ready(compiled(state))
         return float(jnp.mean(temps))
 
-    seconds, cpu_load, temps = steady_state(advance, repeats)
+    seconds, cpu_load, temps, extremes = steady_state(advance, repeats)
     name = "jax-md" if n_devices == 1 else f"jax-md x{n_devices} dev"
-    return Row(name, replicas, steps, seconds, float(np.mean(temps)), cpu_load, compile_s, first_call_s)
+    return Row(name, replicas, steps, seconds, extremes, float(np.mean(temps)), cpu_load, compile_s, first_call_s)
 
 
 # --------------------------------------------------------------------------- ASE
@@ -261,8 +268,8 @@ def bench_ase(steps: int, repeats: int, positions: np.ndarray, seed: int) -> Row
         dyn.run(steps)
         return np.mean(temps[start + 1:])  # the observer also fires once before the first step
 
-    seconds, cpu_load, temps = steady_state(advance, repeats)
-    return Row("ASE", 1, steps, seconds, float(np.mean(temps)), cpu_load)
+    seconds, cpu_load, temps, extremes = steady_state(advance, repeats)
+    return Row("ASE", 1, steps, seconds, extremes, float(np.mean(temps)), cpu_load)
 
 
 # --------------------------------------------------------------------------- LAMMPS
@@ -328,14 +335,14 @@ def bench_lammps(lammps, replicas: int, steps: int, repeats: int, positions, see
             reset_timestep 0
             fix tave all ave/time 1 {total} {total} c_thermo_temp
         """)
-        seconds, cpu_load, _ = steady_state(lambda: lmp.command(f"run {steps}"), repeats)
+        seconds, cpu_load, _, extremes = steady_state(lambda: lmp.command(f"run {steps}"), repeats)
         temperature = lmp.extract_fix("tave", lammps.LMP_STYLE_GLOBAL, lammps.LMP_TYPE_SCALAR)
         lost = N_ATOMS * replicas - lmp.get_natoms()
     finally:
         lmp.close()
     if lost:
         print(f"  LAMMPS R={replicas}: {lost} atoms left the box")
-    return Row("LAMMPS", replicas, steps, seconds, temperature, cpu_load)
+    return Row("LAMMPS", replicas, steps, seconds, extremes, temperature, cpu_load)
 
 
 # --------------------------------------------------------------------------- report
@@ -353,7 +360,7 @@ def format_table(rows: list[Row]) -> str:
     ase = next((r for r in rows if r.engine == "ASE"), None)
     lammps = {r.replicas: r for r in rows if r.engine == "LAMMPS"}
     lines = [
-        "| engine | R | steps/call | cluster-steps/s | atom-steps/s | compile s | first call s "
+        "| engine | R | steps/call | cluster-steps/s | atom-steps/s (min-max) | compile s | first call s "
         "| <T> | cpu/wall | vs ASE | vs LAMMPS |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -363,9 +370,10 @@ def format_table(rows: list[Row]) -> str:
         vs_lammps = f"{r.cluster_steps_per_s / ref.cluster_steps_per_s:.3g}x" if ref else "-"
         compile_s = f"{r.compile_s:.2f}" if r.compile_s is not None else "-"
         first_s = f"{r.first_call_s:.2f}" if r.first_call_s is not None else "-"
+        lo, hi = (N_ATOMS * r.replicas * r.steps / t for t in (r.spread[1], r.spread[0]))
         lines.append(
             f"| {r.engine} | {r.replicas} | {r.steps} | {r.cluster_steps_per_s:.3e} | "
-            f"{r.atom_steps_per_s:.3e} | {compile_s} | {first_s} | {r.temperature:.3f} | "
+            f"{r.atom_steps_per_s:.3e} ({lo:.3g}-{hi:.3g}) | {compile_s} | {first_s} | {r.temperature:.3f} | "
             f"{r.cpu_load:.2f} | {vs_ase} | {vs_lammps} |"
         )
     return "\n".join(lines)
@@ -403,13 +411,18 @@ def run_all(args: argparse.Namespace) -> list[Row]:
 def main(argv=None) -> None:
     args = parse_args(argv)
     configure_environment(args)
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from _common import footer, header
+
+    header("bench/md_throughput.py")
     t = time.perf_counter()
     rows = run_all(args)
     print()
     print(format_table(rows))
     print(f"\nLJ13, kT={KT}, gamma={GAMMA}, dt={DT}; <T>: mean kinetic temperature (target {KT}); "
-          f"best of {args.repeats} steady calls; total wall time {time.perf_counter() - t:.0f} s; "
-          f"load average at end {os.getloadavg()[0]:.2f}")
+          f"median of {args.repeats} steady calls (min-max in brackets); "
+          f"total wall time {time.perf_counter() - t:.0f} s")
+    footer()
 
 
 if __name__ == "__main__":

@@ -13,8 +13,10 @@ process's ``ru_maxrss`` (which includes ~300-400 MB of jax/XLA runtime and
 the compile). "compile s" is ``lower().compile()``; "run s" one execution
 of the compiled value-and-grad program.
 
-Usage: python bench/sensitivity_memory.py [--configs 10000:auto 1000:0 2000:0]
-(``steps:checkpoint_every``, ``auto`` = the default ~sqrt(steps), 0 = none).
+Usage: python bench/sensitivity_memory.py [--configs 10000:auto 2000:auto 1000:auto 250:0 500:0 1000:0 2000:0]
+[--quick] (``steps:checkpoint_every``, ``auto`` = the default ~sqrt(steps), 0 = none). No peer: the
+comparison is with and without checkpointing, in the same run. One execution per configuration (peak
+memory is the figure of interest; it does not vary between runs of the same program).
 """
 
 from __future__ import annotations
@@ -70,14 +72,22 @@ def child(steps: int, ck: str, replicas: int):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--configs", nargs="+", default=["10000:auto", "1000:auto", "1000:0", "2000:0"])
+    ap.add_argument("--configs", nargs="+",
+                    default=["10000:auto", "2000:auto", "1000:auto", "250:0", "500:0", "1000:0", "2000:0"])
     ap.add_argument("--replicas", type=int, default=64)
+    ap.add_argument("--quick", action="store_true", help="tiny smoke run: 8 replicas, 100:auto and 100:0")
     ap.add_argument("--child", nargs=2)
     args = ap.parse_args()
     if args.child:
         child(int(args.child[0]), args.child[1], args.replicas)
         return
-    print(f"load average at start: {os.getloadavg()}", flush=True)
+    if args.quick:
+        args.configs, args.replicas = ["100:auto", "100:0"], 8
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from _common import footer, header
+
+    header("bench/sensitivity_memory.py")
+    t_all = time.perf_counter()
     rows = []
     for cfg in args.configs:
         steps, ck = cfg.split(":")
@@ -89,13 +99,13 @@ def main():
         row = json.loads(out.stdout.strip().splitlines()[-1])
         rows.append(row)
         print(json.dumps(row), flush=True)
-    print(f"load average at end: {os.getloadavg()}")
     print("\n| steps | checkpoint_every | replicas | compile s | run s | base MB | peak MB | grad |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         g = ", ".join(f"{x:.6g}" for x in r["grad"])
         print(f"| {r['steps']} | {r['checkpoint']} | {r['replicas']} | {r['compile_s']:.1f} | "
               f"{r['run_s']:.1f} | {r['base_mb']:.0f} | {r['peak_mb']:.0f} | {g} |")
+    footer(time.perf_counter() - t_all)
 
 
 if __name__ == "__main__":

@@ -10,17 +10,34 @@ t_max (docs/science.md section 5).
   (lanes recycled, sharded over the devices: the CPU split into ``--devices``
   devices, or the GPU).
 - ``ASE``: ``ase.md.langevin.Langevin`` + ``ase.optimize.FIRE`` with an ASE
-  calculator evaluating the same fitted potential (jitted jaxiap
-  ``LinearPotential``, float64), one (sample, seed) replica after another:
-  what a user of the fitted potential would run in ASE.
+  calculator evaluating the same fitted potential: ``energy_fn(basis)``, the
+  function jaxiap's MD differentiates, under ONE ``jax.jit(value_and_grad)``
+  built once and taking the coefficients as an argument, compiled and warmed
+  for each precision before the timing (as jaxiap's program is warmed on 8
+  other replicas), one (sample, seed) replica after another: what a user of
+  the fitted potential would run in ASE.
+
+Precision: each of ``--dtypes`` (default float64 and float32) runs on both
+sides in the same run, and each jaxiap row is compared with the ASE row of the
+same precision. jaxiap float32: MD state, coefficients and energies in
+float32 (``FRTSettings(dtype="float32")``). ASE float32: the calculator is
+called with float32 positions and coefficients; ASE's integrator and FIRE
+are numpy float64 and cannot be switched. On both sides the fitted basis
+promotes part of the energy evaluation to float64 (its constants are float64
+when jaxiap enables x64), so "float32" is float32 state with a mixed-precision
+potential, the same on both sides.
 
 Reported: MD atom-steps per second (13 atoms x Langevin steps; quench work
 excluded from the count but included in the wall time), finished
-trajectories per second, simulated tau per second, and ratios to ASE. On a
-GPU the script also prints the bandwidth-bound limit of the MD step it
-estimates for that GPU (see :func:`bandwidth_bound`).
+trajectories per second, simulated tau per second, and ratios to ASE at the
+same precision (ASE: totals over its replicas, and the median and min-max of
+the per-replica atom-steps/s). jaxiap makes one pass per precision (its
+replicas are the repeats). On a GPU the script also prints the
+bandwidth-bound limit of the MD step it estimates for that GPU (see
+:func:`bandwidth_bound`).
 
-Usage: ``python bench/uq_sweep.py [--samples 16] [--seeds 64] [--t-max 20] [--ase-runs 4] [--devices 2]``
+Usage: ``python bench/uq_sweep.py [--samples 16] [--seeds 64] [--t-max 20] [--ase-runs 6]
+[--devices 2] [--dtypes float64 float32] [--quick]``
 """
 
 from __future__ import annotations
@@ -29,6 +46,11 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's jaxiap
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import footer, header, load, spread  # noqa: E402
 
 KT, GAMMA, DT, N_Q, R_B = 0.30, 1.0, 0.005, 100, 1.35
 N_ATOMS = 13
@@ -55,10 +77,16 @@ def parse(argv=None):
     p.add_argument("--samples", type=int, default=16, help="posterior samples M")
     p.add_argument("--seeds", type=int, default=64, help="thermostat seeds R per sample")
     p.add_argument("--t-max", type=float, default=20.0, help="follow-up time per trajectory (tau)")
-    p.add_argument("--ase-runs", type=int, default=4, help="ASE (sample, seed) replicas")
+    p.add_argument("--ase-runs", type=int, default=6, help="ASE (sample, seed) replicas per precision")
     p.add_argument("--devices", type=int, default=os.cpu_count() or 1, help="CPU devices for jaxiap")
-    p.add_argument("--float32", action="store_true", help="jaxiap MD in float32")
-    return p.parse_args(argv)
+    p.add_argument("--dtypes", nargs="+", default=["float64", "float32"], choices=["float64", "float32"],
+                   help="precisions, each run on both sides")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny smoke run: 2 samples x 8 seeds, t_max 2 tau, 2 ASE runs per precision")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.samples, args.seeds, args.t_max, args.ase_runs = 2, 8, 2.0, 2
+    return args
 
 
 def fitted_posterior():
@@ -76,40 +104,41 @@ def fitted_posterior():
     return basis, post, jax.random.key(7)
 
 
-def bench_jaxiap(args, basis, post, key):
+def bench_jaxiap(args, basis, post, key, dtype):
+    import jax
     import numpy as np
 
-    from jaxiap.md.ensemble import FRTSettings, run_frt_ensemble
+    from jaxiap.md.ensemble import FRTSettings, auto_chunk_size, run_frt_ensemble
     from jaxiap.potentials.linear import energy_fn
     from jaxiap.systems.lj import lj13_minimum
 
-    settings = FRTSettings(kT=KT, gamma=GAMMA, dt=DT, n_q=N_Q, t_max=args.t_max, r_b=R_B,
-                           dtype="float32" if args.float32 else "float64")
+    settings = FRTSettings(kT=KT, gamma=GAMMA, dt=DT, n_q=N_Q, t_max=args.t_max, r_b=R_B, dtype=dtype)
     coef = np.asarray(post.sample(key, args.samples))
     fn = energy_fn(basis)
     start = lj13_minimum()
-    from jaxiap.md.ensemble import auto_chunk_size
-
-    chunk, lanes = auto_chunk_size(coef.shape[0] * args.seeds, N_ATOMS, n_coef=coef.shape[1])
+    chunk, lanes = auto_chunk_size(coef.shape[0] * args.seeds, N_ATOMS, n_coef=coef.shape[1],
+                                   itemsize=np.dtype(dtype).itemsize)
     common = dict(chunk_size=chunk, lanes_per_device=lanes, progress=False)
+    before = load()
     t0 = time.perf_counter()
-    run_frt_ensemble(fn, coef[:1], np.arange(8), start, settings, **common)
-    first = time.perf_counter() - t0  # compile (same chunk program) + 8 replicas
-    t0 = time.perf_counter()
+    run_frt_ensemble(fn, coef[:1], np.arange(10_000, 10_008), start, settings, **common)
+    first = time.perf_counter() - t0  # compile (same chunk program) + 8 replicas (other seeds)
+    t0, c0 = time.perf_counter(), time.process_time()
     res = run_frt_ensemble(fn, coef, np.arange(args.seeds), start, settings, base_seed=1, **common)
     wall = time.perf_counter() - t0
+    cpu = (time.process_time() - c0) / wall
     steps = float(np.sum(res.n_checks)) * settings.n_q
-    import jax
-
     dev = jax.devices()[0]
-    return dict(engine=f"jaxiap ({len(jax.devices())} {dev.platform} devices, {settings.dtype})",
-                n=res.code.size, wall=wall, compile=first, atom_steps=steps * N_ATOMS,
+    print(f"  jaxiap {dtype}: {res.code.size} replicas in {wall:.1f} s; load {before} -> {load()}", flush=True)
+    return dict(engine=f"jaxiap ({len(jax.devices())} {dev.platform} devices, {dtype})", dtype=dtype,
+                n=res.code.size, wall=wall, compile=first, atom_steps=steps * N_ATOMS, cpu=cpu,
                 simulated=float(np.sum(res.time)), events=int(np.sum(res.code == 1)),
-                device=getattr(dev, "device_kind", dev.platform), coef=coef)
+                device=getattr(dev, "device_kind", dev.platform), coef=coef, per_run=None)
 
 
-def bench_ase(args, basis, coef):
+def bench_ase(args, basis, coef, dtype):
     import jax
+    import jax.numpy as jnp
     import numpy as np
     from ase import Atoms, units
     from ase.calculators.calculator import Calculator, all_changes
@@ -117,21 +146,26 @@ def bench_ase(args, basis, coef):
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
     from ase.optimize import FIRE
 
-    from jaxiap.potentials.linear import LinearPotential
+    from jaxiap.potentials.linear import energy_fn
     from jaxiap.systems.lj import lj13_minimum
+
+    jdt = jnp.dtype(dtype)
+    value_and_grad = jax.jit(jax.value_and_grad(energy_fn(basis), argnums=1))  # one program for every sample
+    t0 = time.perf_counter()
+    jax.block_until_ready(value_and_grad(jnp.asarray(coef[0], jdt), jnp.asarray(lj13_minimum(), jdt)))
+    warm = time.perf_counter() - t0  # compile + first call, outside the timing (like jaxiap's warm-up)
 
     class Fitted(Calculator):
         implemented_properties = ["energy", "forces"]
 
         def __init__(self, c):
             super().__init__()
-            pot = LinearPotential(basis, jax.numpy.asarray(c))
-            self._ef = jax.jit(lambda x: pot.energy_and_forces(x))
+            self._c = jnp.asarray(c, jdt)
 
         def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
             super().calculate(atoms, properties, system_changes)
-            e, f = self._ef(jax.numpy.asarray(self.atoms.positions))
-            self.results = {"energy": float(e), "forces": np.asarray(f)}
+            e, g = value_and_grad(self._c, jnp.asarray(self.atoms.positions, jdt))
+            self.results = {"energy": float(e), "forces": -np.asarray(g, np.float64)}
 
     def graph(a):
         d = a.get_all_distances()
@@ -144,8 +178,11 @@ def bench_ase(args, basis, coef):
         return q
 
     steps = simulated = events = 0
-    t0 = time.perf_counter()
+    per_run = []
+    before = load()
+    t0, c0 = time.perf_counter(), time.process_time()
     for run in range(args.ase_runs):
+        t_run, steps_run = time.perf_counter(), 0
         calc = Fitted(coef[run % len(coef)])
         atoms = Atoms("Ar13", positions=lj13_minimum(), masses=np.ones(N_ATOMS))
         atoms.calc = calc
@@ -157,41 +194,57 @@ def bench_ase(args, basis, coef):
         n_checks = int(np.ceil(args.t_max / (N_Q * DT) - 1e-9))
         for check in range(1, n_checks + 1):
             dyn.run(N_Q)
-            steps += N_Q
+            steps_run += N_Q
             if (graph(quenched(atoms, calc)) != g0).any():
                 events += 1
                 break
         simulated += check * N_Q * DT
+        steps += steps_run
+        per_run.append(steps_run * N_ATOMS / (time.perf_counter() - t_run))
     wall = time.perf_counter() - t0
-    return dict(engine="ASE (Langevin + FIRE, jitted jaxiap calculator, 1 core)", n=args.ase_runs, wall=wall,
-                compile=0.0, atom_steps=steps * N_ATOMS, simulated=simulated, events=events, device="cpu")
+    cpu = (time.process_time() - c0) / wall
+    print(f"  ASE {dtype} calculator: {args.ase_runs} replicas in {wall:.1f} s; load {before} -> {load()}",
+          flush=True)
+    return dict(engine=f"ASE (Langevin + FIRE, jitted jaxiap calculator in {dtype}, 1 core)", dtype=dtype,
+                n=args.ase_runs, wall=wall, compile=warm, atom_steps=steps * N_ATOMS, simulated=simulated,
+                events=events, device="cpu", cpu=cpu, per_run=per_run)
 
 
 def main(argv=None):
     args = parse(argv)
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                f" --xla_force_host_platform_device_count={args.devices}").strip()
+    header("bench/uq_sweep.py")
+    t_all = time.perf_counter()
     basis, post, key = fitted_posterior()
-    jx = bench_jaxiap(args, basis, post, key)
-    rows = [jx, bench_ase(args, basis, jx["coef"])]
-    base = rows[1]
+    rows = []
+    for dtype in args.dtypes:
+        jx = bench_jaxiap(args, basis, post, key, dtype)
+        rows += [jx, bench_ase(args, basis, jx["coef"], dtype)]
     print(f"\nLJ13 posterior x seed FRT sweep: {args.samples} NIG samples x {args.seeds} seeds, kT={KT}, "
-          f"dt={DT}, quench every {N_Q} steps, t_max={args.t_max} tau\n")
-    print("| engine | replicas | wall s | atom-steps/s | trajectories/s | simulated tau/s | compile s | events "
-          "| vs ASE (atom-steps/s) | vs ASE (traj/s) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          f"dt={DT}, quench every {N_Q} steps, t_max={args.t_max} tau; ratios against ASE at the same precision\n")
+    print("| engine | replicas | wall s | atom-steps/s | trajectories/s | simulated tau/s | cpu/wall | warm-up s "
+          "| events | vs ASE (atom-steps/s) | vs ASE (traj/s) |")
+    print("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
+        base = next(b for b in rows if b["dtype"] == r["dtype"] and b["per_run"] is not None)
         a, t = r["atom_steps"] / r["wall"], r["n"] / r["wall"]
-        print(f"| {r['engine']} | {r['n']} | {r['wall']:.1f} | {a:.3g} | {t:.3g} | {r['simulated'] / r['wall']:.3g} | "
-              f"{r['compile']:.1f} | {r['events']} | {a / (base['atom_steps'] / base['wall']):.3g}x | "
-              f"{t / (base['n'] / base['wall']):.3g}x |")
-    kind = str(jx["device"])
-    bw = next((v for k, v in GPU_BANDWIDTH.items() if k in kind), None)
-    if bw is not None:
-        bound = bandwidth_bound(bw, 4 if args.float32 else 8)
-        rate = jx["atom_steps"] / jx["wall"]
-        print(f"\n{kind}: bandwidth-bound estimate {bound:.3g} atom-steps/s ({bw / 1e12:.2f} TB/s, "
-              f"21 x {4 if args.float32 else 8} bytes per atom-step); measured {rate:.3g} = {rate / bound:.3g} of it")
+        rate = f"{a:.3g}" + (f" (per replica {spread(r['per_run'])})" if r["per_run"] is not None else "")
+        print(f"| {r['engine']} | {r['n']} | {r['wall']:.1f} | {rate} | {t:.3g} | {r['simulated'] / r['wall']:.3g} | "
+              f"{r['cpu']:.2f} | {r['compile']:.1f} | {r['events']} | "
+              f"{a / (base['atom_steps'] / base['wall']):.3g}x | {t / (base['n'] / base['wall']):.3g}x |")
+    for r in rows:
+        if r["per_run"] is not None:
+            continue
+        kind = str(r["device"])
+        bw = next((v for k, v in GPU_BANDWIDTH.items() if k in kind), None)
+        if bw is not None:
+            size = 4 if r["dtype"] == "float32" else 8
+            bound = bandwidth_bound(bw, size)
+            rate = r["atom_steps"] / r["wall"]
+            print(f"\n{kind} {r['dtype']}: bandwidth-bound estimate {bound:.3g} atom-steps/s ({bw / 1e12:.2f} TB/s, "
+                  f"21 x {size} bytes per atom-step); measured {rate:.3g} = {rate / bound:.3g} of it")
+    footer(time.perf_counter() - t_all)
     return 0
 
 

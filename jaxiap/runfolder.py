@@ -343,7 +343,7 @@ def _describe_removal(folder: Path) -> str:
 
 
 def open_run_folder(path, identity: dict, *, kind: str, overwrite: bool = False, meta_name: str = "config.json",
-                    extra: dict | None = None, progress: bool = True, option: str = "--out") -> Path:
+                    extra: dict | None = None, option: str = "--out") -> Path:
     """Create the run folder ``path`` or resume it when its metadata matches ``identity``.
 
     identity: the settings that decide the folder's results (JSON-able);
@@ -352,7 +352,7 @@ def open_run_folder(path, identity: dict, *, kind: str, overwrite: bool = False,
     kind: what the folder holds ("lj13", "lj13-al", "frt-ensemble", ...).
     overwrite: when the folder holds other results (or an unreadable
         metadata file), remove the files jaxiap wrote there (listed in its
-        manifests; anything else is kept and reported) and start afresh.
+        manifests; anything else is kept and reported) and start afresh; what is removed and kept is printed to stderr.
     meta_name: the metadata file (written with :func:`stamp` and ``extra``).
     option: how the caller names the folder in messages ("--out", "run_dir").
 
@@ -410,9 +410,8 @@ def open_run_folder(path, identity: dict, *, kind: str, overwrite: bool = False,
                                        f"jaxiap wrote in {out} and start afresh, or choose a new {option}")
             what = _describe_removal(out)
             removed, kept = remove_written(out)
-            if progress:
-                print(f"[jaxiap] --overwrite: {problem}; removed {what}"
-                      + (f"; kept {len(kept)} other files" if kept else ""), file=sys.stderr, flush=True)
+            print(f"[jaxiap] overwrite: {problem}; removed {what}"  # always said, also without progress
+                  + (f"; kept {len(kept)} other files" if kept else ""), file=sys.stderr, flush=True)
     ensure_dir(out)
     write_json(meta_path, {**want, **jsonable(extra or {})})
     return out

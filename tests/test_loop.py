@@ -178,3 +178,148 @@ def test_changed_settings_give_clear_error(setup, tmp_path):
                       run_dir=tmp_path / "r", progress=False, force_weight=0.0)
     with pytest.raises(JaxiapInputError, match="unknown"):
         _run(setup, "nope", 1)
+
+
+# ----------------------------------------------------------------------------- each name reaches its criterion
+
+K_PICK = 3
+LENGTHSCALE_FACTOR = 1.0
+LABELLED = (0, 5, 13)
+PRIOR_PRECISION, NOISE_VAR = 1.0, 1.0  # those of _fit_ctx (a well-conditioned design problem)
+
+
+def _fit_ctx(design):
+    from jaxiap.inference.linear import fit_blr
+
+    return fit_blr(design, prior_precision=PRIOR_PRECISION, noise_var=NOISE_VAR)
+
+
+@pytest.fixture(scope="module")
+def strategy_context(setup):
+    """One loop context (energy-only rows, three labelled) and the picks of every STRATEGIES entry."""
+    from jaxiap.active.design import candidate_rows
+    from jaxiap.active.loop import STRATEGIES, LoopContext, default_lengthscale, mean_energy_gradient_from_samples, \
+        pool_features
+    from jaxiap.inference.linear import reweight
+    from jaxiap.potentials.linear import design_matrix
+
+    ds, basis = setup
+    labelled = np.zeros(len(ds), bool)
+    labelled[list(LABELLED)] = True
+    design = reweight(design_matrix(basis, ds[np.flatnonzero(labelled)]), 1.0, 0.0)
+    post = _fit_ctx(design)
+    rows = candidate_rows(basis, ds.structures, 1.0, 0.0)
+    feats = np.asarray(jax.vmap(basis)(ds.structures.positions))  # (C, K) B(x_i): the energy rows
+    c = mean_energy_gradient_from_samples(feats, np.asarray(post.mean), 0.3)
+    phi = pool_features(basis, ds.structures)
+    ctx = LoopContext(rows, phi, post, labelled, basis, ds.structures, design, _fit_ctx, c,
+                      LENGTHSCALE_FACTOR * default_lengthscale(phi), "energy", 4)
+    key = jax.random.key(3)
+    picks = {name: tuple(np.asarray(select(key, ctx, K_PICK)).tolist()) for name, select in STRATEGIES.items()}
+    return ctx, feats, key, picks
+
+
+def _greedy_reference(value, M0, U, free, k):
+    """Greedy design by brute force: each step tries every free candidate's M + U_i^T U_i."""
+    M, chosen = M0.copy(), []
+    for _ in range(k):
+        best = max((i for i in free if i not in chosen), key=lambda i: value(M + U[i].T @ U[i]))
+        chosen.append(best)
+        M = M + U[best].T @ U[best]
+    return tuple(chosen)
+
+
+def _greedy_map_reference(L, k):
+    """Greedy DPP MAP by brute force: each step adds the item with the largest det(L_S)."""
+    chosen = []
+    for _ in range(k):
+        dets = [np.linalg.det(L[np.ix_(chosen + [i], chosen + [i])]) if i not in chosen else -np.inf
+                for i in range(len(L))]
+        chosen.append(int(np.argmax(dets)))
+    return tuple(chosen)
+
+
+def _references(ctx, feats, key):
+    """What each strategy name promises, computed here from its definition (numpy, brute force)."""
+    from jaxiap.active.dpp import sample_kdpp
+    from jaxiap.active.qbc import diversified_batch
+    from jaxiap.inference.ensembles import fit_committee
+
+    labelled = np.asarray(ctx.labelled)
+    free = np.flatnonzero(~labelled)
+    n_atoms = 13.0
+    # the information matrix from scratch: prior precision + energy rows of the labelled set / noise variance
+    M0 = PRIOR_PRECISION * np.eye(feats.shape[1]) + feats[labelled].T @ feats[labelled] / NOISE_VAR
+    # the fit's covariance is its inverse (to the round-off of a condition number ~1e8)
+    np.testing.assert_allclose(M0 @ np.asarray(ctx.posterior.cov), np.eye(len(M0)), atol=1e-6)
+    U = feats[:, None, :] / np.sqrt(NOISE_VAR)  # energy-only labels: one informative row per candidate
+    c = np.asarray(ctx.qoi_grad)
+    ref = {
+        "d-optimal": _greedy_reference(lambda M: np.linalg.slogdet(M)[1], M0, U, free, K_PICK),
+        "a-optimal": _greedy_reference(lambda M: -np.trace(np.linalg.inv(M)), M0, U, free, K_PICK),
+        "qoi": _greedy_reference(lambda M: -c @ np.linalg.solve(M, c), M0, U, free, K_PICK),
+        "random": tuple(free[np.asarray(jax.random.choice(key, free.size, (K_PICK,), replace=False))].tolist()),
+    }
+    # push-forward std of the energy per atom, sqrt(b^T Sigma b) / N, and the DPP quality built from it
+    std = np.sqrt(np.einsum("ck,kl,cl->c", feats, np.linalg.inv(M0), feats)) / n_atoms
+    q = np.where(labelled, 0.0, std) / std[free].max()
+    phi = np.asarray(ctx.phi)
+    d2 = ((phi[:, None] - phi[None]) ** 2).sum(-1)
+    L = q[:, None] * np.exp(-d2 / (2 * ctx.lengthscale**2)) * q[None]
+    ref["dpp-greedy"] = _greedy_map_reference(L, K_PICK)
+    ref["dpp-sample"] = tuple(np.flatnonzero(np.asarray(sample_kdpp(key, L, K_PICK))).tolist())
+    # uncertainty: the largest std first, then diversified; qbc: the same with the committee's std
+    diversify = lambda s: tuple(np.asarray(diversified_batch(s, phi, K_PICK, lengthscale=ctx.lengthscale,
+                                                             exclude=labelled)).tolist())
+    ref["uncertainty"] = diversify(std)
+    assert ref["uncertainty"][0] == free[np.argmax(std[free])]
+    committee = fit_committee(ctx.design, ctx.committee_size, key, fraction=0.8, replace=False, solver=ctx.fit)
+    energies = np.asarray(committee.sample(key, ctx.committee_size, resample=False)) @ feats.T  # (members, C)
+    spread = energies.std(axis=0, ddof=1) / n_atoms
+    ref["qbc"] = diversify(spread)
+    assert ref["qbc"][0] == free[np.argmax(spread[free])]
+    return ref
+
+
+def test_each_strategy_name_reaches_its_own_criterion(strategy_context):
+    """STRATEGIES[name] picks what name's criterion picks, and no two criteria agree on this pool,
+    so swapping any two entries of the map fails here."""
+    ctx, feats, key, picks = strategy_context
+    ref = _references(ctx, feats, key)
+    assert set(ref) == set(picks)
+    print({name: (picks[name], tuple(int(i) for i in ref[name])) for name in ref})
+    for name in picks:
+        assert _accepts(name, ref[name], picks[name]), (name, picks[name], ref[name])
+    # no criterion accepts another name's picks on this pool, so every swap of two map entries fails
+    for a in ref:
+        for b in picks:
+            assert a == b or not _accepts(a, ref[a], picks[b]), (a, b)
+
+
+def _accepts(name, reference, got):
+    """A DPP sample and a random draw are sets; the greedy rules give ordered sequences."""
+    if name in ("random", "dpp-sample"):
+        return sorted(int(i) for i in got) == sorted(int(i) for i in reference)
+    return tuple(int(i) for i in got) == tuple(int(i) for i in reference)
+
+
+def test_loop_dispatches_each_name_through_the_map(setup, monkeypatch):
+    """run_pool_loop(name) calls STRATEGIES[name] (spied) and labels exactly what it returned."""
+    from jaxiap.active import loop
+
+    calls = []
+
+    def spy(name, inner):
+        def select(key, ctx, k):
+            out = np.asarray(inner(key, ctx, k))
+            calls.append((name, tuple(out.tolist())))
+            return out
+        return select
+
+    for name, select in list(loop.STRATEGIES.items()):
+        monkeypatch.setitem(loop.STRATEGIES, name, spy(name, select))
+    for name in ("random", "d-optimal", "a-optimal", "uncertainty"):
+        calls.clear()
+        res, oracle = _run(setup, name, 1)
+        assert [c[0] for c in calls] == [name]
+        assert tuple(res.records[1]["selected"]) == calls[0][1] == tuple(oracle.calls[1])

@@ -55,7 +55,7 @@ def test_atomic_write_leaves_old_or_new(tmp_path, monkeypatch):
 
 def _make_run(tmp_path, identity=None):
     out = tmp_path / "run"
-    runfolder.open_run_folder(out, identity or {"seed": 0}, kind="test", progress=False)
+    runfolder.open_run_folder(out, identity or {"seed": 0}, kind="test")
     runfolder.write_json(out / "summary.json", {"x": 1})
     runfolder.ensure_dir(out / "sub" / "deeper")
     runfolder.savez(out / "sub" / "deeper" / "a.npz", a=np.ones(2))
@@ -67,7 +67,7 @@ def test_overwrite_removes_only_what_jaxiap_wrote(tmp_path, capsys):
     (out / "notes.txt").write_text("mine")
     (out / "sub" / "deeper" / "mine.dat").write_text("mine too")
     with pytest.raises(JaxiapInputError, match=r"differs in: seed.*--overwrite"):
-        runfolder.open_run_folder(out, {"seed": 1}, kind="test", progress=False)
+        runfolder.open_run_folder(out, {"seed": 1}, kind="test")
     runfolder.open_run_folder(out, {"seed": 1}, kind="test", overwrite=True)
     err = capsys.readouterr().err
     assert "removed 3 files jaxiap wrote: config.json, sub/ (1 files), summary.json" in err
@@ -92,7 +92,7 @@ def test_refuses_a_folder_that_is_not_a_run_folder(tmp_path, overwrite):
     d.mkdir()
     (d / "thesis.tex").write_text("x")
     with pytest.raises(JaxiapInputError, match="is not a jaxiap run folder"):
-        runfolder.open_run_folder(d, {"seed": 0}, kind="test", overwrite=overwrite, progress=False)
+        runfolder.open_run_folder(d, {"seed": 0}, kind="test", overwrite=overwrite)
     assert os.listdir(d) == ["thesis.tex"]
 
 
@@ -111,7 +111,7 @@ def test_version_and_format_are_recorded_and_checked(tmp_path):
     meta["jaxiap_format"] = runfolder.FORMAT + 1
     runfolder.write_json(out / "config.json", meta)
     with pytest.raises(JaxiapInputError, match=r"config.json is from run-folder format 2.*--overwrite.*new --out"):
-        runfolder.open_run_folder(out, {"seed": 0}, kind="test", progress=False)
+        runfolder.open_run_folder(out, {"seed": 0}, kind="test")
 
 
 def test_a_key_missing_on_disk_is_a_difference(tmp_path):
@@ -120,7 +120,7 @@ def test_a_key_missing_on_disk_is_a_difference(tmp_path):
     del meta["new_option"]
     runfolder.write_json(out / "config.json", meta)
     with pytest.raises(JaxiapInputError, match=r"new_option \(missing in the folder\)"):
-        runfolder.open_run_folder(out, {"seed": 0, "new_option": None}, kind="test", progress=False)
+        runfolder.open_run_folder(out, {"seed": 0, "new_option": None}, kind="test")
 
 
 def test_older_format_without_manifest(tmp_path):
@@ -128,7 +128,7 @@ def test_older_format_without_manifest(tmp_path):
     d.mkdir()
     (d / "config.json").write_text(json.dumps({"seed": 0}))
     with pytest.raises(JaxiapInputError, match="older jaxiap .run-folder format 0"):
-        runfolder.open_run_folder(d, {"seed": 0}, kind="test", overwrite=True, progress=False)
+        runfolder.open_run_folder(d, {"seed": 0}, kind="test", overwrite=True)
     assert (d / "config.json").exists()
 
 
@@ -139,11 +139,11 @@ def test_corrupt_metadata_is_one_line_error(tmp_path, damage):
     text = p.read_text()
     p.write_text({"truncate": text[: len(text) // 2], "garbage": "\x00\x01zz", "empty": ""}[damage])
     with pytest.raises(JaxiapInputError) as exc:
-        runfolder.open_run_folder(out, {"seed": 0}, kind="test", progress=False)
+        runfolder.open_run_folder(out, {"seed": 0}, kind="test")
     msg = str(exc.value)
     assert "\n" not in msg and str(p) in msg and "corrupt" in msg
     # --overwrite recovers: the damaged folder's files are removed and the run starts afresh
-    runfolder.open_run_folder(out, {"seed": 0}, kind="test", overwrite=True, progress=False)
+    runfolder.open_run_folder(out, {"seed": 0}, kind="test", overwrite=True)
     assert runfolder.read_json(p)["seed"] == 0 and not (out / "summary.json").exists()
 
 

@@ -309,8 +309,8 @@ def _digest(*arrays) -> str:
     return h.hexdigest()[:16]
 
 
-def _open_loop_folder(run_dir: Path, fingerprint: dict, progress: bool) -> None:
-    runfolder.open_run_folder(run_dir, fingerprint, kind="pool-loop", meta_name="loop.json", progress=progress,
+def _open_loop_folder(run_dir: Path, fingerprint: dict) -> None:
+    runfolder.open_run_folder(run_dir, fingerprint, kind="pool-loop", meta_name="loop.json",
                               option="run_dir")
 
 
@@ -438,7 +438,7 @@ def run_pool_loop(
             "energy_weight": energy_weight, "force_weight": force_weight, "fit": _name(fit),
             "committee_size": committee_size, "settings": settings or {},
         }
-        _open_loop_folder(run_dir, fingerprint, progress)
+        _open_loop_folder(run_dir, fingerprint)
         log_path, state_path = run_dir / "log.jsonl", run_dir / "state.npz"
 
     def refit(order, dataset):

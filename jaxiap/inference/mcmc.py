@@ -199,7 +199,7 @@ def run_nuts(
 
     key: a jax PRNG key. ``chain_method`` defaults to "parallel" when there
     are at least ``num_chains`` devices and to "vectorized" otherwise (one CPU
-    device; see ENVIRONMENT.md). ``init_params`` are constrained-space values
+    device: numpyro's "parallel" needs one device per chain). ``init_params`` are constrained-space values
     per site (all chains start there, e.g. a MAP estimate); otherwise
     ``init_strategy`` (default numpyro's ``init_to_uniform``) is used.
     ``regularize_mass_matrix`` (numpyro's default) shrinks the adapted mass

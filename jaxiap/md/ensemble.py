@@ -992,7 +992,7 @@ def run_frt_ensemble(
         extra = dict(n_chunks=n_chunks, lanes_per_device=lanes_per_device, n_devices=nd,
                      devices=[str(d) for d in devices])
         runfolder.open_run_folder(run_dir, dict(parts, fingerprint=fingerprint), kind="frt-ensemble",
-                                  overwrite=overwrite, meta_name=_META_NAME, extra=extra, progress=progress,
+                                  overwrite=overwrite, meta_name=_META_NAME, extra=extra,
                                   option="run_dir")
 
     # ---- chunks ---------------------------------------------------------

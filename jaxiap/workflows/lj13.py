@@ -413,7 +413,7 @@ def run_lj13(config: LJ13Config = LJ13Config(), out_dir="runs/lj13", overwrite: 
     from jaxiap.runfolder import open_run_folder, write_json
     from jaxiap.workflows.timing import StageTimer
 
-    out = open_run_folder(out_dir, dataclasses.asdict(config), kind="lj13", overwrite=overwrite, progress=progress)
+    out = open_run_folder(out_dir, dataclasses.asdict(config), kind="lj13", overwrite=overwrite)
     timer = StageTimer(verbose=progress)
     with timer("data"):
         train, test = generate_data(config, out / "data")

@@ -355,8 +355,7 @@ def run_lj13_al(config: LJ13ALConfig = LJ13ALConfig(), out_dir="runs/lj13-al", o
     from jaxiap.systems.oracle import JaxOracle
     from jaxiap.workflows.timing import StageTimer
 
-    out = runfolder.open_run_folder(out_dir, dataclasses.asdict(config), kind="lj13-al", overwrite=overwrite,
-                                    progress=progress)
+    out = runfolder.open_run_folder(out_dir, dataclasses.asdict(config), kind="lj13-al", overwrite=overwrite)
     timer = StageTimer(verbose=progress)
     with timer("data"):
         pool_ds, pool_kT, test, series = generate_data(config, out / "data")

@@ -1,0 +1,246 @@
+"""Early, clear input errors: every bad input in docs/input-errors.md fails at once, naming itself.
+
+CLI rows run ``jaxiap.cli.main`` in-process with the data stages replaced by a
+function that fails the test, so a row passes only if the error comes before
+any work (and before the run folder is made). Function rows call the public
+function. Each row of the table in docs/input-errors.md is one case here (and
+the reverse); the table's message excerpt must appear in the actual message.
+"""
+
+import math
+import re
+import shlex
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import jaxiap.workflows.lj13 as lj13
+import jaxiap.workflows.lj13_al as lj13_al
+from jaxiap.cli import main
+from jaxiap.errors import JaxiapInputError
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "input-errors.md"
+
+#: (command, option the message must name, arguments)
+CLI_CASES = [
+    ("lj13", "--seed", "--seed -1"),
+    ("lj13", "--seed", "--seed 4294967296"),
+    ("lj13", "--kT", "--kT -0.3"),
+    ("lj13", "--kT", "--kT nan"),
+    ("lj13", "--seeds", "--seeds 0"),
+    ("lj13", "--seeds", "--seeds 1"),
+    ("lj13", "--n-q", "--n-q 7"),
+    ("lj13", "--t-max", "--t-max 1e12"),
+    ("lj13", "--train-trajectories", "--train-trajectories 1 --samples-per-trajectory 2"),
+    ("lj13", "--basis-size", "--basis-size 1000 --force-weight 0"),
+    ("lj13", "--basis", "--basis legendre"),
+    ("lj13", "--r-min", "--r-min 4 --r-cut 3"),
+    ("lj13", "--force-weight", "--energy-weight 0 --force-weight 0"),
+    ("lj13", "--attempts", "--attempts bogus"),
+    ("lj13", "--subset-fraction", "--subset-fraction 1.5"),
+    ("lj13", "--basis-size", "--subset-fraction 0.001 --force-weight 0"),
+    ("lj13", "--attempt-seeds", "--attempt-seeds 1"),
+    ("lj13", "--pce-degree", "--posterior-samples 1 --pce-degree 1"),
+    ("lj13", "--pce-degree", "--pce-degree 0"),
+    ("lj13", "--chunk-size", "--chunk-size 100000"),
+    ("lj13", "--chunk-size", "--chunk-size 0"),
+    ("lj13", "--devices", "--devices 0"),
+    ("lj13", "--no-such-option", "--no-such-option"),
+    ("lj13-al", "--seed", "--seed -1"),
+    ("lj13-al", "--initial", "--initial 400"),
+    ("lj13-al", "--iterations", "--batch-size 20 --iterations 20"),
+    ("lj13-al", "--strategies", '--strategies ""'),
+    ("lj13-al", "--strategies", "--strategies random,bogus"),
+    ("lj13-al", "--strategies", "--strategies random,random"),
+    ("lj13-al", "--threshold-factor", "--threshold-factor 0"),
+    ("lj13-al", "--seeds", "--seeds 0"),
+    ("lj13-al", "--t-max", "--t-max 1e12"),
+    ("lj13-al", "--labels", "--labels forces"),
+]
+
+
+def _features(T=40, K=3, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(T, K)), rng.normal(size=T)
+
+
+def _call(name):
+    """Function rows: ``"fn(argument)"`` -> a callable taking the bad value."""
+    from jaxiap.active.loop import mean_energy_gradient_from_samples
+    from jaxiap.md import sensitivity as sens
+    from jaxiap.md.ensemble import FRTSettings
+    from jaxiap.systems.lj import lj13_dataset
+    from jaxiap.uq.frt import variance_split
+
+    B, A = _features()
+    c = np.ones(B.shape[1])
+    times, codes = np.full((2, 4), 3.0), np.zeros((2, 4), np.int32)
+    return {
+        "fluctuation_gradient(kT)": lambda v: sens.fluctuation_gradient(A, B, v),
+        "mean_energy_gradient(kT)": lambda v: sens.mean_energy_gradient(B, c, v),
+        "mean_energy_gradient(coefficients)": lambda v: sens.mean_energy_gradient(B, np.ones(v), 0.3),
+        "fluctuation_gradient_estimate(kT)": lambda v: sens.fluctuation_gradient_estimate(A, B, v, n_blocks=4),
+        "mean_energy_gradient_estimate(kT)": lambda v: sens.mean_energy_gradient_estimate(B, c, v, n_blocks=4),
+        "mean_energy_gradient_from_samples(kT)": lambda v: mean_energy_gradient_from_samples(B, c, v),
+        "lj13_dataset(kT)": lambda v: lj13_dataset(kT=v),
+        "lj13_dataset(n_samples)": lambda v: lj13_dataset(n_samples=v),
+        "lj13_dataset(n_trajectories)": lambda v: lj13_dataset(n_trajectories=v),
+        "lj13_dataset(sample_every)": lambda v: lj13_dataset(sample_every=v),
+        "variance_split(t_censor)": lambda v: variance_split(times, codes, v),
+        "SamplePosterior.sample(n)": _sample_without_resampling,
+        "load_posterior(kind)": _load_unknown_kind,
+        "FRTSettings(n_q)": lambda v: FRTSettings(n_q=v),
+        "FRTSettings(t_max)": lambda v: FRTSettings(t_max=v),
+    }[name]
+
+
+def _sample_without_resampling(n):
+    import jax
+    import jax.numpy as jnp
+
+    from jaxiap.inference.posterior import SamplePosterior
+
+    return SamplePosterior(jnp.ones((2, 3)), 0.0).sample(jax.random.key(0), n, resample=False)
+
+
+def _load_unknown_kind(kind, _dir=[]):
+    import tempfile
+
+    from jaxiap.inference.posterior import load_posterior
+
+    if not _dir:
+        _dir.append(tempfile.mkdtemp())
+    path = Path(_dir[0]) / "weird.npz"
+    np.savez(path, kind=kind, family="unknown", mean=np.zeros(3))
+    return load_posterior(path)
+
+
+#: (function(argument), bad value as written in the table)
+FUNCTION_CASES = [
+    ("fluctuation_gradient(kT)", "0.0"),
+    ("fluctuation_gradient(kT)", "-0.3"),
+    ("fluctuation_gradient(kT)", "nan"),
+    ("mean_energy_gradient(kT)", "0.0"),
+    ("mean_energy_gradient(coefficients)", "4"),
+    ("fluctuation_gradient_estimate(kT)", "-1.0"),
+    ("mean_energy_gradient_estimate(kT)", "inf"),
+    ("mean_energy_gradient_from_samples(kT)", "0.0"),
+    ("lj13_dataset(kT)", "-0.3"),
+    ("lj13_dataset(kT)", "0.0"),
+    ("lj13_dataset(n_samples)", "0"),
+    ("lj13_dataset(n_trajectories)", "0"),
+    ("lj13_dataset(sample_every)", "0"),
+    ("variance_split(t_censor)", "0.0"),
+    ("variance_split(t_censor)", "-5.0"),
+    ("SamplePosterior.sample(n)", "3"),
+    ("load_posterior(kind)", "'weird'"),
+    ("FRTSettings(n_q)", "7"),
+    ("FRTSettings(t_max)", "1e12"),
+]
+
+
+def _value(text):
+    """A table value: int, float (nan / inf included) or a quoted string."""
+    if text[:1] in "'\"":
+        return text[1:-1]
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
+def _doc_rows():
+    """{(kind, key...): message excerpt} from the table of docs/input-errors.md."""
+    rows = {}
+    for line in DOC.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.startswith("|") else []
+        if len(cells) != 4 or not cells[0].startswith("`"):
+            continue
+        inp, value, message = (c.strip("`") for c in cells[:3])
+        m = re.fullmatch(r"jaxiap (lj13(?:-al)?) (\S+)", inp)
+        key = ("cli", m.group(1), m.group(2), value) if m else ("function", inp, value)
+        assert key not in rows, f"duplicate row {key}"
+        rows[key] = message
+    return rows
+
+
+DOC_ROWS = _doc_rows()
+
+
+def test_table_and_cases_agree():
+    cases = {("cli", *c) for c in CLI_CASES} | {("function", *c) for c in FUNCTION_CASES}
+    assert len(cases) == len(CLI_CASES) + len(FUNCTION_CASES)
+    assert set(DOC_ROWS) - cases == set(), "rows of docs/input-errors.md without a test case"
+    assert cases - set(DOC_ROWS) == set(), "test cases without a row in docs/input-errors.md"
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Any data generation fails the test; XLA_FLAGS (set by the CLI) is restored afterwards."""
+    import os
+
+    monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
+
+    def work_started(*args, **kwargs):
+        raise AssertionError("the study started work before rejecting its input")
+
+    monkeypatch.setattr(lj13, "generate_data", work_started)
+    monkeypatch.setattr(lj13_al, "generate_data", work_started)
+
+
+@pytest.mark.parametrize("command,option,args", CLI_CASES, ids=[f"{c} {a}" for c, _, a in CLI_CASES])
+def test_bad_cli_input_fails_at_once(command, option, args, tmp_path, capsys, no_work):
+    out = tmp_path / "run"
+    t0 = time.perf_counter()
+    try:
+        rc = main([command, *shlex.split(args), "--out", str(out), "--no-progress"])
+    except SystemExit as exc:  # argparse
+        rc = exc.code
+    elapsed = time.perf_counter() - t0
+    err = capsys.readouterr().err.strip()
+    assert rc == 2, err
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith(f"jaxiap {command}: error: "), err
+    assert option in err, err
+    assert DOC_ROWS[("cli", command, option, args)] in err, err
+    assert not out.exists()
+    assert elapsed < 5.0  # checks only: no JAX compilation or MD
+
+
+@pytest.mark.parametrize("name,value", FUNCTION_CASES, ids=[f"{n}={v}" for n, v in FUNCTION_CASES])
+def test_bad_function_input_names_the_argument(name, value):
+    argument = re.fullmatch(r"[\w.]+\((\w+)\)", name).group(1)
+    with pytest.raises(JaxiapInputError, match=re.escape(argument)) as exc:
+        _call(name)(_value(value))
+    assert DOC_ROWS[("function", name, value)] in str(exc.value)
+
+
+def test_input_error_is_a_value_error():
+    assert issubclass(JaxiapInputError, ValueError)
+
+
+def test_cli_flag_tables_match_the_parser():
+    """The option each config error names is the option the CLI sets that field with."""
+    from jaxiap.cli import _LJ13_AL_FIELDS, _LJ13_FIELDS
+
+    for fields, flags in ((_LJ13_FIELDS, lj13.CLI_FLAGS), (_LJ13_AL_FIELDS, lj13_al.CLI_FLAGS)):
+        for dest, field in fields.items():
+            assert flags[field] == "--" + dest.replace("_", "-"), (dest, field)
+
+
+def test_defaults_pass_and_keep_their_settings():
+    """Only checks were added: the default configs and their FRT settings are as before."""
+    from jaxiap.md.ensemble import FRTSettings
+
+    for preset in lj13.PRESET_CHOICES:
+        c = lj13.LJ13Config.from_preset(preset)
+        assert c.frt_settings() == FRTSettings(kT=c.kT, gamma=c.gamma, dt=c.dt, n_q=c.n_q, t_max=c.t_max,
+                                               r_b=c.r_b, criterion=c.criterion, dtype=c.dtype)
+        assert "_frt_settings" not in __import__("dataclasses").asdict(c)
+    for preset in lj13_al.PRESET_CHOICES:
+        c = lj13_al.LJ13ALConfig.from_preset(preset)
+        assert c.frt_settings() == FRTSettings(kT=c.kT, gamma=c.gamma, dt=c.dt, n_q=c.n_q, t_max=c.t_max,
+                                               r_b=c.r_b, dtype=c.dtype)
+    assert math.isclose(lj13.DEFAULTS.frt_settings().t_censor, 100.0)
