@@ -5,7 +5,11 @@ A ``Structures`` batch holds S structures of at most N atoms each:
 - ``positions`` (S, N, 3) float, length units of the data (reduced or Å);
 - ``species``   (S, N) int, index into ``species_names`` (0 for padding);
 - ``mask``      (S, N) bool, True for real atoms;
-- ``box``       (S, 3) float orthorhombic box lengths, or None for free clusters.
+- ``box``       (S, 3) float orthorhombic box lengths, (S, 3, 3) general
+  (triclinic) cells whose rows are the lattice vectors (ASE's
+  ``atoms.cell``), or None for free clusters. Positions are Cartesian; the
+  minimum-image convention applies, so a cell must be wider than twice the
+  cutoff of the potential (see :mod:`jaxiap.geometry`).
 
 Padding keeps one compiled program for the whole batch: a batch never
 recompiles per structure.
@@ -45,9 +49,10 @@ class Structures(eqx.Module):
             raise JaxiapInputError(
                 f"mask must have shape (S, N) = {(s, n)}, got {tuple(self.mask.shape)}"
             )
-        if self.box is not None and tuple(self.box.shape) != (s, 3):
+        if self.box is not None and tuple(self.box.shape) not in ((s, 3), (s, 3, 3)):
             raise JaxiapInputError(
-                f"box must have shape (S, 3) (orthorhombic lengths), got {tuple(self.box.shape)}"
+                f"box must have shape (S, 3) (orthorhombic lengths) or (S, 3, 3) (cell rows), "
+                f"got {tuple(self.box.shape)}"
             )
 
     @property
@@ -87,7 +92,9 @@ def from_positions(positions, species_names: Sequence[str] = ("X",), box=None) -
         raise JaxiapInputError(f"positions must be (S, N, 3) or (N, 3), got {positions.shape}")
     s, n = positions.shape[:2]
     if box is not None:
-        box = jnp.broadcast_to(jnp.asarray(box, positions.dtype), (s, 3))
+        box = jnp.asarray(box, positions.dtype)
+        cell_shape = (3, 3) if box.shape[-2:] == (3, 3) else (3,)
+        box = jnp.broadcast_to(box, (s,) + cell_shape)
     return Structures(
         positions=positions,
         species=jnp.zeros((s, n), jnp.int32),
@@ -97,7 +104,8 @@ def from_positions(positions, species_names: Sequence[str] = ("X",), box=None) -
     )
 
 
-def _orthorhombic_lengths(atoms, where: str) -> np.ndarray | None:
+def _cell(atoms, where: str) -> np.ndarray | None:
+    """(3,) lengths of an orthorhombic cell, (3, 3) rows of a triclinic one, or None (free)."""
     if not any(atoms.pbc):
         return None
     if not all(atoms.pbc):
@@ -105,12 +113,12 @@ def _orthorhombic_lengths(atoms, where: str) -> np.ndarray | None:
             f"{where}: mixed periodicity pbc={tuple(atoms.pbc)} is not supported; "
             "use a fully periodic cell or a free cluster (pbc=False)"
         )
-    cell = np.asarray(atoms.cell[:])
-    if not np.allclose(cell, np.diag(np.diag(cell))):
-        raise JaxiapInputError(
-            f"{where}: only orthorhombic cells are supported, got cell=\n{cell}"
-        )
-    return np.diag(cell).copy()
+    cell = np.asarray(atoms.cell[:], float)
+    if abs(np.linalg.det(cell)) < 1e-12:
+        raise JaxiapInputError(f"{where}: the periodic cell is singular (zero volume), cell=\n{cell}")
+    if np.allclose(cell, np.diag(np.diag(cell))):
+        return np.diag(cell).copy()
+    return cell
 
 
 def from_atoms(
@@ -153,13 +161,15 @@ def from_atoms(
                 )
             spc[k, i] = index[sym]
         msk[k, :n] = True
-        boxes.append(_orthorhombic_lengths(a, f"structure {k}"))
+        boxes.append(_cell(a, f"structure {k}"))
     if all(b is None for b in boxes):
         box = None
     elif any(b is None for b in boxes):
         raise JaxiapInputError("a batch mixes periodic and free structures; split it into two batches")
-    else:
+    elif all(b.ndim == 1 for b in boxes):
         box = jnp.asarray(np.stack(boxes))
+    else:  # some triclinic: every cell as (3, 3) rows
+        box = jnp.asarray(np.stack([np.diag(b) if b.ndim == 1 else b for b in boxes]))
     return Structures(jnp.asarray(pos), jnp.asarray(spc), jnp.asarray(msk), box, species_names)
 
 
@@ -176,6 +186,7 @@ def to_atoms(structures: Structures) -> list:
         symbols = [structures.species_names[i] for i in spc[k][m]]
         kwargs = {}
         if structures.box is not None:
-            kwargs = dict(cell=np.diag(np.asarray(structures.box[k])), pbc=True)
+            b = np.asarray(structures.box[k])
+            kwargs = dict(cell=np.diag(b) if b.ndim == 1 else b, pbc=True)
         out.append(Atoms(symbols=symbols, positions=pos[k][m], **kwargs))
     return out

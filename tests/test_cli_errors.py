@@ -244,3 +244,12 @@ def test_defaults_pass_and_keep_their_settings():
         assert c.frt_settings() == FRTSettings(kT=c.kT, gamma=c.gamma, dt=c.dt, n_q=c.n_q, t_max=c.t_max,
                                                r_b=c.r_b, dtype=c.dtype)
     assert math.isclose(lj13.DEFAULTS.frt_settings().t_censor, 100.0)
+
+
+def test_reference_md_blow_up_stops_after_data(tmp_path, capsys):
+    """--dt 0.5 evaporates every reference trajectory: one clear error before any fit or MD ensemble."""
+    out = tmp_path / "run"
+    assert main(["lj13", "--preset", "tiny", "--dt", "0.5", "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "reference MD blew up or evaporated: 80 of 80 snapshots" in err and "--dt" in err
+    assert not (out / "posterior.npz").exists() and not (out / "frt_true").exists()

@@ -28,7 +28,7 @@ def synth():
 
 
 def test_full_fraction_without_replacement_is_lstsq(synth):
-    com = fit_committee(synth, 4, jax.random.key(0), fraction=1.0)
+    com = fit_committee(synth, 4, key=jax.random.key(0), fraction=1.0)
     ref = fit_lstsq(synth)
     assert com.kind == "committee" and com.samples.shape == (4, 3)
     np.testing.assert_allclose(com.samples, np.tile(ref.mean, (4, 1)), rtol=1e-10)
@@ -54,13 +54,13 @@ def test_members_resample_whole_structures(synth):
 
 
 def test_bootstrap_members_differ_and_solver_is_pluggable(synth):
-    com = fit_committee(synth, 8, jax.random.key(3), fraction=1.0, replace=True)
+    com = fit_committee(synth, 8, key=jax.random.key(3), fraction=1.0, replace=True)
     assert com.kind == "bootstrap"
     spread = np.std(np.asarray(com.samples), axis=0)
     ref_sd = np.asarray(fit_lstsq(synth).std)
     assert (spread > 0.2 * ref_sd).all() and (spread < 5 * ref_sd).all()
     blr = functools.partial(fit_blr, prior_precision=1e6, noise_var=0.09)  # a strong prior shrinks members to 0
-    shrunk = fit_committee(synth, 3, jax.random.key(3), solver=blr)
+    shrunk = fit_committee(synth, 3, key=jax.random.key(3), solver=blr)
     assert np.abs(np.asarray(shrunk.samples)).max() < 0.01
 
 
@@ -89,19 +89,19 @@ def test_sample_posterior_moments_sampling_and_io(tmp_path):
 
 
 def test_committee_errors(synth):
-    with pytest.raises(JaxiapInputError, match="n_members"):
-        fit_committee(synth, 0, jax.random.key(0))
+    with pytest.raises(JaxiapInputError, match="n_samples"):
+        fit_committee(synth, 0, key=jax.random.key(0))
     with pytest.raises(JaxiapInputError, match="fraction"):
-        fit_committee(synth, 2, jax.random.key(0), fraction=1.5)
+        fit_committee(synth, 2, key=jax.random.key(0), fraction=1.5)
     with pytest.raises(JaxiapInputError, match="NaN"):
-        fit_committee(synth._replace(y=synth.y.at[0].set(jnp.nan)), 2, jax.random.key(0))
+        fit_committee(synth._replace(y=synth.y.at[0].set(jnp.nan)), 2, key=jax.random.key(0))
 
 
 def test_lj_committee_std_is_of_the_order_of_lstsq_std(lj13_data):
     train, test = lj13_data
     basis = LinearBasis(RadialBasis("chebyshev", 8, 0.8, 3.0))
     dm = design_matrix(basis, train)
-    com = fit_committee(dm, 16, jax.random.key(5), fraction=1.0, replace=True)
+    com = fit_committee(dm, 16, key=jax.random.key(5), fraction=1.0, replace=True)
     ref = fit_lstsq(dm)
     rows = design_matrix(basis, test).A[::7]
     ratio = np.asarray(com.predict(rows).std) / np.asarray(ref.predict(rows).std)

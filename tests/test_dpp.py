@@ -112,8 +112,14 @@ def test_sample_dpp_chi_square():
     masks = jax.vmap(lambda key: dpp.sample_dpp(key, L))(keys)
     assert masks.shape == (N_DRAWS, 5) and masks.dtype == jnp.bool_
     assert _chi2_pvalue(masks, probs) > 1e-3
-    np.testing.assert_allclose(np.asarray(masks).mean(0), np.asarray(dpp.inclusion_probabilities(L)),
-                               atol=0.04)
+    # inclusion frequencies = diag(K), K = L (L + I)^-1, within 4 binomial standard errors
+    K_diag = np.diag(L @ np.linalg.inv(L + np.eye(5)))
+    _assert_frequencies(np.asarray(masks).mean(0), K_diag, N_DRAWS)
+    # power: the same draws against a wrong kernel (one item's quality doubled) are rejected
+    wrong = L.copy()
+    wrong[2, :] *= 2.0
+    wrong[:, 2] *= 2.0
+    assert _chi2_pvalue(masks, _exact_probs(wrong)[0]) < 1e-3
 
 
 def test_sample_kdpp_chi_square():
@@ -123,6 +129,16 @@ def test_sample_kdpp_chi_square():
     masks = jax.vmap(lambda key: dpp.sample_kdpp(key, L, 2))(keys)
     assert np.all(np.asarray(masks).sum(1) == 2)
     assert _chi2_pvalue(masks, probs) > 1e-3
+    # k-DPP marginals (not diag K): P(i in Y) = sum of P(S) over the size-2 sets S holding i
+    marg = np.array([sum(p for S, p in probs.items() if i in S) for i in range(5)])
+    _assert_frequencies(np.asarray(masks).mean(0), marg, N_DRAWS)
+    # power: the same draws against a wrong kernel (the diversity term dropped, L -> diag L) are rejected
+    assert _chi2_pvalue(masks, _exact_probs(np.diag(np.diag(L)), k=2)[0]) < 1e-3
+
+
+def _assert_frequencies(freq, p, n, z=4.0):
+    """Empirical inclusion frequencies of n independent draws within z binomial standard errors of p."""
+    np.testing.assert_array_less(np.abs(freq - p), z * np.sqrt(p * (1 - p) / n) + 1e-12)
 
 
 def test_kdpp_log_space_handles_extreme_spectra():
@@ -132,8 +148,25 @@ def test_kdpp_log_space_handles_extreme_spectra():
     L = (Q * np.array([1e150, 1e100, 1.0, 1e-3, 1e-50, 1e-150])) @ Q.T
     L = 0.5 * (L + L.T)
     # the scale is too extreme for the PSD check's relative tolerance to be meaningful; call the core
-    masks = jax.vmap(lambda key: dpp._sample_kdpp(key, jnp.asarray(L), 3))(jax.random.split(jax.random.key(5), 50))
+    n_draws = 2000
+    masks = jax.vmap(lambda key: dpp._sample_kdpp(key, jnp.asarray(L), 3))(jax.random.split(jax.random.key(5), n_draws))
     assert np.all(np.asarray(masks).sum(1) == 3)
+    # the distribution, not only the size: P(Y) = sum_{|J| = 3} (prod_J lam / e_3(lam)) det(V[Y, J])^2
+    # (the k-DPP as a mixture of projection DPPs), with the weights in log space
+    lam = np.array([1e150, 1e100, 1.0, 1e-3, 1e-50, 1e-150])
+    triples = list(itertools.combinations(range(6), 3))
+    logw = np.array([np.log(lam[list(J)]).sum() for J in triples])
+    w = np.exp(logw - logw.max())
+    w /= w.sum()
+    probs = {Y: float(sum(wj * np.linalg.det(Q[np.ix_(Y, J)]) ** 2 for wj, J in zip(w, triples)))
+             for Y in itertools.combinations(range(6), 3)}
+    np.testing.assert_allclose(sum(probs.values()), 1.0, rtol=1e-10)
+    probs = {Y: p for Y, p in probs.items() if p > 1e-12}
+    assert _chi2_pvalue(masks, probs) > 1e-3
+    # a sampler that dropped the 1e-150 .. 1 end (e.g. by underflow) would sample the wrong triple of
+    # eigenvectors: {0, 1, 3} instead of {0, 1, 2}
+    wrong = {Y: float(np.linalg.det(Q[np.ix_(Y, (0, 1, 3))]) ** 2) for Y in itertools.combinations(range(6), 3)}
+    assert _chi2_pvalue(masks, wrong) < 1e-3
 
 
 def test_samplers_deterministic_and_jittable():
@@ -313,10 +346,16 @@ def test_dual_matches_primal():
     L = B @ B.T
     np.testing.assert_allclose(np.asarray(dpp.inclusion_probabilities_dual(B)),
                                np.asarray(dpp.inclusion_probabilities(L)), rtol=1e-10, atol=1e-12)
-    m = dpp.sample_dpp_dual(jax.random.key(0), B)
-    assert m.shape == (8,) and int(m.sum()) <= 3
-    mk = dpp.sample_kdpp_dual(jax.random.key(0), B, 3)
-    assert int(mk.sum()) == 3
+    # the dual samplers' inclusion frequencies: diag K for the DPP, enumerated k-DPP marginals for k = 3
+    keys = jax.random.split(jax.random.key(0), N_DRAWS)
+    m = np.asarray(jax.vmap(lambda key: dpp.sample_dpp_dual(key, B))(keys))
+    assert m.shape == (N_DRAWS, 8) and np.all(m.sum(1) <= 3)  # rank 3
+    _assert_frequencies(m.mean(0), np.diag(L @ np.linalg.inv(L + np.eye(8))), N_DRAWS)
+    mk = np.asarray(jax.vmap(lambda key: dpp.sample_kdpp_dual(key, B, 3))(keys))
+    assert np.all(mk.sum(1) == 3)
+    probs3, _ = _exact_probs(L, k=3)
+    marg3 = np.array([sum(p for S, p in probs3.items() if i in S) for i in range(8)])
+    _assert_frequencies(mk.mean(0), marg3, N_DRAWS)
 
 
 def test_sample_dpp_dual_chi_square():

@@ -52,7 +52,7 @@ def iid_map():
 def iid_laplace():
     A, y = misfit_problem()
     return fit_model_error(design(A, y), likelihood="iid", method="laplace", key=jax.random.key(0),
-                           num_samples=2000)
+                           n_samples=2000)
 
 
 def _ratio(post):
@@ -198,7 +198,7 @@ def test_save_load_roundtrip(iid_laplace, tmp_path):
     iid_laplace.save(path)
     back = load_posterior(path)
     assert isinstance(back, ModelErrorPosterior)
-    assert (back.likelihood, back.embedding, back.covariance) == ("iid", "additive", "diagonal")
+    assert (back.likelihood, back.embedding, back.embed_covariance) == ("iid", "additive", "diagonal")
     np.testing.assert_allclose(back.predict_split(B_GRID)["total_var"], iid_laplace.predict_split(B_GRID)["total_var"])
     np.testing.assert_array_equal(back.sample(jax.random.key(0), 7), iid_laplace.sample(jax.random.key(0), 7))
 
@@ -237,7 +237,7 @@ def test_nuts_model_error():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         post, info = fit_model_error(design(A, y), method="nuts", key=jax.random.key(2), num_warmup=300,
-                                     num_samples=300, num_chains=2, progress=False, return_info=True)
+                                     n_samples=300, num_chains=2, progress=False, return_info=True)
     d = info["nuts"].diagnostics
     assert post.n_samples == 600
     assert set(d["r_hat"]) == {"c", "c_white", "d"} and d["r_hat"]["c"] < 1.1
@@ -398,7 +398,7 @@ def sin4_coverage(seeds=(0, 1, 2)):
             cov["classical"][s, j] = np.mean(np.abs(yg - p.mean) <= 1.96 * p.std)
             for lik in ("iid", "abc"):
                 post = fit_model_error(dm, likelihood=lik, noise_var=SIN4_SIGMA**2, method="laplace",
-                                       key=jax.random.key(seed), num_samples=1000)
+                                       key=jax.random.key(seed), n_samples=1000)
                 sp = post.predict_split(Bg)
                 cov[lik][s, j] = np.mean(np.abs(yg - sp["mean"]) <= 1.96 * np.sqrt(sp["total_var"]))
     return {m: v.mean(0) for m, v in cov.items()}, cov

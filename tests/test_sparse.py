@@ -31,7 +31,7 @@ def hs_nuts(sparse_problem):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a handful of divergences is normal for the horseshoe
         return fit_sparse(A, y, prior="horseshoe", method="nuts", key=jax.random.key(0), num_warmup=300,
-                          num_samples=300, num_chains=2, progress=False, return_info=True)
+                          n_samples=300, num_chains=2, progress=False, return_info=True)
 
 
 def test_horseshoe_nuts_shrinks_zeros(sparse_problem, hs_nuts):
@@ -55,7 +55,7 @@ def test_horseshoe_nuts_shrinks_zeros(sparse_problem, hs_nuts):
     assert max(d["r_hat"].values()) < 1.1 and d["ess"]["beta"] > 100
 
 
-SVI_KW = dict(prior="horseshoe", method="svi", key=jax.random.key(1), svi_steps=2000, num_samples=2000,
+SVI_KW = dict(prior="horseshoe", method="svi", key=jax.random.key(1), svi_steps=2000, n_samples=2000,
               progress=False)
 
 
@@ -78,7 +78,7 @@ def test_horseshoe_svi_close_to_nuts(hs_svi, hs_nuts, guide):
 def test_other_priors_shrink(sparse_problem, prior):
     A, y = sparse_problem
     post = fit_sparse(A, y, prior=prior, method="svi", key=jax.random.key(2), svi_steps=2000,
-                      num_samples=2000, progress=False, p0=2)
+                      n_samples=2000, progress=False, p0=2)
     m = np.asarray(post.mean)
     ls = np.linalg.lstsq(A, y, rcond=None)[0]
     print(prior, "mean", m.round(3), "lstsq", ls.round(3))

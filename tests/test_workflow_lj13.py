@@ -123,12 +123,13 @@ def test_posterior_choices_give_samples_near_the_mle(lj13_data, kind):
 
     from jaxiap.inference.linear import fit_lstsq
     from jaxiap.potentials.linear import design_matrix
-    from jaxiap.workflows.lj13 import POSTERIORS, make_basis
+    from jaxiap.inference.solvers import get_solver
+    from jaxiap.workflows.lj13 import make_basis
 
     train, _ = lj13_data
     design = design_matrix(make_basis(LJ13Config()), train)
     ref = np.asarray(fit_lstsq(design).mean)
-    post = POSTERIORS[kind](design, jax.random.key(0))
+    post = get_solver(kind)(design, key=jax.random.key(0))
     draws = np.asarray(post.sample(jax.random.key(1), 64))
     assert draws.shape == (64, ref.size)
     assert np.all(np.isfinite(draws)) and np.all(draws.std(axis=0) > 0)

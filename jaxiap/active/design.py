@@ -55,6 +55,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxiap.errors import JaxiapInputError
+from jaxiap.inference.posterior import Posterior, precision_from_covariance
+from jaxiap.potentials.linear import structure_rows
 
 __all__ = [
     "CRITERIA",
@@ -232,21 +234,11 @@ def candidate_rows(basis, structures, energy_weight=1.0, force_weight=1.0):
         if wc is not None and (not np.all(np.isfinite(wc)) or np.any(wc < 0)):
             raise JaxiapInputError(f"{name} must be finite and >= 0 (it is 1 / noise variance).")
         ws.append(jnp.broadcast_to(w, (c,)))
-    box = structures.box
-    rows = _rows_jit(basis, pos, structures.mask, structures.species, box)
+    rows = structure_rows(basis, structures)
     mask = structures.mask.astype(rows.dtype)
     scale = jnp.concatenate([jnp.sqrt(ws[0])[:, None],
                              jnp.sqrt(ws[1])[:, None] * jnp.repeat(mask, 3, axis=1)], axis=1)  # (C, P)
     return rows * scale[:, :, None]
-
-
-@jax.jit
-def _rows_jit(basis, positions, mask, species, box):
-    """(C, 1 + 3N, K) unweighted rows, the same function that builds design_matrix."""
-    from jaxiap.potentials.linear import _structure_rows
-
-    fn = lambda x, m, s, b: _structure_rows(basis, x, m, s, b)
-    return jax.vmap(fn, in_axes=(0, 0, 0, None if box is None else 0))(positions, mask, species, box)
 
 
 def information_matrix(rows, prior_precision):
@@ -434,13 +426,14 @@ def _greedy(U, M0, exclude, c, R, pool, pool_nz, k, name, n_top):
 def posterior_precision(posterior, ridge=0.0):
     """(K, K) precision matrix (inverse covariance) of a posterior over coefficients.
 
-    GaussianPosterior: (F F^T)^-1 from its covariance factor F; StudentTPosterior and
-    SamplePosterior (committees, MCMC draws): the inverse of ``posterior.cov`` (for a
-    Student-t, the covariance df / (df - 2) Sigma). Any object with a ``cov`` (K, K)
-    property works; a bare (K, K) covariance array is accepted too.
+    Any :class:`~jaxiap.inference.posterior.Posterior`: ``posterior.precision(ridge)``
+    (GaussianPosterior: (F F^T)^-1 from its covariance factor F; the others,
+    model-error posteriors included: the inverse of ``posterior.covariance()``, for a
+    Student-t the covariance df / (df - 2) Sigma). A bare (K, K) covariance array is
+    accepted too.
 
     Args:
-        posterior: a posterior, or a (K, K) covariance matrix.
+        posterior: a Posterior, or a (K, K) covariance matrix.
         ridge: relative regulariser; the inverse is taken of cov + ridge * mean(diag cov) * I.
             Use ridge > 0 for a sample posterior with fewer samples than K + 1, whose
             sample covariance is singular.
@@ -448,36 +441,9 @@ def posterior_precision(posterior, ridge=0.0):
     Returns:
         (K, K) symmetric positive-definite float64 precision.
     """
-    if hasattr(posterior, "cov_factor") and ridge == 0.0:
-        F = _as_float(posterior.cov_factor, "posterior.cov_factor")
-        if F.ndim == 2 and F.shape[0] == F.shape[1]:
-            Fc = _concrete(F)
-            if Fc is not None and np.linalg.matrix_rank(Fc) < F.shape[0]:
-                raise JaxiapInputError("posterior.cov_factor is singular, so the posterior has no precision; "
-                                       "refit with a prior (ridge) or pass ridge > 0.")
-            Finv = jnp.linalg.solve(F, jnp.eye(F.shape[0], dtype=F.dtype))
-            Pm = Finv.T @ Finv
-            return 0.5 * (Pm + Pm.T)
-    if hasattr(posterior, "cov"):
-        cov = posterior.cov
-    elif hasattr(posterior, "shape"):
-        cov = posterior
-    else:
-        raise JaxiapInputError(f"posterior of type {type(posterior).__name__} has no covariance (.cov); "
-                               "pass a Gaussian, Student-t or sample posterior, or draw samples and wrap "
-                               "them in a SamplePosterior.")
-    cov = _as_float(cov, "posterior covariance")
-    if cov.ndim != 2 or cov.shape[0] != cov.shape[1]:
-        raise JaxiapInputError(f"the posterior covariance must be (K, K); got {tuple(cov.shape)}.")
-    _check_finite(cov, "posterior covariance")
-    if ridge:
-        cov = cov + ridge * jnp.mean(jnp.diagonal(cov)) * jnp.eye(cov.shape[0], dtype=cov.dtype)
-    covc = _concrete(cov)
-    if covc is not None:
-        try:
-            np.linalg.cholesky(0.5 * (covc + covc.T))
-        except np.linalg.LinAlgError:
-            raise JaxiapInputError(
-                "the posterior covariance is singular (e.g. a committee with fewer members than K + 1), "
-                "so it has no precision; pass ridge > 0 (e.g. 1e-6) or use more samples.") from None
-    return _inv_spd(0.5 * (cov + cov.T))
+    if isinstance(posterior, Posterior):
+        return posterior.precision(ridge)
+    if isinstance(posterior, (np.ndarray, jax.Array)):
+        return precision_from_covariance(posterior, ridge)
+    raise JaxiapInputError(f"posterior of type {type(posterior).__name__} has no covariance; pass a Posterior "
+                           "(jaxiap.inference.posterior) or a (K, K) covariance array.")

@@ -42,6 +42,7 @@ import numpy as np
 
 from jaxiap import runfolder
 from jaxiap.errors import JaxiapInputError
+from jaxiap.potentials.linear import design_from_rows  # noqa: F401  (re-exported; it lives beside design_matrix)
 
 __all__ = [
     "LoopContext",
@@ -66,7 +67,7 @@ class LoopContext(NamedTuple):
     basis: the LinearBasis.
     structures: the pool Structures (C candidates).
     design: DesignMatrix of the labelled set (for committees).
-    fit: ``fit(design) -> Posterior``, the loop's refit function.
+    fit: ``fit(design) -> Posterior``, the loop's refit (a solver with its key bound).
     qoi_grad: (K,) gradient of the QoI with respect to the coefficients, or None.
     lengthscale: RBF lengthscale for phi.
     score: "energy" or "force": which disagreement drives QBC/uncertainty scores.
@@ -150,7 +151,7 @@ def default_lengthscale(phi) -> float:
 
 def _info_rows(ctx: LoopContext):
     """Candidate rows scaled by 1/sqrt(noise_var), so M0 + sum rows^T rows is the posterior precision."""
-    nv = float(np.asarray(getattr(ctx.posterior, "noise_var", 1.0)).reshape(-1)[0])
+    nv = float(np.asarray(ctx.posterior.noise_var).reshape(-1)[0])
     return jnp.asarray(ctx.rows) / np.sqrt(nv if nv > 0 else 1.0)
 
 
@@ -232,8 +233,8 @@ def select_qbc(key, ctx: LoopContext, k: int):
     from jaxiap.inference.ensembles import fit_committee
 
     _check_k(ctx, k)
-    committee = fit_committee(ctx.design, ctx.committee_size, key, fraction=0.8, replace=False, solver=ctx.fit)
-    samples = committee.sample(key, ctx.committee_size, resample=False)
+    committee = fit_committee(ctx.design, ctx.committee_size, key=key, fraction=0.8, replace=False, solver=ctx.fit)
+    samples = committee.ensemble(key, ctx.committee_size)
     scores = _score(committee_disagreement(samples, ctx.basis, ctx.structures), ctx.score)
     return np.asarray(diversified_batch(jnp.asarray(scores), jnp.asarray(ctx.phi), k,
                                         lengthscale=ctx.lengthscale, exclude=jnp.asarray(ctx.labelled)))
@@ -274,27 +275,6 @@ def mean_energy_gradient_from_samples(features, coefficients, kT):
         raise JaxiapInputError(f"mean_energy_gradient_from_samples: kT={kT!r} must be a positive finite "
                                "temperature, the one the samples were drawn at")
     return np.asarray(mean_energy_gradient(features, coefficients, kT))
-
-
-def design_from_rows(rows, dataset):
-    """The DesignMatrix of ``dataset`` from its unit-weight rows (S, 1 + 3N, K).
-
-    Same rows, targets, weights and order as
-    :func:`jaxiap.potentials.linear.design_matrix` (energy row, then atom-major
-    force rows per structure), without recomputing the basis Jacobians.
-    """
-    from jaxiap.potentials.linear import ENERGY_ROW, FORCE_ROW, DesignMatrix
-
-    rows = np.asarray(rows)
-    s, p, k = rows.shape
-    mask = np.asarray(dataset.structures.mask)
-    y = np.concatenate([np.asarray(dataset.energy)[:, None], np.asarray(dataset.forces).reshape(s, -1)], axis=1)
-    w_force = np.repeat(mask, 3, axis=1) * np.asarray(dataset.force_weight)[:, None]
-    w = np.concatenate([np.asarray(dataset.energy_weight)[:, None], w_force], axis=1)
-    kind = np.concatenate([[ENERGY_ROW], np.full(p - 1, FORCE_ROW)])
-    return DesignMatrix(A=jnp.asarray(rows.reshape(s * p, k)), y=jnp.asarray(y.reshape(-1)), w=jnp.asarray(w.reshape(-1)),
-                        kind=jnp.asarray(np.tile(kind, s)), structure=jnp.asarray(np.repeat(np.arange(s), p)),
-                        n_atoms=jnp.asarray(np.repeat(mask.sum(axis=1), p)))
 
 
 # ----------------------------------------------------------------------------- run folder
@@ -346,6 +326,28 @@ def _name(fn) -> str:
     return getattr(fn, "__qualname__", None) or type(fn).__name__
 
 
+#: a solver named by the loop's ``fit`` gets ``key=jax.random.fold_in(key, FIT_FOLD)`` bound
+FIT_FOLD = 0xF17
+
+
+def _loop_fit(fit, key):
+    """(refit(design) -> Posterior, its name for the fingerprint) from the loop's ``fit`` argument.
+
+    A registry name (``jaxiap.inference.solvers.SOLVERS``) becomes that solver with the
+    loop's fit key bound (``fold_in(key, FIT_FOLD)``: random solvers are reproducible and
+    resumable); a callable ``fit(design, *, key=None)`` is called as ``fit(design)`` (bind
+    the key of a random solver yourself, e.g. ``functools.partial(solver, key=k)``).
+    """
+    import functools
+
+    from jaxiap.inference.solvers import Solver, as_solver
+
+    solver = as_solver(fit)
+    if isinstance(fit, str):
+        return functools.partial(solver, key=jax.random.fold_in(key, FIT_FOLD)), solver.label
+    return solver, (solver.label if isinstance(solver, Solver) else _name(solver))
+
+
 def run_pool_loop(
     strategy,
     pool,
@@ -376,8 +378,10 @@ def run_pool_loop(
         come from ``oracle``).
     oracle: ``oracle(structures) -> (energy (S,), forces (S, N, 3))``, called
         only on the selected structures (once per iteration).
-    fit: ``fit(design: DesignMatrix) -> Posterior`` (the design is already
-        reweighted by ``energy_weight`` / ``force_weight``).
+    fit: a solver name of ``jaxiap.inference.solvers.SOLVERS`` (its key bound to
+        ``fold_in(key, FIT_FOLD)``) or a callable ``fit(design, *, key=None) ->
+        Posterior``, called as ``fit(design)`` (the design is already reweighted by
+        ``energy_weight`` / ``force_weight``).
     basis: LinearBasis of the potential.
     initial: pool indices labelled before the first selection.
     batch_size, n_iterations: candidates per iteration and number of iterations.
@@ -401,6 +405,7 @@ def run_pool_loop(
     from jaxiap.inference.linear import reweight
     from jaxiap.systems.oracle import label
 
+    fit, fit_name = _loop_fit(fit, key)
     select = STRATEGIES.get(strategy) if isinstance(strategy, str) else strategy
     if select is None:
         raise JaxiapInputError(f"strategy={strategy!r} is unknown; choose one of {tuple(STRATEGIES)} or pass a function")
@@ -435,7 +440,7 @@ def run_pool_loop(
             "strategy": strategy_name, "batch_size": int(batch_size), "initial": initial.tolist(),
             "key": np.asarray(jax.random.key_data(key)).tolist(), "pool": _digest(pool.positions, pool.mask),
             "rows": _digest(rows), "phi": _digest(phi), "lengthscale": lengthscale,
-            "energy_weight": energy_weight, "force_weight": force_weight, "fit": _name(fit),
+            "energy_weight": energy_weight, "force_weight": force_weight, "fit": fit_name,
             "committee_size": committee_size, "settings": settings or {},
         }
         _open_loop_folder(run_dir, fingerprint)

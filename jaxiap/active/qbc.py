@@ -6,8 +6,9 @@ Scores for ranking a pool of C candidate configurations:
   ``fit_committee``) predicts every candidate; the scores are the std across members of
   the energy per atom, and the max over atoms and components of the std of the force
   components.
-- :func:`predictive_std`: the same two scores from any Posterior, as the push-forward std
-  of ``posterior.predict`` on the candidates' (unweighted) design rows.
+- :func:`predictive_std`: the same two scores from any Posterior, from its
+  structure-level prediction ``posterior.predict_structures(structures, basis=basis)``
+  (for a linear posterior: the push-forward std on the candidates' unweighted design rows).
 
 Selection: :func:`select_top` (top-k by score) and :func:`diversified_batch` (top
 ``pre_factor * k`` by score, then greedy DPP MAP on a quality-diversity kernel, so that
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -102,21 +102,19 @@ def committee_disagreement(samples, basis, structures, ddof=1):
 def predictive_std(posterior, basis, structures):
     """Push-forward std of any Posterior on the candidates, as a :class:`Disagreement`.
 
-    Uses ``posterior.predict(rows).std`` on the unweighted rows of every candidate, so for
-    a GaussianPosterior the result is sqrt(diag(R Sigma R^T)) (no data noise); for a
-    SamplePosterior it equals :func:`committee_disagreement` of its samples (ddof = 1).
+    Uses ``posterior.predict_structures(structures, basis=basis)``: for a linear
+    posterior the std of the unweighted design rows of every candidate, so for a
+    GaussianPosterior the result is sqrt(diag(R Sigma R^T)) (no data noise) and for a
+    SamplePosterior it equals :func:`committee_disagreement` of its samples (ddof = 1);
+    a posterior with its own model (GP, network) ignores ``basis``.
 
     Returns:
         energy_per_atom (C,): std(E) / N_atoms; max_force (C,): max over real atoms and
         components of the force-component std.
     """
-    k = jnp.shape(posterior.mean)[-1]
-    rows = _unweighted_rows(basis, structures, k)
-    C, P, K = rows.shape
-    std = posterior.predict(rows.reshape(C * P, K)).std.reshape(C, P)
-    n_atoms = jnp.sum(structures.mask, axis=1).astype(std.dtype)
-    f = jnp.where(jnp.repeat(structures.mask, 3, axis=1), std[:, 1:], 0.0)
-    return Disagreement(std[:, 0] / jnp.maximum(n_atoms, 1.0), jnp.max(f, axis=1))
+    p = posterior.predict_structures(structures, basis=basis)
+    n_atoms = jnp.sum(structures.mask, axis=1).astype(p.energy_std.dtype)
+    return Disagreement(p.energy_std / jnp.maximum(n_atoms, 1.0), jnp.max(p.forces_std, axis=(1, 2)))
 
 
 def _check_scores(scores, exclude):

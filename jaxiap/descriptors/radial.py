@@ -22,6 +22,11 @@ Families (K = ``n_basis`` functions):
 its hyperparameters; ``family``, ``n_basis`` and ``cutoff_order`` are static.
 Per-atom features are phi_i = 1/2 sum_j g(r_ij), so that their sum over
 atoms is the sum over pairs.
+
+:class:`RadialDescriptor` wraps a basis (and a species count) into the
+:class:`jaxiap.descriptors.base.Descriptor` protocol; it accepts periodic
+cells and jax-md neighbour lists (``neighbor=``), which give the same
+features as the dense all-pairs path.
 """
 
 from __future__ import annotations
@@ -30,8 +35,9 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from jaxiap.descriptors.base import Descriptor
 from jaxiap.errors import JaxiapInputError
-from jaxiap.geometry import pair_distances
+from jaxiap.geometry import check_cell, neighbor_pairs, pair_distances, scatter_pairs
 
 FAMILIES = ("chebyshev", "bessel", "gaussian")
 
@@ -100,12 +106,16 @@ class RadialBasis(eqx.Module):
         return g * poly_cutoff(r, self.r_cut, self.cutoff_order)[..., None]
 
 
-def atomic_features(basis: RadialBasis, positions, mask=None, box=None, species=None, n_species: int = 1):
+def atomic_features(basis: RadialBasis, positions, mask=None, box=None, species=None, n_species: int = 1,
+                    neighbor=None):
     """Per-atom radial features (N, n_species * K) for one structure.
 
     phi_i[s, k] = 1/2 sum_{j != i, species_j = s} g_k(r_ij); padded atoms get zeros.
-    positions (N, 3); mask (N,) bool; box (3,) or None; species (N,) int or None.
+    positions (N, 3); mask (N,) bool; box None, (3,) or (3, 3) cell rows;
+    species (N,) int or None; neighbor a jax-md NeighborList or None (all pairs).
     """
+    if neighbor is not None:
+        return _atomic_features_neighbor(basis, positions, mask, box, species, n_species, neighbor)
     r, pair_mask = pair_distances(positions, mask, box)
     g = jnp.where(pair_mask[..., None], basis(r), 0.0)  # (N, N, K)
     if n_species == 1:
@@ -115,6 +125,67 @@ def atomic_features(basis: RadialBasis, positions, mask=None, box=None, species=
     return phi.reshape(positions.shape[0], -1)
 
 
-def structure_features(basis: RadialBasis, positions, mask=None, box=None, species=None, n_species: int = 1):
+def _atomic_features_neighbor(basis, positions, mask, box, species, n_species, neighbor):
+    n = positions.shape[0]
+    pairs = neighbor_pairs(positions, neighbor, mask, box)
+    g = jnp.where(pairs.mask[..., None], basis(pairs.r), 0.0)  # (pairs..., K)
+    if n_species == 1:
+        return scatter_pairs(g, pairs, n)
+    if pairs.ordered:  # each pair once: i's feature counts species_j, j's counts species_i
+        oh = lambda a: jax.nn.one_hot(species[a], n_species, dtype=g.dtype)
+        gi = g[..., None, :] * oh(pairs.j)[..., :, None]
+        gj = g[..., None, :] * oh(pairs.i)[..., :, None]
+        phi = 0.5 * (jax.ops.segment_sum(gi.reshape(-1, n_species, g.shape[-1]), pairs.i.reshape(-1), n)
+                     + jax.ops.segment_sum(gj.reshape(-1, n_species, g.shape[-1]), pairs.j.reshape(-1), n))
+        return phi.reshape(n, -1)
+    onehot = jax.nn.one_hot(species[pairs.j], n_species, dtype=g.dtype)  # (pairs..., S)
+    phi = scatter_pairs(onehot[..., :, None] * g[..., None, :], pairs, n)  # (N, S, K)
+    return phi.reshape(n, -1)
+
+
+def structure_features(basis: RadialBasis, positions, mask=None, box=None, species=None, n_species: int = 1,
+                       neighbor=None):
     """Per-structure features (n_species * K,): the sum of :func:`atomic_features` over atoms."""
-    return jnp.sum(atomic_features(basis, positions, mask, box, species, n_species), axis=0)
+    return jnp.sum(atomic_features(basis, positions, mask, box, species, n_species, neighbor), axis=0)
+
+
+class RadialDescriptor(Descriptor):
+    """Pair radial features as a :class:`~jaxiap.descriptors.base.Descriptor`.
+
+    ``atomic`` is (N, F) with F = n_species * K: phi_i[s, k] = 1/2 sum over
+    neighbours j of species s of g_k(r_ij) (species-major columns); with
+    n_species = 1 the species argument is ignored. ``structure`` (F,) is the
+    sum over pairs, exactly :func:`structure_features`.
+    """
+
+    radial: RadialBasis
+    n_species: int = eqx.field(static=True, default=1)
+
+    def __check_init__(self):
+        if int(self.n_species) < 1:
+            raise JaxiapInputError(f"RadialDescriptor: n_species must be >= 1, got {self.n_species}")
+
+    @property
+    def n_features(self) -> int:
+        return self.radial.n_basis * self.n_species
+
+    @property
+    def cutoff(self):
+        return self.radial.r_cut
+
+    def _species(self, species, positions):
+        if self.n_species > 1 and species is None:
+            raise JaxiapInputError(
+                f"RadialDescriptor with n_species={self.n_species} needs species= (N,) int indices"
+            )
+        return species
+
+    def atomic(self, positions, *, mask=None, species=None, box=None, neighbor=None):
+        species = self._species(species, positions)
+        check_cell(box, self.radial.r_cut, "RadialDescriptor: box")
+        return atomic_features(self.radial, positions, mask, box, species, self.n_species, neighbor)
+
+    def structure(self, positions, *, mask=None, species=None, box=None, neighbor=None):
+        species = self._species(species, positions)
+        check_cell(box, self.radial.r_cut, "RadialDescriptor: box")
+        return structure_features(self.radial, positions, mask, box, species, self.n_species, neighbor)

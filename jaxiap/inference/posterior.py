@@ -1,26 +1,49 @@
 """The Posterior protocol shared by every solver.
 
-A posterior over coefficients c (K,) offers
+A posterior is a distribution over the parameters c (K,) of a model. Every
+posterior, whatever its family or model, offers
 
-- ``mean``: (K,) posterior mean (or point estimate);
-- ``sample(key, n)``: (n, K) coefficient draws;
-- ``predict(rows, row_weight=None)``: a ``Prediction`` for design rows (R, K):
-  the push-forward mean and std of the model output a . c, and the
-  posterior-predictive std that adds the data noise (noise_var / row_weight).
+- ``mean``: (K,) posterior mean (or point estimate); ``std``: (K,) marginal stds;
+- ``noise_var``: the data-noise variance per unit row weight (0 if it has none);
+- ``sample(key, n_samples)``: (n_samples, K) independent draws;
+- ``ensemble(key, n_samples)``: (n_samples, K) vectors to run side by side (a
+  committee's members in stored order; for the other kinds ``sample``);
+- ``covariance()``: (K, K); ``precision(ridge=0.0)``: its inverse;
+- ``predict_structures(structures, *, basis=None)``: a ``StructurePrediction``
+  of energy and forces with their push-forward standard deviations.
 
-MD ensembles consume ``posterior.sample(key, M)``; active learning and plots
-consume ``predict``. Posteriors are equinox Modules (PyTrees) and save to /
-load from ``.npz`` (never pickle).
+Covariance access is a method of the protocol: callers never probe for
+attributes (``cov_factor``, ``cov``) of one family.
 
-Kinds: ``GaussianPosterior`` (lstsq, BLR), ``StudentTPosterior`` (NIG,
+Linear models (E = c . B(x)) are the special case this module implements:
+``predict(rows, row_weight=None)`` gives a ``Prediction`` for design rows
+(R, K) (the push-forward mean and std of a . c, and the posterior-predictive
+std that adds the data noise noise_var / row_weight), and
+``predict_structures`` builds those rows from ``basis`` (a LinearBasis, with
+:func:`jaxiap.potentials.linear.structure_rows`), so a linear posterior needs
+``basis=``. A posterior of a nonlinear model (a GP, a neural network)
+subclasses ``Posterior`` and implements ``predict_structures(structures)``
+with its own model, ignoring ``basis``; it has no design rows, so its
+``predict`` raises.
+
+Kinds: ``GaussianPosterior`` (lstsq, BLR, BCS), ``StudentTPosterior`` (NIG,
 unknown noise), ``SamplePosterior`` (committees, MCMC draws) and
-``ModelErrorPosterior`` (jaxiap/inference/model_error.py). Every file
-stores a ``kind`` string and ``load_posterior`` dispatches on it.
+``ModelErrorPosterior`` (jaxiap/inference/model_error.py). Posteriors are
+equinox Modules (PyTrees) and save to / load from ``.npz`` (never pickle):
+every file stores a ``kind`` and a ``family``; ``load_posterior`` dispatches
+on the family through a table of loaders that each family's module fills at
+import (``register_family``), so this module imports none of them (the
+package ``jaxiap.inference`` imports them all).
+
+Keys: the random functions of a posterior take the key first (``sample(key,
+n)``, as ``jax.random``); the solvers (``jaxiap.inference.solvers``) take it
+keyword-only.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple, Protocol, runtime_checkable
+import abc
+from typing import Callable, NamedTuple
 
 import equinox as eqx
 import jax
@@ -39,13 +62,18 @@ class Prediction(NamedTuple):
     std_predictive: jnp.ndarray
 
 
-@runtime_checkable
-class Posterior(Protocol):
-    mean: jnp.ndarray
+class StructurePrediction(NamedTuple):
+    """Structure-level prediction of C structures of N (padded) atoms.
 
-    def sample(self, key, n: int) -> jnp.ndarray: ...
+    energy (C,), energy_std (C,), forces (C, N, 3), forces_std (C, N, 3): the
+    posterior mean and push-forward standard deviation (model uncertainty, no
+    data noise). Padded atoms have force and std 0.
+    """
 
-    def predict(self, rows, row_weight=None) -> Prediction: ...
+    energy: jnp.ndarray
+    energy_std: jnp.ndarray
+    forces: jnp.ndarray
+    forces_std: jnp.ndarray
 
 
 def _noise_std(noise_var, row_weight, n_rows, dtype):
@@ -53,7 +81,122 @@ def _noise_std(noise_var, row_weight, n_rows, dtype):
     return jnp.sqrt(noise_var / jnp.where(w > 0, w, jnp.inf))
 
 
-class GaussianPosterior(eqx.Module):
+def _inv_spd(M):
+    cho = jax.scipy.linalg.cho_factor(M, lower=True)
+    Minv = jax.scipy.linalg.cho_solve(cho, jnp.eye(M.shape[0], dtype=M.dtype))
+    return 0.5 * (Minv + Minv.T)
+
+
+def precision_from_covariance(cov, ridge: float = 0.0):
+    """(K, K) inverse of a covariance, regularised by ``ridge * mean(diag cov) * I``.
+
+    Raises JaxiapInputError (naming ``ridge``) when the covariance is not
+    finite or not positive definite, e.g. the sample covariance of fewer than
+    K + 1 draws.
+    """
+    cov = jnp.asarray(cov, dtype=jnp.float64)
+    if cov.ndim != 2 or cov.shape[0] != cov.shape[1]:
+        raise JaxiapInputError(f"the posterior covariance must be (K, K); got {tuple(cov.shape)}.")
+    covc = _concrete(cov)
+    if covc is not None and not np.all(np.isfinite(covc)):
+        raise JaxiapInputError("posterior covariance contains NaN or inf; check the features / weights that built it.")
+    if ridge:
+        cov = cov + ridge * jnp.mean(jnp.diagonal(cov)) * jnp.eye(cov.shape[0], dtype=cov.dtype)
+    covc = _concrete(cov)
+    if covc is not None:
+        try:
+            np.linalg.cholesky(0.5 * (covc + covc.T))
+        except np.linalg.LinAlgError:
+            raise JaxiapInputError(
+                "the posterior covariance is singular (e.g. a committee with fewer members than K + 1), "
+                "so it has no precision; pass ridge > 0 (e.g. 1e-6) or use more samples.") from None
+    return _inv_spd(0.5 * (cov + cov.T))
+
+
+def _concrete(x):
+    try:
+        return np.asarray(x)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return None
+
+
+class Posterior(eqx.Module):
+    """Base class of every posterior (see the module docstring for the protocol).
+
+    Subclasses provide ``mean``, ``noise_var``, ``kind``, ``sample``,
+    ``covariance`` and ``save``; the rest has defaults built on those. The
+    defaults of ``predict`` / ``predict_structures`` are the linear model's.
+    """
+
+    mean: eqx.AbstractVar[jnp.ndarray]
+    # also required (a field or a property; not declared here, which would fix the field order):
+    # noise_var, the data-noise variance per unit row weight (0 if none), and kind, a str label
+
+    @abc.abstractmethod
+    def sample(self, key, n_samples: int) -> jnp.ndarray:
+        """(n_samples, K) independent draws."""
+
+    @abc.abstractmethod
+    def covariance(self) -> jnp.ndarray:
+        """(K, K) posterior covariance of the parameters."""
+
+    @abc.abstractmethod
+    def save(self, path) -> None:
+        """Write the posterior to an .npz file that ``load_posterior`` reads."""
+
+    @property
+    def std(self) -> jnp.ndarray:
+        """(K,) marginal standard deviations, sqrt(diag(covariance()))."""
+        return jnp.sqrt(jnp.diagonal(self.covariance()))
+
+    def precision(self, ridge: float = 0.0) -> jnp.ndarray:
+        """(K, K) inverse of ``covariance() + ridge * mean(diag) * I`` (see :func:`precision_from_covariance`)."""
+        return precision_from_covariance(self.covariance(), ridge)
+
+    def ensemble(self, key, n_samples: int) -> jnp.ndarray:
+        """(n_samples, K) parameter vectors to run side by side; by default ``sample(key, n_samples)``.
+
+        Posteriors made of stored members (a committee) return them in stored order instead.
+        """
+        return self.sample(key, n_samples)
+
+    def predict(self, rows, row_weight=None) -> Prediction:
+        """Linear model: push-forward of design rows (R, K), std from ``covariance()``."""
+        rows = jnp.atleast_2d(rows)
+        mean = rows @ self.mean
+        var = jnp.sum((rows @ self.covariance()) * rows, axis=1)
+        noise = _noise_std(self.noise_var, row_weight, rows.shape[0], mean.dtype) ** 2
+        return Prediction(mean, jnp.sqrt(var), jnp.sqrt(var + noise))
+
+    def predict_structures(self, structures, *, basis=None) -> StructurePrediction:
+        """Energy and forces of C structures with push-forward stds, for E = c . B(x).
+
+        ``basis``: the LinearBasis the coefficients belong to (required for a
+        linear posterior). The rows are those of the design matrix (energy row
+        B(x), force rows -dB/dx; :func:`jaxiap.potentials.linear.structure_rows`),
+        so the energy std is sqrt(b^T Sigma b) and the force stds those of the
+        force rows (through ``predict``: ddof=1 sample moments for a committee).
+        """
+        from jaxiap.potentials.linear import structure_rows
+
+        if basis is None:
+            raise JaxiapInputError(f"{type(self).__name__}.predict_structures needs basis=, the LinearBasis the "
+                                   "coefficients were fitted with (a linear posterior has no model of its own)")
+        rows = structure_rows(basis, structures)
+        C, P, K = rows.shape
+        k = jnp.shape(self.mean)[-1]
+        if K != k:
+            raise JaxiapInputError(f"basis has {K} features but the posterior has K = {k} coefficients; pass "
+                                   "basis= the LinearBasis the posterior was fitted with")
+        p = self.predict(rows.reshape(C * P, K))
+        mask = jnp.asarray(structures.mask)[:, :, None]
+        mean, std = p.mean.reshape(C, P), p.std.reshape(C, P)
+        forces = jnp.where(mask, mean[:, 1:].reshape(C, -1, 3), 0.0)
+        forces_std = jnp.where(mask, std[:, 1:].reshape(C, -1, 3), 0.0)
+        return StructurePrediction(mean[:, 0], std[:, 0], forces, forces_std)
+
+
+class GaussianPosterior(Posterior):
     """c ~ N(mean, F F^T), with data noise variance ``noise_var`` per unit row weight.
 
     ``cov_factor`` F (K, K) is any square root of the covariance (Cholesky or
@@ -65,16 +208,33 @@ class GaussianPosterior(eqx.Module):
     noise_var: jnp.ndarray
     kind: str = eqx.field(static=True, default="gaussian")
 
+    def covariance(self) -> jnp.ndarray:
+        return self.cov_factor @ self.cov_factor.T
+
     @property
     def cov(self) -> jnp.ndarray:
-        return self.cov_factor @ self.cov_factor.T
+        """Alias of ``covariance()``."""
+        return self.covariance()
 
     @property
     def std(self) -> jnp.ndarray:
         return jnp.sqrt(jnp.sum(self.cov_factor**2, axis=1))
 
-    def sample(self, key, n: int) -> jnp.ndarray:
-        z = jax.random.normal(key, (n, self.cov_factor.shape[1]), self.mean.dtype)
+    def precision(self, ridge: float = 0.0) -> jnp.ndarray:
+        """(F F^T)^-1 = F^-T F^-1 from the factor (ridge = 0), else the regularised covariance inverse."""
+        if ridge:
+            return super().precision(ridge)
+        F = jnp.asarray(self.cov_factor, dtype=jnp.float64)
+        Fc = _concrete(F)
+        if Fc is not None and np.linalg.matrix_rank(Fc) < F.shape[0]:
+            raise JaxiapInputError("the posterior's covariance factor is singular (e.g. coefficients pruned by "
+                                   "BCS), so it has no precision; refit with a prior (ridge) or pass ridge > 0.")
+        Finv = jnp.linalg.solve(F, jnp.eye(F.shape[0], dtype=F.dtype))
+        Pm = Finv.T @ Finv
+        return 0.5 * (Pm + Pm.T)
+
+    def sample(self, key, n_samples: int) -> jnp.ndarray:
+        z = jax.random.normal(key, (n_samples, self.cov_factor.shape[1]), self.mean.dtype)
         return self.mean + z @ self.cov_factor.T
 
     def predict(self, rows, row_weight=None) -> Prediction:
@@ -86,7 +246,7 @@ class GaussianPosterior(eqx.Module):
 
     def save(self, path) -> None:
         runfolder.savez(path, kind=self.kind, family="gaussian", mean=np.asarray(self.mean),
-                 cov_factor=np.asarray(self.cov_factor), noise_var=np.asarray(self.noise_var))
+                        cov_factor=np.asarray(self.cov_factor), noise_var=np.asarray(self.noise_var))
 
     @classmethod
     def load(cls, z) -> "GaussianPosterior":
@@ -99,7 +259,7 @@ def _t_variance_factor(df):
     return jnp.where(df > 2, df / jnp.where(df > 2, df - 2, 1.0), jnp.inf)
 
 
-class StudentTPosterior(eqx.Module):
+class StudentTPosterior(Posterior):
     """c ~ multivariate Student-t(df, mean, Sigma) with scale matrix Sigma = F F^T.
 
     From the normal-inverse-gamma posterior (docs/science.md sections 9.4-9.5):
@@ -108,7 +268,7 @@ class StudentTPosterior(eqx.Module):
     scale^2 = a^T Sigma a + noise_scale2 / w (push-forward: without the noise
     term). ``predict`` reports *standard deviations*, std = scale sqrt(df/(df-2))
     (inf for df <= 2); ``predict_scale`` gives the t scales themselves, e.g. for
-    quantiles loc + scale * t_df.ppf(q).
+    quantiles loc + scale * t_df.ppf(q). ``covariance()`` is Sigma df/(df-2).
 
     Sampling: c = mean + F z / sqrt(u / df), z ~ N(0, I), u ~ chi2(df).
     """
@@ -138,20 +298,24 @@ class StudentTPosterior(eqx.Module):
     def scale_matrix(self) -> jnp.ndarray:
         return self.scale_factor @ self.scale_factor.T
 
-    @property
-    def cov(self) -> jnp.ndarray:
+    def covariance(self) -> jnp.ndarray:
         """Covariance Sigma df/(df-2) (inf for df <= 2)."""
         return self.scale_matrix * _t_variance_factor(self.df)
+
+    @property
+    def cov(self) -> jnp.ndarray:
+        """Alias of ``covariance()``."""
+        return self.covariance()
 
     @property
     def std(self) -> jnp.ndarray:
         return jnp.sqrt(jnp.sum(self.scale_factor**2, axis=1) * _t_variance_factor(self.df))
 
-    def sample(self, key, n: int) -> jnp.ndarray:
-        """(n, K) draws: Gaussian draws divided by sqrt(chi2_df / df)."""
+    def sample(self, key, n_samples: int) -> jnp.ndarray:
+        """(n_samples, K) draws: Gaussian draws divided by sqrt(chi2_df / df)."""
         kz, ku = jax.random.split(key)
-        z = jax.random.normal(kz, (n, self.scale_factor.shape[1]), self.mean.dtype)
-        u = 2.0 * jax.random.gamma(ku, self.df / 2, (n,), self.mean.dtype)  # chi2(df)
+        z = jax.random.normal(kz, (n_samples, self.scale_factor.shape[1]), self.mean.dtype)
+        u = 2.0 * jax.random.gamma(ku, self.df / 2, (n_samples,), self.mean.dtype)  # chi2(df)
         return self.mean + (z @ self.scale_factor.T) / jnp.sqrt(u / self.df)[:, None]
 
     def predict_scale(self, rows, row_weight=None) -> Prediction:
@@ -170,8 +334,8 @@ class StudentTPosterior(eqx.Module):
 
     def save(self, path) -> None:
         runfolder.savez(path, kind=self.kind, family="student_t", mean=np.asarray(self.mean),
-                 scale_factor=np.asarray(self.scale_factor), df=np.asarray(self.df),
-                 noise_scale2=np.asarray(self.noise_scale2))
+                        scale_factor=np.asarray(self.scale_factor), df=np.asarray(self.df),
+                        noise_scale2=np.asarray(self.noise_scale2))
 
     @classmethod
     def load(cls, z) -> "StudentTPosterior":
@@ -179,13 +343,14 @@ class StudentTPosterior(eqx.Module):
                    jnp.asarray(z["noise_scale2"]), str(z["kind"]))
 
 
-class SamplePosterior(eqx.Module):
+class SamplePosterior(Posterior):
     """An empirical posterior: equally weighted coefficient draws ``samples`` (S, K).
 
     Used for committees (bootstrap / subsampling) and MCMC output. ``mean`` is
-    the sample mean; ``predict`` uses the sample moments of rows @ samples.T
-    (std with ddof=1 when S > 1) and adds ``noise_var / row_weight`` for the
-    predictive std.
+    the sample mean; ``covariance()`` and ``predict`` use the sample moments
+    (ddof=1 when S > 1), and ``predict`` adds ``noise_var / row_weight`` for
+    the predictive std. ``ensemble(key, n)`` returns the first n stored draws
+    in order (each committee member once).
     """
 
     samples: jnp.ndarray
@@ -205,52 +370,82 @@ class SamplePosterior(eqx.Module):
     def n_samples(self) -> int:
         return self.samples.shape[0]
 
+    def _ddof(self) -> int:
+        return 1 if self.n_samples > 1 else 0
+
+    def covariance(self) -> jnp.ndarray:
+        return jnp.atleast_2d(jnp.cov(self.samples, rowvar=False, ddof=self._ddof()))
+
     @property
     def cov(self) -> jnp.ndarray:
-        return jnp.atleast_2d(jnp.cov(self.samples, rowvar=False, ddof=1 if self.n_samples > 1 else 0))
+        """Alias of ``covariance()``."""
+        return self.covariance()
 
     @property
     def std(self) -> jnp.ndarray:
-        return jnp.std(self.samples, axis=0, ddof=1 if self.n_samples > 1 else 0)
+        return jnp.std(self.samples, axis=0, ddof=self._ddof())
 
-    def sample(self, key, n: int, resample: bool = True) -> jnp.ndarray:
-        """(n, K): rows drawn with replacement; ``resample=False`` returns the first n rows
-        in stored order (e.g. each committee member once; requires n <= S)."""
+    def sample(self, key, n_samples: int, *, resample: bool = True) -> jnp.ndarray:
+        """(n_samples, K): rows drawn with replacement; ``resample=False`` returns the first
+        n_samples rows in stored order (what :meth:`ensemble` does; requires n_samples <= S)."""
         if not resample:
-            if n > self.n_samples:
-                raise JaxiapInputError(f"resample=False needs n <= {self.n_samples} stored samples, got n={n}; "
-                                       "use resample=True to draw with replacement")
-            return self.samples[:n]
-        idx = jax.random.randint(key, (n,), 0, self.n_samples)
+            if n_samples > self.n_samples:
+                raise JaxiapInputError(f"resample=False needs n <= {self.n_samples} stored samples, got "
+                                       f"n={n_samples}; use resample=True to draw with replacement")
+            return self.samples[:n_samples]
+        idx = jax.random.randint(key, (n_samples,), 0, self.n_samples)
         return self.samples[idx]
+
+    def ensemble(self, key, n_samples: int) -> jnp.ndarray:
+        """The first n_samples stored draws in order (each committee member once; ``key`` is unused)."""
+        return self.sample(key, n_samples, resample=False)
 
     def predict(self, rows, row_weight=None) -> Prediction:
         rows = jnp.atleast_2d(rows)
         out = rows @ self.samples.T  # (R, S)
         mean = jnp.mean(out, axis=1)
-        var = jnp.var(out, axis=1, ddof=1 if self.n_samples > 1 else 0)
+        var = jnp.var(out, axis=1, ddof=self._ddof())
         noise = _noise_std(self.noise_var, row_weight, rows.shape[0], mean.dtype) ** 2
         return Prediction(mean, jnp.sqrt(var), jnp.sqrt(var + noise))
 
     def save(self, path) -> None:
         runfolder.savez(path, kind=self.kind, family="samples", samples=np.asarray(self.samples),
-                 noise_var=np.asarray(self.noise_var))
+                        noise_var=np.asarray(self.noise_var))
 
     @classmethod
     def load(cls, z) -> "SamplePosterior":
         return cls(jnp.asarray(z["samples"]), jnp.asarray(z["noise_var"]), str(z["kind"]))
 
 
-GAUSSIAN_KINDS = ("gaussian", "lstsq", "blr")
-STUDENT_T_KINDS = ("student_t", "nig")
-SAMPLE_KINDS = ("samples", "committee", "bootstrap", "mcmc", "nuts")
+# --------------------------------------------------------------------------------------------
+# loading: family -> loader, filled by each family's module at import
+
+_LOADERS: dict[str, Callable] = {}
+_KIND_FAMILY: dict[str, str] = {}
 
 
-def load_posterior(path):
-    """Load a posterior written by ``.save`` (npz, no pickle), dispatching on its ``kind``.
+def register_family(family: str, loader: Callable, kinds: tuple = ()) -> None:
+    """Make ``load_posterior`` read files of ``family`` with ``loader(npz_dict)``.
 
-    Kinds not listed above (e.g. a solver's own label) load by the stored
-    ``family`` ("gaussian", "student_t", "samples") that every ``save`` writes.
+    ``kinds``: kind strings that mean this family in files written without a
+    ``family`` entry (older files).
+    """
+    _LOADERS[family] = loader
+    for kind in kinds:
+        _KIND_FAMILY[kind] = family
+
+
+register_family("gaussian", GaussianPosterior.load, ("gaussian", "lstsq", "blr"))
+register_family("student_t", StudentTPosterior.load, ("student_t", "nig"))
+register_family("samples", SamplePosterior.load, ("samples", "committee", "bootstrap", "mcmc", "nuts"))
+
+
+def load_posterior(path) -> Posterior:
+    """Load a posterior written by ``.save`` (npz, no pickle), dispatching on its ``family``.
+
+    Files without a ``family`` entry dispatch on their ``kind``. The families
+    are those registered with :func:`register_family` (importing
+    ``jaxiap.inference`` registers every family of the package).
     """
     with runfolder.read_npz(path, "posterior") as npz:
         z = {k: npz[k] for k in npz.files}
@@ -258,18 +453,9 @@ def load_posterior(path):
         raise JaxiapInputError(f"{path}: not a jaxiap posterior file (no 'kind' array); pass a file written by "
                                "Posterior.save")
     kind = str(z["kind"])
-    family = str(z["family"]) if "family" in z else ""
-    # ---- branch point: model-error posteriors live in jaxiap/inference/model_error.py,
-    # ---- which owns their file format (ModelErrorPosterior.load(npz_dict)).
-    if kind == "model_error":
-        from jaxiap.inference.model_error import ModelErrorPosterior
-
-        return ModelErrorPosterior.load(z)
-    elif kind in GAUSSIAN_KINDS or family == "gaussian":
-        return GaussianPosterior.load(z)
-    elif kind in STUDENT_T_KINDS or family == "student_t":
-        return StudentTPosterior.load(z)
-    elif kind in SAMPLE_KINDS or family == "samples":
-        return SamplePosterior.load(z)
-    raise JaxiapInputError(f"{path}: unknown posterior kind {kind!r}; expected one of "
-                           f"{GAUSSIAN_KINDS + STUDENT_T_KINDS + SAMPLE_KINDS + ('model_error',)}")
+    family = str(z["family"]) if "family" in z else _KIND_FAMILY.get(kind, "")
+    loader = _LOADERS.get(family) or _LOADERS.get(_KIND_FAMILY.get(kind, ""))
+    if loader is None:
+        raise JaxiapInputError(f"{path}: unknown posterior kind {kind!r} (family {family!r}); expected one of the "
+                               f"families {tuple(_LOADERS)} or kinds {tuple(_KIND_FAMILY)}")
+    return loader(z)

@@ -137,7 +137,7 @@ def fit_sparse(
     guide: str = "meanfield",
     key=None,
     num_warmup: int = 1000,
-    num_samples: int = 1000,
+    n_samples: int = 1000,
     num_chains: int = 2,
     target_accept_prob: float | None = None,
     dense_mass: bool = False,
@@ -165,6 +165,10 @@ def fit_sparse(
     ``tau_scale``, ``slab_scale``, ``laplace_scale``); draws are mapped back.
     ``p0`` (reg_horseshoe): prior guess of the number of nonzeros, default
     max(1, K // 4); tau0 = p0 / (K - p0) / sqrt(N).
+    ``n_samples``: draws per chain for NUTS (numpyro's ``num_samples``; the
+    posterior holds ``num_chains`` x ``n_samples``; ``num_warmup`` and
+    ``num_chains`` keep numpyro's names), draws from the fitted guide for SVI.
+    ``key`` (keyword-only) is required.
 
     Returns SamplePosterior(beta draws (S, K), noise_var = E[sigma^2]); with
     ``return_info`` also the NUTSResult / SVIResult (diagnostics, divergences).
@@ -191,12 +195,12 @@ def fit_sparse(
     model = PRIORS[prior]
     if method == "nuts":
         tap = target_accept_prob if target_accept_prob is not None else (0.8 if prior == "laplace" else 0.95)
-        res = run_nuts(model, key, *args, num_warmup=num_warmup, num_samples=num_samples,
+        res = run_nuts(model, key, *args, num_warmup=num_warmup, num_samples=n_samples,
                        num_chains=num_chains, target_accept_prob=tap, progress=progress, dense_mass=dense_mass,
                        max_tree_depth=max_tree_depth, **kwargs)
     else:
         res = run_svi(model, key, *args, guide_kind=guide, num_steps=svi_steps, learning_rate=learning_rate,
-                      num_samples=num_samples, progress=progress, **kwargs)
+                      num_samples=n_samples, progress=progress, **kwargs)
     beta = np.asarray(res.samples["beta"]) * ys / col
     noise_var = float(np.mean(np.asarray(res.samples["sigma"]) ** 2)) * ys**2
     post = SamplePosterior(jnp.asarray(beta), noise_var, kind=f"{prior}_{method}")

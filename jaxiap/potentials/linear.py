@@ -1,8 +1,11 @@
 """Linear-in-coefficients potentials E(x) = sum_k c_k B_k(x) and their design matrices.
 
-``LinearBasis`` maps one structure to its features B(x) (K,): radial pair
-features summed over the structure, optionally followed by one column per
-species counting its atoms (per-species reference energies). Forces are
+``LinearBasis`` maps one structure to its features B(x) (K,): the structure
+features of any descriptor (radial pair features summed over the structure
+for the LJ13 study), optionally followed by one column per species counting
+its atoms (per-species reference energies). ``LinearPotential`` is a
+:class:`~jaxiap.potentials.base.Potential`; both accept periodic cells
+(``box``) and jax-md neighbour lists (``neighbor=``). Forces are
 F = -c . dB/dx by autodiff, so the force rows of the design matrix are
 -dB/dx.
 
@@ -22,27 +25,68 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxiap.data import Dataset
-from jaxiap.descriptors.radial import RadialBasis, structure_features
+from jaxiap.descriptors.base import Descriptor
+from jaxiap.descriptors.radial import RadialBasis, RadialDescriptor
 from jaxiap.errors import JaxiapInputError
+from jaxiap.geometry import check_cell
+from jaxiap.potentials.base import Potential
 from jaxiap.structures import Structures
 
 ENERGY_ROW, FORCE_ROW = 0, 1
 
 
 class LinearBasis(eqx.Module):
-    """Structure features B(x) (K,) for a linear potential."""
+    """Structure features B(x) (K,) for a linear potential.
 
-    radial: RadialBasis
+    descriptor: any :class:`~jaxiap.descriptors.base.Descriptor` (its
+        ``structure`` features), or a :class:`RadialBasis`, which is wrapped
+        into a :class:`RadialDescriptor` with ``n_species`` species (the LJ13
+        study's basis; its numbers are unchanged by the wrapping).
+    n_species: species count, for the reference-energy columns.
+    species_reference: append one column per species counting its atoms.
+    """
+
+    descriptor: Descriptor
     n_species: int = eqx.field(static=True, default=1)
     species_reference: bool = eqx.field(static=True, default=False)
 
+    def __init__(self, descriptor, n_species: int = 1, species_reference: bool = False):
+        if isinstance(descriptor, RadialBasis):
+            descriptor = RadialDescriptor(descriptor, int(n_species))
+        if not isinstance(descriptor, Descriptor):
+            raise JaxiapInputError(
+                f"LinearBasis: descriptor must be a Descriptor (e.g. RadialDescriptor) or a RadialBasis, "
+                f"got {type(descriptor).__name__}"
+            )
+        d_species = getattr(descriptor, "n_species", None)
+        if d_species is not None and int(d_species) != int(n_species):
+            if int(n_species) != 1:
+                raise JaxiapInputError(
+                    f"LinearBasis: n_species={n_species} disagrees with the descriptor's n_species={d_species}"
+                )
+            n_species = int(d_species)
+        self.descriptor = descriptor
+        self.n_species = int(n_species)
+        self.species_reference = bool(species_reference)
+
+    @property
+    def radial(self) -> RadialBasis:
+        """The RadialBasis of a radial descriptor (AttributeError for other descriptors)."""
+        if isinstance(self.descriptor, RadialDescriptor):
+            return self.descriptor.radial
+        raise AttributeError(f"LinearBasis.radial: the descriptor is a {type(self.descriptor).__name__}")
+
+    @property
+    def cutoff(self):
+        return self.descriptor.cutoff
+
     @property
     def n_features(self) -> int:
-        return self.radial.n_basis * self.n_species + (self.n_species if self.species_reference else 0)
+        return self.descriptor.n_features + (self.n_species if self.species_reference else 0)
 
-    def __call__(self, positions, mask=None, species=None, box=None):
-        """positions (N, 3), mask (N,), species (N,) int, box (3,) -> (K,)."""
-        b = structure_features(self.radial, positions, mask, box, species, self.n_species)
+    def __call__(self, positions, mask=None, species=None, box=None, neighbor=None):
+        """positions (N, 3), mask (N,), species (N,) int, box None/(3,)/(3, 3), neighbor -> (K,)."""
+        b = self.descriptor.structure(positions, mask=mask, species=species, box=box, neighbor=neighbor)
         if self.species_reference:
             n = positions.shape[0]
             m = jnp.ones(n, bool) if mask is None else mask
@@ -51,28 +95,42 @@ class LinearBasis(eqx.Module):
             b = jnp.concatenate([b, counts])
         return b
 
-    def jacobian(self, positions, mask=None, species=None, box=None):
+    def jacobian(self, positions, mask=None, species=None, box=None, neighbor=None):
         """dB/dx (K, N, 3) by reverse-mode autodiff (K backward passes)."""
-        return jax.jacrev(self.__call__)(positions, mask, species, box)
+        return jax.jacrev(lambda x: self(x, mask, species, box, neighbor))(positions)
 
 
-class LinearPotential(eqx.Module):
-    """E(x) = c . B(x). ``coefficients`` is (K,) or a stack (M, K) of samples."""
+class LinearPotential(Potential):
+    """E(x) = c . B(x). ``coefficients`` is (K,) or a stack (M, K) of samples.
+
+    A :class:`~jaxiap.potentials.base.Potential`: its parameters are the
+    coefficients only (the basis hyperparameters are fixed data), so
+    ``stack_parameters(pot, cs)`` takes an (M, K) array. The methods also
+    accept an (M, K) coefficient stack directly (energies (M,), forces (M, N, 3)).
+    """
 
     basis: LinearBasis
     coefficients: jnp.ndarray
 
-    def energy(self, positions, mask=None, species=None, box=None):
-        """Energy of one structure: scalar for (K,) coefficients, (M,) for (M, K)."""
-        return self.coefficients @ self.basis(positions, mask, species, box)
+    @property
+    def cutoff(self):
+        return self.basis.cutoff
 
-    def forces(self, positions, mask=None, species=None, box=None):
+    def parameter_spec(self):
+        spec = jax.tree_util.tree_map(lambda _: False, self)
+        return eqx.tree_at(lambda p: p.coefficients, spec, replace=True)
+
+    def energy(self, positions, mask=None, species=None, box=None, *, neighbor=None):
+        """Energy of one structure: scalar for (K,) coefficients, (M,) for (M, K)."""
+        return self.coefficients @ self.basis(positions, mask, species, box, neighbor)
+
+    def forces(self, positions, mask=None, species=None, box=None, *, neighbor=None):
         """Forces (N, 3), or (M, N, 3) for a coefficient stack."""
-        jac = self.basis.jacobian(positions, mask, species, box)
+        jac = self.basis.jacobian(positions, mask, species, box, neighbor)
         return -jnp.tensordot(self.coefficients, jac, axes=1)
 
-    def energy_and_forces(self, positions, mask=None, species=None, box=None):
-        b, vjp = jax.vjp(lambda x: self.basis(x, mask, species, box), positions)
+    def energy_and_forces(self, positions, mask=None, species=None, box=None, *, neighbor=None):
+        b, vjp = jax.vjp(lambda x: self.basis(x, mask, species, box, neighbor), positions)
         if self.coefficients.ndim == 1:
             return self.coefficients @ b, -vjp(self.coefficients)[0]
         f = jax.vmap(lambda c: -vjp(c)[0])(self.coefficients)
@@ -137,6 +195,9 @@ def iter_design_chunks(
     if chunk_size < 1:
         raise JaxiapInputError(f"chunk_size must be >= 1, got {chunk_size}")
     chunk_size = min(chunk_size, s_total)
+    if st.box is not None:
+        for b in np.unique(np.asarray(st.box).reshape(s_total, -1), axis=0):
+            check_cell(b.reshape(np.shape(st.box)[1:]), basis.cutoff, "design_matrix: a structure's box")
     rows_fn = _chunk_rows_fn(basis, st.box is not None)
     per = 1 + 3 * n
     kind = np.concatenate([[ENERGY_ROW], np.full(3 * n, FORCE_ROW)])
@@ -165,3 +226,35 @@ def design_matrix(basis: LinearBasis, dataset: Dataset, chunk_size: int = 256) -
     """The full design matrix, assembled from fixed-size chunks."""
     chunks = list(iter_design_chunks(basis, dataset, chunk_size))
     return DesignMatrix(*(jnp.concatenate(parts) for parts in zip(*chunks)))
+
+
+@jax.jit
+def _structure_rows_batch(basis, positions, mask, species, box):
+    fn = lambda x, m, s, b: _structure_rows(basis, x, m, s, b)
+    return jax.vmap(fn, in_axes=(0, 0, 0, None if box is None else 0))(positions, mask, species, box)
+
+
+def structure_rows(basis: LinearBasis, structures: Structures):
+    """Unit-weight design rows of each structure, (S, 1 + 3N, K): the energy row B(x), then the
+    3N force rows -dB/dx (atom-major), as in :func:`design_matrix` (rows of padded atoms are
+    not zeroed here). One jitted function of (basis, structures): compiled once per shape."""
+    return _structure_rows_batch(basis, structures.positions, structures.mask, structures.species, structures.box)
+
+
+def design_from_rows(rows, dataset: Dataset) -> DesignMatrix:
+    """The DesignMatrix of ``dataset`` from its unit-weight rows (S, 1 + 3N, K) (:func:`structure_rows`).
+
+    Same rows, targets, weights and order as :func:`design_matrix`, without
+    recomputing the basis Jacobians (e.g. subsets of a pool whose rows are known).
+    """
+    rows = np.asarray(rows)
+    s, p, k = rows.shape
+    mask = np.asarray(dataset.structures.mask)
+    y = np.concatenate([np.asarray(dataset.energy)[:, None], np.asarray(dataset.forces).reshape(s, -1)], axis=1)
+    w_force = np.repeat(mask, 3, axis=1) * np.asarray(dataset.force_weight)[:, None]
+    w = np.concatenate([np.asarray(dataset.energy_weight)[:, None], w_force], axis=1)
+    kind = np.concatenate([[ENERGY_ROW], np.full(p - 1, FORCE_ROW)])
+    return DesignMatrix(A=jnp.asarray(rows.reshape(s * p, k)), y=jnp.asarray(y.reshape(-1)),
+                        w=jnp.asarray(w.reshape(-1)), kind=jnp.asarray(np.tile(kind, s)),
+                        structure=jnp.asarray(np.repeat(np.arange(s), p)),
+                        n_atoms=jnp.asarray(np.repeat(mask.sum(axis=1), p)))

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxiap.errors import JaxiapInputError
+from jaxiap.inference.solvers import SOLVERS, get_solver
 
 PRESETS = {
     # defaults: the 2-core CPU run of the README (under 5 minutes)
@@ -176,8 +177,8 @@ class LJ13Config:
         if self.basis not in FAMILIES:
             bad("basis", f"choose one of {FAMILIES}")
         for name in ("posterior", "sample_posterior"):
-            if getattr(self, name) not in POSTERIORS:
-                bad(name, f"choose one of {tuple(POSTERIORS)}")
+            if getattr(self, name) not in SOLVERS:
+                bad(name, f"choose one of {tuple(SOLVERS)}")
         # the FRT settings of every ensemble of the study, validated once here
         object.__setattr__(self, "_frt_settings", validated_frt_settings(
             self, CLI_FLAGS, kT=self.kT, gamma=self.gamma, dt=self.dt, n_q=self.n_q, t_max=self.t_max,
@@ -211,7 +212,7 @@ class LJ13Config:
             what = f"{CLI_FLAGS[name]} {kind}"
             if kind in ("lstsq", "nig"):
                 enough_rows(n_train, what, more_data)
-            elif kind == "bootstrap":  # 32 fits on 0.8 x the training structures, drawn with replacement
+            elif kind in ("bootstrap", "committee"):  # 32 fits on 0.8 x the training structures
                 enough_rows(max(1, int(round(0.8 * n_train))), what, more_data)
         if "subsets" in attempts:  # least-squares fits on round(subset_fraction x n_train) structures
             enough_rows(max(1, int(round(self.subset_fraction * n_train))), "each 'subsets' fit",
@@ -258,63 +259,9 @@ class LJ13Config:
         return self._frt_settings
 
 
-def _fit_lstsq(design, key):
-    from jaxiap.inference.linear import fit_lstsq
-
-    return fit_lstsq(design)
-
-
-def _fit_blr(design, key):
-    """Gaussian prior and known noise, with energy/force noise and prior scale by type-II ML."""
-    from jaxiap.inference.linear import optimize_hyperparameters
-
-    return optimize_hyperparameters(design).posterior
-
-
-def _fit_nig(design, key):
-    """Unknown noise, normal-inverse-gamma (flat limit): Student-t posterior."""
-    from jaxiap.inference.linear import fit_nig
-
-    return fit_nig(design)
-
-
-def _fit_bootstrap(design, key):
-    """32-member bootstrap committee over training structures."""
-    from jaxiap.inference.ensembles import fit_committee
-
-    return fit_committee(design, 32, key, replace=True)
-
-
-def _fit_model_error(likelihood):
-    def fit(design, key):
-        """Embedded model error in every coefficient (additive, diagonal), MAP + Laplace."""
-        from jaxiap.inference.model_error import fit_model_error
-
-        return fit_model_error(design, likelihood=likelihood, method="laplace", key=key)
-
-    return fit
-
-
-def _fit_horseshoe(design, key):
-    """Horseshoe prior, NUTS (2 chains x 500 draws)."""
-    from jaxiap.inference.sparse import fit_sparse
-
-    return fit_sparse(design, prior="horseshoe", method="nuts", key=key, num_warmup=500, num_samples=500)
-
-
-#: posterior kind -> fit(design, key) -> Posterior
-POSTERIORS = {
-    "lstsq": _fit_lstsq,
-    "blr": _fit_blr,
-    "nig": _fit_nig,
-    "bootstrap": _fit_bootstrap,
-    "merr-iid": _fit_model_error("iid"),
-    "merr-abc": _fit_model_error("abc"),
-    "horseshoe": _fit_horseshoe,
-}
-
-
-POSTERIOR_CHOICES = tuple(POSTERIORS)
+#: the --posterior / --sample-posterior choices: the names of the solver registry
+#: (jaxiap.inference.solvers.SOLVERS; each fit is ``get_solver(name)(design, key=...)``)
+POSTERIOR_CHOICES = tuple(SOLVERS)
 PRESET_CHOICES = tuple(PRESETS)
 DEFAULTS = LJ13Config()
 
@@ -333,6 +280,20 @@ def make_basis(config: LJ13Config):
     return LinearBasis(RadialBasis(config.basis, config.basis_size, config.r_min, config.r_cut))
 
 
+def _check_reference_data(ds, config) -> None:
+    """Refuse reference data from an MD run that blew up or evaporated (e.g. --dt far too large)."""
+    from jaxiap.md.qoi import evaporated
+
+    finite = np.isfinite(np.asarray(ds.energy)) & np.all(np.isfinite(np.asarray(ds.forces)), axis=(1, 2))
+    gone = np.asarray(jax.vmap(evaporated)(jnp.asarray(ds.structures.positions)))
+    n_bad = int(np.sum(~finite | gone))
+    if not finite.all() or n_bad > len(finite) // 2:
+        raise JaxiapInputError(
+            f"reference MD blew up or evaporated: {n_bad} of {len(finite)} snapshots are non-finite or have an "
+            f"atom farther than 3 sigma from the rest, at dt={config.dt} (--dt) and kT={config.kT} (--kT); "
+            "use a smaller --dt (0.005 tau is the LJ default) or a lower --kT")
+
+
 def generate_data(config: LJ13Config, folder: Path | None = None):
     """(train, test) Datasets; read from ``folder`` when already written there.
 
@@ -346,6 +307,7 @@ def generate_data(config: LJ13Config, folder: Path | None = None):
         return load_npz(folder / "train.npz"), load_npz(folder / "test.npz")
     ds = lj13_dataset(config.seed, config.n_trajectories, config.n_samples, config.sample_every,
                       config.kT, config.gamma, config.dt, config.n_equilibrate)
+    _check_reference_data(ds, config)
     train, test = split(jax.random.key(config.seed + 1), ds, (1 - config.test_fraction, config.test_fraction))
     if folder is not None:
         ensure_dir(folder)
@@ -369,7 +331,7 @@ def fit_potential(config: LJ13Config, train, saved=None):
     design = reweight(design_matrix(basis, train), config.energy_weight, config.force_weight)
     if saved is not None and Path(saved).exists():
         return basis, load_posterior(saved), design
-    posterior = POSTERIORS[config.posterior](design, jax.random.key(config.seed + 2))
+    posterior = get_solver(config.posterior)(design, key=jax.random.key(config.seed + 2))
     if saved is not None:
         posterior.save(saved)
     return basis, posterior, design

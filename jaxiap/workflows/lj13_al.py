@@ -270,27 +270,22 @@ def generate_data(config: LJ13ALConfig, folder: Path | None = None):
 def reference_fit(config: LJ13ALConfig, basis, pool_rows, pool):
     """Type-II ML on the fully labelled pool: fixed hyperparameters for the loops and the reference fit.
 
-    Returns (fit(design) -> GaussianPosterior, full-pool posterior, hyperparameters dict).
+    Returns (fit: the registry's "blr" Solver at those fixed values, ``fit(design) ->
+    GaussianPosterior``; the full-pool posterior; hyperparameters dict).
     """
-    from jaxiap.active.loop import design_from_rows
-    from jaxiap.inference.linear import fit_blr, optimize_hyperparameters, reweight
+    from jaxiap.inference.linear import optimize_hyperparameters, reweight
+    from jaxiap.inference.solvers import get_solver
+    from jaxiap.potentials.linear import design_from_rows
 
     design = reweight(design_from_rows(pool_rows, pool), config.energy_weight, config.force_weight)
     t2 = optimize_hyperparameters(design)
     if config.force_weight == 0:
-        noise_var, e_factor = t2.sigma_energy**2, 1.0
-    else:  # energy rows re-weighted so that one noise_var (the force one) serves both kinds
-        noise_var, e_factor = t2.sigma_force**2, t2.sigma_force**2 / t2.sigma_energy**2
+        noise_var, energy_noise_var = t2.sigma_energy**2, None
+    else:  # energy rows re-weighted (by sigma_F^2 / sigma_E^2) so that one noise_var (the force one) serves both
+        noise_var, energy_noise_var = t2.sigma_force**2, t2.sigma_energy**2
     prior_precision = 1.0 / t2.prior_scale**2
-
-    def fit(design):
-        """BLR with fixed (type-II on the full pool) noise and prior scale."""
-        from jaxiap.potentials.linear import ENERGY_ROW
-
-        w = np.where(np.asarray(design.kind) == ENERGY_ROW, e_factor, 1.0) * np.asarray(design.w)
-        return fit_blr(design._replace(w=w), prior_precision=prior_precision, noise_var=noise_var)
-
-    fit.__qualname__ = "fixed_blr"  # the name in the loops' fingerprints
+    # BLR with fixed (type-II on the full pool) noise and prior scale
+    fit = get_solver("blr", prior_precision=prior_precision, noise_var=noise_var, energy_noise_var=energy_noise_var)
     hyper = {"sigma_energy": t2.sigma_energy, "sigma_force": t2.sigma_force, "prior_scale": t2.prior_scale,
              "noise_var": noise_var}
     return fit, fit(design), hyper

@@ -7,8 +7,8 @@ thermostat seeds (common random numbers), compared with the true potential:
 2. ``subsets``: B least-squares fits on independently drawn random subsets of
    the training structures (without replacement, a fraction of the pool each);
 3. ``posterior``: M draws from a Bayesian posterior of one training set (any
-   posterior of :data:`jaxiap.workflows.lj13.POSTERIORS`: BLR, NIG, model
-   error, horseshoe, bootstrap).
+   solver of :data:`jaxiap.inference.solvers.SOLVERS`: BLR, NIG, model
+   error, horseshoe, bootstrap, ...).
 
 For each: the pooled FRT distribution (censored-exponential mean with
 interval, Kaplan-Meier median, KS distance to the truth), the law-of-total-
@@ -42,22 +42,25 @@ def parse_attempts(text: str) -> tuple:
     return names
 
 
-def subset_coefficients(design, n_fits: int, key, fraction: float = 0.5) -> np.ndarray:
-    """(B, K) least-squares coefficients, each fitted on a random subset of the training structures.
+def subset_coefficients(design, n_samples: int, *, key, fraction: float = 0.5) -> np.ndarray:
+    """(n_samples, K) least-squares coefficients, each fitted on a random subset of the training structures.
 
     Each fit draws round(fraction * S) of the S training structures without
-    replacement, independently of the others.
+    replacement, independently of the others (the registry's ``committee``
+    solver with ``fraction``; its members in order).
     """
-    from jaxiap.inference.ensembles import fit_committee
+    from jaxiap.inference.solvers import get_solver
 
     if not 0.0 < fraction <= 1.0:
         raise JaxiapInputError(f"subset_fraction={fraction}: must be in (0, 1]")
-    return np.asarray(fit_committee(design, int(n_fits), key, fraction=fraction, replace=False).samples)
+    n_samples = int(n_samples)
+    committee = get_solver("committee", n_samples=n_samples, fraction=fraction)(design, key=key)
+    return np.asarray(committee.ensemble(key, n_samples))
 
 
-def posterior_coefficients(posterior, n: int, key) -> np.ndarray:
-    """(M, K) coefficient draws from any Posterior (model error included where the posterior has it)."""
-    return np.asarray(posterior.sample(key, int(n)))
+def posterior_coefficients(posterior, n_samples: int, *, key) -> np.ndarray:
+    """(n_samples, K) coefficient draws from any Posterior (model error included where the posterior has it)."""
+    return np.asarray(posterior.sample(key, int(n_samples)))
 
 
 def posterior_germ(samples, reference_samples) -> np.ndarray:
@@ -136,14 +139,14 @@ def frt_pce(xi, log_mean, noise_var, degree: int | None = None, test_fraction: f
     }
 
 
-def attempt_coefficients(name: str, config, design, fitted_posterior, key, saved_posterior=None):
+def attempt_coefficients(name: str, config, design, fitted_posterior, *, key, saved_posterior=None):
     """(coefficients (M, K), posterior or None) for attempt ``name`` of ``config``."""
-    from jaxiap.workflows.lj13 import POSTERIORS
+    from jaxiap.inference.solvers import get_solver
 
     if name == "mle":
         return np.asarray(fitted_posterior.mean)[None], None
     if name == "subsets":
-        return subset_coefficients(design, config.n_subsets, key, config.subset_fraction), None
+        return subset_coefficients(design, config.n_subsets, key=key, fraction=config.subset_fraction), None
     if name == "posterior":
         from pathlib import Path
 
@@ -154,10 +157,10 @@ def attempt_coefficients(name: str, config, design, fitted_posterior, key, saved
         elif saved_posterior is not None and Path(saved_posterior).exists():
             post = load_posterior(saved_posterior)
         else:
-            post = POSTERIORS[config.sample_posterior](design, jax.random.fold_in(key, 1))
+            post = get_solver(config.sample_posterior)(design, key=jax.random.fold_in(key, 1))
             if saved_posterior is not None:
                 post.save(saved_posterior)
-        return posterior_coefficients(post, config.n_posterior_samples, jax.random.fold_in(key, 2)), post
+        return posterior_coefficients(post, config.n_posterior_samples, key=jax.random.fold_in(key, 2)), post
     raise JaxiapInputError(f"attempt {name!r} is unknown; choose one of {ATTEMPTS}")
 
 
@@ -181,7 +184,7 @@ def run_attempts(config, out, design, fitted_posterior, energy_fn, true_res, *, 
         stage = timer(f"attempt_{name}") if timer is not None else contextlib.nullcontext()
         with stage:
             key = jax.random.fold_in(jax.random.key(config.seed + 3), i)
-            coef, post = attempt_coefficients(name, config, design, fitted_posterior, key,
+            coef, post = attempt_coefficients(name, config, design, fitted_posterior, key=key,
                                               saved_posterior=out / f"posterior_{config.sample_posterior}.npz")
             if not np.all(np.isfinite(coef)):
                 raise JaxiapInputError(f"attempt {name}: non-finite coefficients from the fits; "
@@ -195,7 +198,7 @@ def run_attempts(config, out, design, fitted_posterior, energy_fn, true_res, *, 
                                        base_seed=config.seed, chunk_size=config.chunk_size, progress=progress)
             s = attempt_summary(res, true_res)
             if name == "posterior" and post is not None and coef.shape[0] >= 4:
-                ref = posterior_coefficients(post, 4096, jax.random.fold_in(key, 3))
+                ref = posterior_coefficients(post, 4096, key=jax.random.fold_in(key, 3))
                 xi = posterior_germ(coef, ref)
                 lm = s.get("log_mean_frt")
                 if lm is not None:

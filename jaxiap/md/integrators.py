@@ -1,0 +1,118 @@
+"""Langevin dynamics: the one BAOAB integrator of jaxiap, with two front ends (docs/science.md section 3.1).
+
+With ``h = dt / 2`` and ``c1 = exp(-gamma dt)`` one BAOAB step is
+``B: p += h F(x); A: x += h p / m; O: p = c1 p + sqrt((1 - c1^2) m kT) xi;
+A: x += h p / m; B: p += h F(x)`` with xi ~ N(0, I).
+
+1. :func:`free_langevin` (jax-md ``simulate.nvt_langevin`` in ``space.free()``),
+   with :func:`run_steps` and :func:`sample_every`: the MD engine of the FRT
+   program (:mod:`jaxiap.md.frt`) and of the reference-data generator
+   (:mod:`jaxiap.systems.sampling`). The noise comes from the key carried
+   in the state (split once per step), so a trajectory is fixed by its
+   start key.
+2. :func:`baoab_step` / :func:`initial_momenta`: the same scheme in plain
+   JAX with the noise ``xi`` passed in, for :mod:`jaxiap.md.sensitivity`.
+   Its estimators need what jax-md's step hides: the likelihood-ratio
+   score is a function of each step's ``xi`` and of the split of the O
+   step's noise into positions, and the pathwise estimator must draw step
+   ``n``'s noise as ``normal(fold_in(key, n))`` so that checkpointed
+   reverse-mode recomputation replays it. It also rounds the O step
+   differently (``sqrt((1 - c1^2) m kT) * xi`` instead of jax-md's
+   ``sqrt(kT (1 - c1^2))`` and a normal sample of variance ``c2^2 m``), so
+   the two front ends agree only to round-off for the same noise.
+
+Units: those of the energy function (LJ reduced units for LJ13: energies
+in epsilon, lengths in sigma, times in tau); masses 1 unless given.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["free_langevin", "run_steps", "sample_every", "baoab_step", "initial_momenta"]
+
+
+# ---------------------------------------------------------------------------
+# jax-md front end
+# ---------------------------------------------------------------------------
+
+
+def free_langevin(energy_fn: Callable, *, dt: float, gamma: float, kT: float | None = None):
+    """``(init_fn, step_fn)`` of BAOAB Langevin MD of a free cluster (jax-md ``nvt_langevin``).
+
+    energy_fn(positions (N, 3), **kwargs) -> scalar; the keyword arguments of
+    ``init_fn``/``step_fn`` other than ``kT`` (e.g. ``coefficients=``) are
+    passed on to it.
+    ``init_fn(key, positions (N, 3), mass=1.0, **kwargs) -> NVTLangevinState``
+    draws Maxwell-Boltzmann momenta with zero mean (centre of mass at rest);
+    ``step_fn(state, **kwargs) -> state`` makes one step of ``dt`` (time).
+    kT (energy): a float is compiled into the program (the numbers of the
+    FRT ensembles and the LJ13 reference data); None: pass ``kT=`` to both
+    functions (a traced value, so one compilation serves all temperatures).
+    gamma: friction (1 / time).
+    """
+    from jax_md import simulate, space
+
+    _, shift_fn = space.free()
+    return simulate.nvt_langevin(energy_fn, shift_fn, dt=dt, kT=1.0 if kT is None else kT, gamma=gamma)
+
+
+def run_steps(step_fn: Callable, state, n_steps, **kwargs):
+    """``n_steps`` MD steps (a ``fori_loop``; n_steps may be traced). Returns the new state."""
+    return jax.lax.fori_loop(0, n_steps, lambda _, s: step_fn(s, **kwargs), state)
+
+
+def sample_every(step_fn: Callable, state, n_samples: int, every: int, observe: Callable, **kwargs):
+    """Advance ``n_samples * every`` steps, observing after every ``every`` steps.
+
+    observe(state) -> PyTree of arrays (e.g. ``lambda s: s.position``).
+    Returns ``(state, samples)`` with a leading (n_samples,) axis on every
+    leaf of samples (a ``lax.scan``).
+    """
+
+    def block(s, _):
+        s = run_steps(step_fn, s, every, **kwargs)
+        return s, observe(s)
+
+    return jax.lax.scan(block, state, None, length=n_samples)
+
+
+# ---------------------------------------------------------------------------
+# explicit-noise front end (sensitivities)
+# ---------------------------------------------------------------------------
+
+
+def baoab_step(force_fn: Callable, c, x, p, f, xi, *, dt, gamma, kT, mass=1.0):
+    """One BAOAB Langevin step in plain JAX, differentiable in c, x and p.
+
+    force_fn(c, x) -> force (shape of x); f: the force at x (carried, so one
+    force evaluation per step); xi: standard normal noise (shape of x).
+    Returns (x, p, f) after the step. The O step is
+    ``p <- exp(-gamma dt) p + sqrt((1 - exp(-2 gamma dt)) m kT) xi``.
+    """
+    h = 0.5 * dt
+    c1 = math.exp(-gamma * dt)
+    sp = jnp.sqrt((1.0 - c1 * c1) * mass * kT)
+    p = p + h * f
+    x = x + h * p / mass
+    p = c1 * p + sp * xi
+    x = x + h * p / mass
+    f = force_fn(c, x)
+    p = p + h * f
+    return x, p, f
+
+
+def initial_momenta(key, positions, kT, mass=1.0):
+    """Maxwell-Boltzmann momenta sqrt(m kT) N(0, 1), shape of positions.
+
+    For clusters (positions (N, 3) with N > 1) the mean momentum is
+    subtracted, so the centre of mass starts at rest (as in jax-md).
+    """
+    p = jnp.sqrt(mass * kT) * jax.random.normal(key, positions.shape, positions.dtype)
+    if positions.ndim == 2 and positions.shape[0] > 1:
+        p = p - jnp.mean(p, axis=0, keepdims=True)
+    return p
