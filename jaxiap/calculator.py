@@ -55,6 +55,7 @@ def _efs(potential, positions, cell, species, neighbor, with_stress: bool):
 
 
 _efs_jit = jax.jit(_efs, static_argnames=("with_stress",))
+_update_jit = jax.jit(lambda nbrs, positions: nbrs.update(positions))  # jax-md's update is not jitted itself
 
 
 class JaxiapCalculator(Calculator):
@@ -114,7 +115,7 @@ class JaxiapCalculator(Calculator):
             self._nl = (key, neighbor_fn, neighbor_fn.allocate(positions))
             return self._nl[2]
         _, neighbor_fn, nbrs = self._nl
-        nbrs = nbrs.update(positions)
+        nbrs = _update_jit(nbrs, positions)
         if bool(nbrs.did_buffer_overflow):
             nbrs = neighbor_fn.allocate(positions)
         self._nl = (key, neighbor_fn, nbrs)

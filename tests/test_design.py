@@ -156,6 +156,34 @@ def test_posterior_precision_kinds():
     assert np.all(np.linalg.eigvalsh(P) > 0)
 
 
+def test_design_strategies_work_on_model_error_posteriors(lj_pool):
+    """Covariance access is a protocol method: D/A-optimal and uncertainty selection accept a
+    model-error posterior (its precision is the inverse of the total covariance, model error included)."""
+    import jax
+
+    from jaxiap.active.loop import STRATEGIES, LoopContext
+    from jaxiap.inference.model_error import fit_model_error
+    from jaxiap.systems.lj import lj_energy
+    from jaxiap.systems.oracle import JaxOracle, label
+
+    basis, st, _ = lj_pool
+    ds = label(JaxOracle(lj_energy), st)
+    dm = design_matrix(basis, ds)
+    post = fit_model_error(dm, likelihood="iid", method="laplace", key=jax.random.key(0), n_samples=200)
+    cov = np.asarray(post.covariance())
+    split = post.predict_split(dm.A[:20])
+    np.testing.assert_allclose(np.einsum("rk,kl,rl->r", np.asarray(dm.A[:20]), cov, np.asarray(dm.A[:20])),
+                               split["total_var"], rtol=1e-8)
+    P, Pref = np.asarray(od.posterior_precision(post)), np.linalg.inv(cov)
+    assert np.linalg.norm(P - Pref) <= 1e-6 * np.linalg.norm(Pref)
+    rows = od.candidate_rows(basis, st)
+    ctx = LoopContext(rows, np.asarray(rows[:, 0]), post, np.array([True, False, False, False]), basis, st, dm,
+                      None)
+    for name in ("d-optimal", "a-optimal", "uncertainty", "dpp-greedy"):
+        sel = np.asarray(STRATEGIES[name](jax.random.key(1), ctx, 2))
+        assert sel.shape == (2,) and len(set(sel.tolist())) == 2 and 0 not in sel.tolist(), (name, sel)
+
+
 def test_input_errors():
     U, M0, rng = _pool(7, C=5)
     with pytest.raises(JaxiapInputError, match="criterion 'Q' is unknown"):

@@ -145,15 +145,20 @@ def test_kdpp_log_space_handles_extreme_spectra():
     # eigenvalues spanning 1e-150 .. 1e150: e_k would overflow / underflow without log space
     rng = np.random.default_rng(4)
     Q, _ = np.linalg.qr(rng.normal(size=(6, 6)))
-    L = (Q * np.array([1e150, 1e100, 1.0, 1e-3, 1e-50, 1e-150])) @ Q.T
+    lam = np.array([1e150, 1e100, 1.0, 1e-3, 1e-50, 1e-150])
+    L = (Q * lam) @ Q.T
     L = 0.5 * (L + L.T)
     # the scale is too extreme for the PSD check's relative tolerance to be meaningful; call the core
+    masks = jax.vmap(lambda key: dpp._sample_kdpp(key, jnp.asarray(L), 3))(jax.random.split(jax.random.key(5), 50))
+    assert np.all(np.asarray(masks).sum(1) == 3)
+    # eigh(L) resolves nothing below 1e150 * eps, so the distribution is checked on the exact
+    # spectrum (lam, Q): the same log-space e_k path, without the eigendecomposition
     n_draws = 2000
-    masks = jax.vmap(lambda key: dpp._sample_kdpp(key, jnp.asarray(L), 3))(jax.random.split(jax.random.key(5), n_draws))
+    keys = jax.random.split(jax.random.key(5), n_draws)
+    masks = jax.vmap(lambda key: dpp._sample_kdpp_fixed(key, jnp.asarray(lam), jnp.asarray(Q), 3))(keys)
     assert np.all(np.asarray(masks).sum(1) == 3)
     # the distribution, not only the size: P(Y) = sum_{|J| = 3} (prod_J lam / e_3(lam)) det(V[Y, J])^2
     # (the k-DPP as a mixture of projection DPPs), with the weights in log space
-    lam = np.array([1e150, 1e100, 1.0, 1e-3, 1e-50, 1e-150])
     triples = list(itertools.combinations(range(6), 3))
     logw = np.array([np.log(lam[list(J)]).sum() for J in triples])
     w = np.exp(logw - logw.max())
@@ -163,8 +168,8 @@ def test_kdpp_log_space_handles_extreme_spectra():
     np.testing.assert_allclose(sum(probs.values()), 1.0, rtol=1e-10)
     probs = {Y: p for Y, p in probs.items() if p > 1e-12}
     assert _chi2_pvalue(masks, probs) > 1e-3
-    # a sampler that dropped the 1e-150 .. 1 end (e.g. by underflow) would sample the wrong triple of
-    # eigenvectors: {0, 1, 3} instead of {0, 1, 2}
+    # power: a sampler that mis-weighted the eigenvalues (picking eigenvectors {0, 1, 3} rather than
+    # {0, 1, 2}, which carry 99.9 % of the weight) is rejected
     wrong = {Y: float(np.linalg.det(Q[np.ix_(Y, (0, 1, 3))]) ** 2) for Y in itertools.combinations(range(6), 3)}
     assert _chi2_pvalue(masks, wrong) < 1e-3
 

@@ -251,9 +251,9 @@ def test_effective_temperature_decides_events(hot_base):
     survives to t_censor, none FAILS.
     """
     r = run(C_TEMP, SEEDS)
-    np.testing.assert_allclose(r.e0[:, 0], C_TEMP[:, 0] * LJ13_MINIMUM_ENERGY, rtol=1e-9)
+    np.testing.assert_allclose(r.e0[:, 0], C_TEMP[:, 0] * LJ13_MINIMUM_ENERGY, rtol=1e-7)
     assert np.all(r.code[1] == CENSORED)
-    np.testing.assert_allclose(r.e_last[1], 4.0 * LJ13_MINIMUM_ENERGY, rtol=1e-9)
+    np.testing.assert_allclose(r.e_last[1], 4.0 * LJ13_MINIMUM_ENERGY, rtol=1e-7)
     assert np.all(np.isin(r.code[0], (EVENT, EVAPORATED)))
     assert np.all(r.time[0] < HOT.t_censor)
 

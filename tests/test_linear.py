@@ -133,11 +133,17 @@ def test_save_load_round_trip(basis, small_data, tmp_path):
     np.testing.assert_array_equal(back.cov_factor, post.cov_factor)
 
 
-@pytest.mark.parametrize("family,k", [("chebyshev", 8), ("bessel", 12)])
-def test_lj13_fit_reaches_five_percent(lj13_data, family, k):
+# Held-out force RMSE / force std on the conftest LJ13 data (240 train / 80 test structures, kT 0.3),
+# measured: chebyshev-8 0.00123 (the README: "--basis-size 8 fits LJ13 forces to about 0.1 % of their
+# spread"; 0.00143 on the default `jaxiap lj13` data, checked by the slow study), bessel-12 0.00410;
+# energy RMSE per atom 0.00128 and 0.00085. Each bound sits just above its measured value.
+@pytest.mark.parametrize("family,k,force_bound,energy_bound", [("chebyshev", 8, 0.0013, 0.0014),
+                                                               ("bessel", 12, 0.0043, 0.0009)])
+def test_lj13_fit_reaches_measured_accuracy(lj13_data, family, k, force_bound, energy_bound):
     train, test = lj13_data
     basis = LinearBasis(RadialBasis(family, k, 0.8, 3.0))
     post = fit_lstsq(design_matrix(basis, train))
     e, f = LinearPotential(basis, post.mean).batch_energy_and_forces(test.structures)
     err = fit_errors(test, e, f)
-    assert err["force_rmse_relative"] < 0.05, err
+    assert err["force_rmse_relative"] < force_bound, err
+    assert err["energy_rmse_per_atom"] < energy_bound, err

@@ -4,7 +4,6 @@ import json
 import sys
 from pathlib import Path
 
-import pytest
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "model_error.ipynb"
 
@@ -27,9 +26,10 @@ def _private_kernel(tmp_path, monkeypatch) -> str:
 
 
 def test_model_error_notebook_runs_tiny(tmp_path, monkeypatch):
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    pytest.importorskip("ipykernel")
+    import ipykernel  # noqa: F401  (test extras: a missing kernel is an error, not a skip)
+    import nbclient
+    import nbformat
+
     kernel = _private_kernel(tmp_path, monkeypatch)
     monkeypatch.setenv("JAXIAP_NOTEBOOK_SIZE", "tiny")
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")  # figures as outputs

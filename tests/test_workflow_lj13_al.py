@@ -94,8 +94,6 @@ def test_cli_bad_option_one_line_error(capsys):
 
 
 def test_notebook_runs_tiny(tiny_run, monkeypatch):
-    pytest.importorskip("nbclient")
-    pytest.importorskip("ipykernel")
     from notebooks import execute_notebook, outputs_text  # tests/notebooks.py
 
     _, out, summary = tiny_run

@@ -14,6 +14,11 @@ return plain arrays plus diagnostics:
   deterministic sites are available too).
 - :func:`to_arviz`: an ``arviz`` InferenceData when arviz is installed
   (it is optional: ``pip install arviz``).
+
+These wrappers keep numpyro's own names and order (``run_nuts(model, key,
+*model_args, num_warmup=, num_samples=, num_chains=)``, as ``MCMC.run(key,
+*args)``); the fits built on them (``fit_sparse``, ``fit_model_error``) take
+``key=`` keyword-only and call the draws ``n_samples``, as every jaxiap solver.
 """
 
 from __future__ import annotations

@@ -40,12 +40,11 @@ n)``, as ``jax.random``); the solvers (``jaxiap.inference.solvers``) take it
 keyword-only.
 """
 
-from __future__ import annotations
-
 import abc
 from typing import Callable, NamedTuple
 
 import equinox as eqx
+from equinox import AbstractVar
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -128,9 +127,11 @@ class Posterior(eqx.Module):
     defaults of ``predict`` / ``predict_structures`` are the linear model's.
     """
 
-    mean: eqx.AbstractVar[jnp.ndarray]
-    # also required (a field or a property; not declared here, which would fix the field order):
-    # noise_var, the data-noise variance per unit row weight (0 if none), and kind, a str label
+    # a field or a property in each subclass (equinox needs these annotations unstringified: this
+    # module has no `from __future__ import annotations`)
+    mean: AbstractVar[jnp.ndarray]
+    noise_var: AbstractVar[jnp.ndarray]  # data-noise variance per unit row weight (0 if none)
+    kind: AbstractVar[str]
 
     @abc.abstractmethod
     def sample(self, key, n_samples: int) -> jnp.ndarray:

@@ -33,18 +33,14 @@ import scipy.linalg as sla
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxiap.errors import JaxiapInputError, SingularSystemError
-from jaxiap.inference.linear import (
+from jaxiap.inference.linear import fit_blr, fit_nig, log_evidence_blr, log_evidence_nig, select_by_evidence
+from jaxiap.inference.stats import (
     _FLAT_FIX,
     NormalEquations,
     _as_stats,
     _checked_cholesky,
     _inv_factor,
     combine,
-    fit_blr,
-    fit_nig,
-    log_evidence_blr,
-    log_evidence_nig,
-    select_by_evidence,
     stats_arrays,
 )
 from jaxiap.inference.posterior import GaussianPosterior, StudentTPosterior

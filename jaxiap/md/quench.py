@@ -97,7 +97,7 @@ def fire_quench_fn(
 
         def cond(carry):
             state, nbrs, i = carry
-            return (max_force(state) >= fmax) & (i < max_steps) & ~nbrs.did_buffer_overflow
+            return (max_force(state) >= fmax) & (i < max_steps) & ~jnp.asarray(nbrs.did_buffer_overflow, bool)
 
         def body(carry):
             state, nbrs, i = carry

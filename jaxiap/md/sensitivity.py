@@ -4,7 +4,7 @@ Three estimators, for three kinds of QoI (docs/science.md section 16):
 
 1. **Pathwise (reverse mode through the MD scan)** for smooth trajectory
    averages, :func:`trajectory_qoi` + :func:`ensemble_qoi_and_grad`.
-   A pure-JAX BAOAB Langevin integrator (:func:`baoab_step`) whose noise is
+   A pure-JAX BAOAB Langevin integrator (:func:`jaxiap.md.integrators.baoab_step`) whose noise is
    generated from the key inside the scan (``fold_in(key, step)``), so that
    with the key fixed the trajectory is a smooth deterministic function of
    the coefficients c and ``jax.grad`` differentiates it. Memory: a nested
@@ -95,6 +95,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxiap.errors import JaxiapInputError
+# the one BAOAB scheme of jaxiap; jaxiap.md.integrators says why this explicit-noise
+# front end is not jax-md's step (re-exported here)
+from jaxiap.md.integrators import baoab_step, initial_momenta
 
 __all__ = [
     "baoab_step",
@@ -133,38 +136,6 @@ def _force_fn(energy_fn: Callable) -> Callable:
 def _step_noise(key, step, shape, dtype):
     """Standard normal noise of MD step ``step`` (deterministic in (key, step))."""
     return jax.random.normal(jax.random.fold_in(key, step), shape, dtype)
-
-
-def baoab_step(force_fn, c, x, p, f, xi, *, dt, gamma, kT, mass=1.0):
-    """One BAOAB Langevin step in pure JAX (differentiable in c, x, p).
-
-    force_fn(c, x) -> force (shape of x); f is the force at x (carried, so one
-    force evaluation per step); xi standard normal noise (shape of x).
-    Returns (x, p, f) after the step. The O step is
-    p <- exp(-gamma dt) p + sqrt((1 - exp(-2 gamma dt)) m kT) xi.
-    """
-    h = 0.5 * dt
-    c1 = math.exp(-gamma * dt)
-    sp = jnp.sqrt((1.0 - c1 * c1) * mass * kT)
-    p = p + h * f
-    x = x + h * p / mass
-    p = c1 * p + sp * xi
-    x = x + h * p / mass
-    f = force_fn(c, x)
-    p = p + h * f
-    return x, p, f
-
-
-def initial_momenta(key, positions, kT, mass=1.0):
-    """Maxwell-Boltzmann momenta sqrt(m kT) N(0, 1), shape of positions.
-
-    For clusters (positions (N, 3) with N > 1) the mean momentum is
-    subtracted, so the centre of mass starts at rest (as in jax-md).
-    """
-    p = jnp.sqrt(mass * kT) * jax.random.normal(key, positions.shape, positions.dtype)
-    if positions.ndim == 2 and positions.shape[0] > 1:
-        p = p - jnp.mean(p, axis=0, keepdims=True)
-    return p
 
 
 # ---------------------------------------------------------------------------

@@ -116,7 +116,9 @@ def _as_sample_params(potential, samples) -> Any:
     ref = parameters(potential)
     ref_leaves, ref_def = jax.tree_util.tree_flatten(ref)
     if isinstance(samples, Potential):
-        samples = [samples]
+        # one sample (its parameters have the template's shapes), or a stacked tree such as parameters(stacked)
+        one = [jnp.shape(x) for x in jax.tree_util.tree_leaves(parameters(samples))] == [jnp.shape(r) for r in ref_leaves]
+        samples = [samples] if one else parameters(samples)
     if isinstance(samples, Sequence) and samples and all(isinstance(s, Potential) for s in samples):
         trees = [parameters(s) for s in samples]
         for k, t in enumerate(trees):
@@ -125,8 +127,15 @@ def _as_sample_params(potential, samples) -> Any:
                     f"stack_parameters: samples[{k}] ({type(samples[k]).__name__}) does not have the parameter "
                     f"structure of the potential ({type(potential).__name__})"
                 )
-        return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *trees)
-    if eqx.is_array(samples) or isinstance(samples, np.ndarray):
+        for k, t in enumerate(trees):
+            for x, r in zip(jax.tree_util.tree_leaves(t), ref_leaves):
+                if jnp.shape(x) != jnp.shape(r):
+                    raise JaxiapInputError(
+                        f"stack_parameters: samples[{k}] has a parameter of shape {jnp.shape(x)} where the "
+                        f"potential has {jnp.shape(r)}"
+                    )
+        samples = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *trees)
+    elif eqx.is_array(samples) or isinstance(samples, np.ndarray):
         if len(ref_leaves) != 1:
             raise JaxiapInputError(
                 f"stack_parameters: {type(potential).__name__} has {len(ref_leaves)} parameter leaves; pass "

@@ -1,4 +1,8 @@
-"""Reference configurations from Langevin MD (jax-md BAOAB), vmapped over trajectories."""
+"""Reference configurations from Langevin MD, vmapped over trajectories (the data generator).
+
+The integrator is :func:`jaxiap.md.integrators.free_langevin` (jax-md BAOAB), the one
+the FRT ensembles use.
+"""
 
 from __future__ import annotations
 
@@ -19,22 +23,14 @@ def _trajectories_fn(energy_fn: Callable, n_samples: int, sample_every: int, n_e
     ``kTs`` is ignored (the one-temperature path of :func:`langevin_samples`,
     whose numbers the LJ13 reference data were generated with).
     """
-    from jax_md import simulate, space
+    from jaxiap.md import integrators
 
-    _, shift_fn = space.free()
-    baked = fixed_kT is not None
-    init_fn, step_fn = simulate.nvt_langevin(energy_fn, shift_fn, dt=dt, kT=fixed_kT if baked else 1.0, gamma=gamma)
+    init_fn, step_fn = integrators.free_langevin(energy_fn, dt=dt, gamma=gamma, kT=fixed_kT)
 
     def trajectory(key, kT, r0):
-        kw = {} if baked else {"kT": kT}
-        state = init_fn(key, r0, **kw)
-        state = jax.lax.fori_loop(0, n_equilibrate, lambda i, s: step_fn(s, **kw), state)
-
-        def block(s, _):
-            s = jax.lax.fori_loop(0, sample_every, lambda i, x: step_fn(x, **kw), s)
-            return s, s.position
-
-        return jax.lax.scan(block, state, None, length=n_samples)[1]
+        kw = {} if fixed_kT is not None else {"kT": kT}
+        state = integrators.run_steps(step_fn, init_fn(key, r0, **kw), n_equilibrate, **kw)
+        return integrators.sample_every(step_fn, state, n_samples, sample_every, lambda s: s.position, **kw)[1]
 
     return jax.jit(jax.vmap(trajectory, in_axes=(0, 0, None)))
 
