@@ -11,8 +11,11 @@ first change or at t_max.
   number of CPU devices is fixed when JAX starts
   (``XLA_FLAGS=--xla_force_host_platform_device_count=N``), so each entry of
   ``--devices`` runs in its own subprocess of this script, one after another,
-  on the same seeds (the same work: the FRTs must come out identical, which is
-  printed). Each subprocess compiles once (a warm-up call on 8 other seeds)
+  on the same seeds. The partitioned 2-device program rounds differently from
+  the 1-device one (about 1 ulp), which the chaotic MD amplifies over 100 tau,
+  so some replicas end at different FRTs and the work differs slightly; the
+  number of replicas with identical outcomes is printed, and the device
+  comparison uses simulated tau per second. Each subprocess compiles once (a warm-up call on 8 other seeds)
   and then times ``--repeats`` full passes over the R seeds.
 - ``ASE``: ``ase.md.langevin.Langevin`` with ``LennardJones(rc=50)`` and an
   ``ase.optimize.FIRE`` quench (fmax = 1e-3, the same as jaxiap's default) on
@@ -27,7 +30,7 @@ how long each run happened to last; ASE: also the median and range of the
 per-trajectory rate), cpu/wall (process CPU seconds over wall seconds: the
 cores kept busy), each side's mean FRT (censored-exponential MLE) as a physics
 check, the ratios to ASE, and the ratio of the 2-device to the 1-device
-throughput (medians) from the same run.
+simulated tau/s (medians) from the same run.
 
 Usage: ``python bench/frt_ensemble.py [--seeds 256] [--ase-seeds 12] [--t-max 100] [--devices 1 2]
 [--repeats 5] [--quick]``
@@ -36,7 +39,6 @@ Usage: ``python bench/frt_ensemble.py [--seeds 256] [--ase-seeds 12] [--t-max 10
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import re
@@ -99,11 +101,10 @@ def worker(args) -> dict:
         walls.append(time.perf_counter() - t0)
         cpus.append((time.process_time() - c0) / walls[-1])
     s = res.summary()["all"]
-    digest = hashlib.sha1(np.ascontiguousarray(res.time).tobytes() + np.ascontiguousarray(res.code).tobytes())
     return dict(devices=len(jax.devices()), dtype=settings.dtype, n=args.seeds, walls=walls, cpu=cpus,
                 first=first, mean=s["frt_mean"], events=int(s["n_events"]),
                 simulated=float(np.sum(res.time)), lanes=int(res.lanes_per_device), chunk=int(res.chunk_size),
-                digest=digest.hexdigest()[:12])
+                time=np.asarray(res.time).ravel().tolist(), code=np.asarray(res.code).ravel().tolist())
 
 
 def run_worker(n_dev: int, args) -> dict:
@@ -210,11 +211,17 @@ def main(argv=None):
         base = jx[0]
         print()
         for r in jx[1:]:
-            ratio = med(base["walls"]) / med(r["walls"])
-            lo, hi = min(base["walls"]) / max(r["walls"]), max(base["walls"]) / min(r["walls"])
+            tau_b = [base["simulated"] / x for x in base["walls"]]
+            tau_r = [r["simulated"] / x for x in r["walls"]]
+            ratio = med(tau_r) / med(tau_b)
+            lo, hi = min(tau_r) / max(tau_b), max(tau_r) / min(tau_b)
+            same = sum(a == b and c == d for a, b, c, d in zip(r["time"], base["time"], r["code"], base["code"]))
             print(f"{r['devices']} devices vs {base['devices']} device(s), same {args.seeds} seeds: "
-                  f"{ratio:.2f}x the throughput (ratio of median pass times; extremes {lo:.2f}-{hi:.2f}x); "
-                  f"identical FRTs: {r['digest'] == base['digest']}")
+                  f"{ratio:.2f}x the simulated tau/s (ratio of medians; extremes {lo:.2f}-{hi:.2f}x); "
+                  f"ratio of median pass times {med(base['walls']) / med(r['walls']):.2f}x; "
+                  f"{same} of {args.seeds} replicas with the same FRT and outcome (the partitioned program "
+                  "rounds differently, about 1 ulp, and chaotic MD amplifies that over long runs, so the "
+                  "work differs slightly: compare tau/s)")
     print()
     for r in jx:
         print(f"load average around jaxiap {r['devices']}-device worker: {r['load'][0]} -> {r['load'][1]}")

@@ -20,6 +20,7 @@ Mixed periodicity (some pbc False) is not supported; free clusters
 
 from __future__ import annotations
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -55,6 +56,14 @@ def _efs(potential, positions, cell, species, neighbor, with_stress: bool):
 
 
 _efs_jit = jax.jit(_efs, static_argnames=("with_stress",))
+
+
+class _Candidates(eqx.Module):
+    """The part of a jax-md NeighborList the energy reads (idx, format): rebuilding the list for a new
+    cell then does not retrace the compiled function (a NeighborList carries its update functions)."""
+
+    idx: jnp.ndarray
+    format: object = eqx.field(static=True)
 _update_jit = jax.jit(lambda nbrs, positions: nbrs.update(positions))  # jax-md's update is not jitted itself
 
 
@@ -133,7 +142,10 @@ class JaxiapCalculator(Calculator):
         periodic = bool(pbc.all())
         cell = jnp.asarray(np.asarray(atoms.cell[:], float)) if periodic else None
         positions = jnp.asarray(atoms.get_positions(wrap=periodic and self.neighbor_list), float)
-        neighbor = self._neighbor(positions, cell) if self.neighbor_list else None
+        neighbor = None
+        if self.neighbor_list:
+            nbrs = self._neighbor(positions, cell)
+            neighbor = _Candidates(nbrs.idx, nbrs.format)
         # stress is always computed for periodic cells (one compiled function; ASE caches results)
         e, f, s = _efs_jit(self.potential, positions, cell, self._species(atoms), neighbor,
                            with_stress=periodic and self.with_stress)

@@ -132,8 +132,11 @@ def test_sample_kdpp_chi_square():
     # k-DPP marginals (not diag K): P(i in Y) = sum of P(S) over the size-2 sets S holding i
     marg = np.array([sum(p for S, p in probs.items() if i in S) for i in range(5)])
     _assert_frequencies(np.asarray(masks).mean(0), marg, N_DRAWS)
-    # power: the same draws against a wrong kernel (the diversity term dropped, L -> diag L) are rejected
-    assert _chi2_pvalue(masks, _exact_probs(np.diag(np.diag(L)), k=2)[0]) < 1e-3
+    # power: the same draws against a wrong kernel (one item's quality doubled) are rejected
+    wrong = L.copy()
+    wrong[2, :] *= 2.0
+    wrong[:, 2] *= 2.0
+    assert _chi2_pvalue(masks, _exact_probs(wrong, k=2)[0]) < 1e-3
 
 
 def _assert_frequencies(freq, p, n, z=4.0):

@@ -305,7 +305,7 @@ def test_resume_and_fingerprint(tmp_path, hot_base):
     first = run(C_OK, SEEDS, run_dir=d)
     assert_same(first, hot_base)
     files = sorted(os.listdir(d))
-    assert files == ["chunk_00000.npz", "chunk_00001.npz", "ensemble_meta.json"]
+    assert files == [".jaxiap-files", "chunk_00000.npz", "chunk_00001.npz", "ensemble_meta.json"]
     meta = json.loads((d / "ensemble_meta.json").read_text())
     assert meta["M"] == 2 and meta["R"] == 3 and meta["settings"]["kT"] == 0.3
 
@@ -324,7 +324,7 @@ def test_resume_and_fingerprint(tmp_path, hot_base):
 
     # different inputs: a clear error, finished work untouched
     changed = FRTSettings(kT=0.30, t_max=3.0)
-    with pytest.raises(JaxiapInputError, match="different inputs.*new run_dir.*overwrite=True"):
+    with pytest.raises(JaxiapInputError, match=r"other settings \(differs in: .*settings.*overwrite=True.*new run_dir"):
         run_frt_ensemble(scaled_lj, C_OK, SEEDS, lj13_minimum(), changed, chunk_size=4,
                          lanes_per_device=LANES, progress=False, run_dir=d)
     with pytest.raises(JaxiapInputError, match=str(d)):

@@ -141,13 +141,13 @@ def test_resume_recomputes_only_missing_chunks(tmp_path):
     first = run(program=prog, chunk_size=4, run_dir=d)
     chunks = sorted(p.name for p in d.glob("chunk_*.npz"))
     assert chunks == [f"chunk_{i:05d}.npz" for i in range(4)]
-    inodes = {n: (d / n).stat().st_ino for n in chunks}
+    ident = lambda n: ((d / n).stat().st_ino, (d / n).stat().st_mtime_ns)  # noqa: E731  (inodes get reused)
+    before = {n: ident(n) for n in chunks}
     for n in chunks[1::2]:
         os.remove(d / n)
     again = run(program=prog, chunk_size=4, run_dir=d)
     assert_same(again, first)
-    now = {n: (d / n).stat().st_ino for n in chunks}
-    assert [n for n in chunks if now[n] == inodes[n]] == chunks[0::2]  # kept chunks were loaded, not rewritten
+    assert [n for n in chunks if ident(n) == before[n]] == chunks[0::2]  # kept chunks were loaded, not rewritten
     block, _, _ = numpy_walk(PARAMS["step"][2], PARAMS["drift"][2], SEEDS[4], half_drift=False)
     assert first.results["block"][2, 4] == block
     # a damaged chunk is recomputed with a warning; other inputs are refused

@@ -47,6 +47,117 @@ def test_tiny_study_outputs(tiny_run):
         assert len(lines) == config.n_iterations + 1
 
 
+def _log(out, name, rep):
+    return [json.loads(line) for line in (out / "loops" / name / f"rep{rep}" / "log.jsonl").read_text().splitlines()]
+
+
+def test_learning_curves_equal_independent_refits(tiny_run):
+    """Every logged fit is the BLR posterior mean of its labelled set, solved here with numpy from the
+    saved pool and the summary's fixed hyperparameters; every logged error is that fit's held-out force
+    error; the summary's bands, thresholds and ratios are those of the logs."""
+    from jaxiap.data import load_npz
+    from jaxiap.potentials.linear import design_matrix
+    from jaxiap.workflows.lj13_al import STRATEGY_NAMES, make_basis
+
+    config, out, _ = tiny_run
+    s = json.loads((out / "summary.json").read_text())
+    basis = make_basis(config)
+    pool, test = (load_npz(out / "data" / f"{n}.npz") for n in ("pool", "test"))
+    k = basis.n_features
+    B = np.asarray(design_matrix(basis, pool).A).reshape(len(pool), 1 + 3 * 13, k)[:, 0, :]  # energy rows
+    E = np.asarray(pool.energy)
+    A_test = np.asarray(design_matrix(basis, test).A).reshape(len(test), 1 + 3 * 13, k)
+    F_test = np.asarray(test.forces).reshape(len(test), -1)
+    assert config.labels == "energy"  # energy rows only, noise variance sigma_E^2, prior N(0, prior_scale^2)
+    nv, p0 = s["fit"]["sigma_energy"] ** 2, 1.0 / s["fit"]["prior_scale"] ** 2
+    assert s["fit"]["noise_var"] == pytest.approx(nv, rel=1e-12)
+    firsts = {}
+    for name in STRATEGY_NAMES:
+        curves = []
+        for rep in range(config.repetitions):
+            recs = _log(out, name, rep)
+            order = [i for r in recs for i in r["selected"]]
+            assert len(set(order)) == len(order) and 0 <= min(order) and max(order) < len(pool), name
+            assert [r["n_labelled"] for r in recs] == s["n_labelled"]
+            firsts.setdefault(rep, recs[0]["selected"])
+            assert recs[0]["selected"] == firsts[rep]  # the initial set is shared within a repetition
+            seen = []
+            for r in recs:
+                seen += r["selected"]
+                Bs, c = B[seen], np.asarray(r["coefficients"])
+                P, b = p0 * np.eye(k) + Bs.T @ Bs / nv, Bs.T @ E[seen] / nv
+                # the normal equations hold to round-off (measured backward error <= 3e-16); the condition
+                # number (up to 8e9 here) bounds the forward error against numpy's solve
+                assert np.linalg.norm(P @ c - b) <= 1e-13 * (np.linalg.norm(P, 2) * np.linalg.norm(c) + np.linalg.norm(b))
+                ref = np.linalg.solve(P, b)
+                assert np.abs(c - ref).max() <= 1e-14 * np.linalg.cond(P) * np.abs(ref).max()
+                df = A_test[:, 1:, :] @ c - F_test
+                np.testing.assert_allclose(r["metrics"]["force_rmse_relative"],
+                                           np.sqrt(np.mean(df**2)) / F_test.std(), rtol=1e-10)
+            curves.append([r["metrics"]["force_rmse_relative"] for r in recs])
+        band, curves = s["strategies"][name]["force_rmse_relative"], np.asarray(curves)
+        np.testing.assert_allclose(band["mean"], curves.mean(0), rtol=1e-12)
+        np.testing.assert_allclose(band["min"], curves.min(0), rtol=1e-12)
+        np.testing.assert_allclose(band["max"], curves.max(0), rtol=1e-12)
+        first = next((n for n, v in zip(s["n_labelled"], band["mean"]) if v <= s["force_threshold"]), None)
+        assert s["strategies"][name]["n_to_force_threshold"] == first, name
+    base = s["strategies"]["random"]["n_to_force_threshold"]
+    for name in STRATEGY_NAMES:
+        n = s["strategies"][name]["n_to_force_threshold"]
+        assert s["strategies"][name]["relative_to_random_force"] == (None if n is None or base is None else n / base)
+
+
+def test_frt_errors_equal_the_chunk_files(tiny_run):
+    """The FRT errors per strategy recomputed from the replica arrays in the chunk files of the one
+    batched ensemble (the full-pool fit, then strategy x repetition x checkpoint, m-major): the KS
+    distance to the true runs and the error of the MD mean potential energy per atom. (At tiny size
+    every run is censored at t_max, so the KS distances are all 0; the MD energies differ per fit.)"""
+    from scipy.stats import ks_2samp
+
+    from jaxiap.workflows.lj13_al import STRATEGY_NAMES
+
+    config, out, _ = tiny_run
+    s = json.loads((out / "summary.json").read_text())
+
+    def chunks(folder):
+        parts = [np.load(f) for f in sorted(folder.glob("chunk_*.npz"))]
+        idx = np.concatenate([p["replica_index"] for p in parts])
+        order = np.argsort(idx)
+        np.testing.assert_array_equal(idx[order], np.arange(idx.size))
+        return {k: np.concatenate([p[k] for p in parts])[order].reshape(-1, config.n_seeds)
+                for k in ("time", "code", "mean_energy", "n_samples")}
+
+    true, fit = chunks(out / "frt_true"), chunks(out / "frt_fitted")
+    n_ck = len(config.frt_checkpoints)
+    assert true["time"].shape[0] == 1 and fit["time"].shape[0] == 1 + len(STRATEGY_NAMES) * config.repetitions * n_ck
+    assert s["frt"]["true"]["n_runs"] == config.n_seeds
+    assert s["frt"]["true"]["n_events"] == int(np.sum(true["code"] == 1))
+
+    def ks(m):
+        return ks_2samp(true["time"][0][true["code"][0] != 3], fit["time"][m][fit["code"][m] != 3]).statistic
+
+    def md_energy(r, m):  # sample-weighted mean over the non-failed replicas
+        ok = r["code"][m] != 3
+        return np.sum(r["mean_energy"][m][ok] * r["n_samples"][m][ok]) / np.sum(r["n_samples"][m][ok])
+
+    e_true = md_energy(true, 0)
+    err = np.array([abs(md_energy(fit, m) - e_true) / 13 for m in range(fit["time"].shape[0])])
+    assert len(np.unique(err)) > err.size // 2, err  # the fits differ in their MD energies: a mix-up would show
+    np.testing.assert_allclose(s["frt"]["full_pool"]["ks"], ks(0), rtol=1e-12)
+    np.testing.assert_allclose(s["frt"]["full_pool"]["qoi_md_error"], err[0], rtol=1e-10)
+    m = 1
+    for name in STRATEGY_NAMES:
+        per_ks, per_e = np.zeros((config.repetitions, n_ck)), np.zeros((config.repetitions, n_ck))
+        for rep in range(config.repetitions):
+            for j in range(n_ck):
+                per_ks[rep, j], per_e[rep, j] = ks(m), err[m]
+                m += 1
+        got = s["strategies"][name]
+        np.testing.assert_allclose(got["frt_ks"]["mean"], per_ks.mean(0), rtol=1e-12, err_msg=name)
+        np.testing.assert_allclose(got["qoi_md_error"]["mean"], per_e.mean(0), rtol=1e-10, err_msg=name)
+        np.testing.assert_allclose(got["qoi_md_error"]["max"], per_e.max(0), rtol=1e-10, err_msg=name)
+
+
 def test_rerun_resumes_with_identical_numbers(tiny_run):
     from jaxiap.workflows.lj13_al import run_lj13_al
 

@@ -1,1 +1,5 @@
-"""Descriptors: pure functions of positions to per-atom and per-structure features."""
+"""Descriptors: pure functions of positions to per-atom (N, F) and per-structure (F,) features.
+
+- :mod:`~jaxiap.descriptors.base`: the :class:`Descriptor` protocol;
+- :mod:`~jaxiap.descriptors.radial`: radial bases and the pair radial descriptor.
+"""
