@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import subprocess
 import sys
 
 import numpy as np
@@ -49,10 +50,23 @@ def now() -> str:
     return datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
 
 
+def checkout() -> str:
+    """'<short HEAD>' plus ' (+ uncommitted changes under jaxiap/)' when the library differs from HEAD."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        head = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--", "jaxiap"], capture_output=True,
+                               text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (head or "unknown") + (" (+ uncommitted changes under jaxiap/)" if dirty else "")
+
+
 def header(name: str) -> None:
-    """Print the command, date, machine and load average at the start of a run."""
+    """Print the command, date, machine, checkout and load average at the start of a run."""
     print(f"# {name}: python {' '.join(sys.argv)}", flush=True)
-    print(f"# {now()}; {machine()}", flush=True)
+    print(f"# {now()}; {machine()}; checkout {checkout()}", flush=True)
     print(f"# load average at start: {load()}", flush=True)
 
 

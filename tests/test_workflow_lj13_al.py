@@ -88,7 +88,8 @@ def test_learning_curves_equal_independent_refits(tiny_run):
                 P, b = p0 * np.eye(k) + Bs.T @ Bs / nv, Bs.T @ E[seen] / nv
                 # the normal equations hold to round-off (measured backward error <= 3e-16); the condition
                 # number (up to 8e9 here) bounds the forward error against numpy's solve
-                assert np.linalg.norm(P @ c - b) <= 1e-13 * (np.linalg.norm(P, 2) * np.linalg.norm(c) + np.linalg.norm(b))
+                scale = np.linalg.norm(P, 2) * np.linalg.norm(c) + np.linalg.norm(b)
+                assert np.linalg.norm(P @ c - b) <= 1e-13 * scale
                 ref = np.linalg.solve(P, b)
                 assert np.abs(c - ref).max() <= 1e-14 * np.linalg.cond(P) * np.abs(ref).max()
                 df = A_test[:, 1:, :] @ c - F_test
