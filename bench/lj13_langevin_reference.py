@@ -48,9 +48,10 @@ standard error comes from block averages (blocks of BLOCK_TAU tau, more than
 kT 0.15, gamma 1) pooled over all trajectories; the script also prints it for
 other block lengths (it should plateau) and the between-trajectory estimate.
 
-Cost: ASE's LennardJones calculator is pure Python, about 1.2 ms per MD step
+Cost: ASE's LennardJones calculator is pure Python, about 1 ms per MD step
 on one core, so the defaults (8 x 104,000 = 0.83 million steps) take about
-10-20 CPU minutes; ``--workers 2`` spreads the trajectories over processes
+15 CPU minutes (the stored run: 877 CPU s, 24 min wall with ``--workers 2``
+on a busy 2-core machine); ``--workers 2`` spreads the trajectories over processes
 (the numbers do not depend on it). Each finished trajectory is saved under
 ``bench/_work/lj13_langevin_reference/`` and reused by a rerun with the same
 settings, so an interrupted run resumes. The wall and CPU time of the run

@@ -42,7 +42,7 @@ SE plateaus from blocks of ~5 tau on); blocks of different trajectories are
 independent. The ensemble's replicas are independent blocks of 100 tau each.
 
 Power: every test below failed when the thermostat's kT (THERMO.kT, the
-expectations unchanged) was set 5% high or low, by 6.7 to 11.7 standard
+expectations unchanged) was set 5% high or low, by 6.2 to 11.7 standard
 errors; the numbers are in the test docstrings.
 """
 
@@ -163,9 +163,9 @@ def test_mean_potential_energy_matches_ase_reference(series, reference):
     """The integrator's <U> at kT 0.15 equals ASE's Langevin reference within 3 combined SE.
 
     Measured (8 x 250 tau, 10 tau blocks): <U> = -41.4798 +- 0.0182; ASE
-    reference ASE_REF. With the thermostat at 1.05 kT: -41.3114 +- 0.0190
-    (FAILS_HI SE off: fails); at 0.95 kT: -41.6488 +- 0.0170 (FAILS_LO SE
-    off: fails).
+    reference -41.4573 +- 0.0136 (8 x 500 tau): 1.0 combined SE apart. With
+    the thermostat at 1.05 kT: -41.3114 +- 0.0190 (6.2 SE off: fails); at
+    0.95 kT: -41.6488 +- 0.0170 (8.8 SE off: fails).
     """
     u_mean, u_se = block_mean_se(series["pe"])
     r_mean, r_se = reference["potential_energy_mean"], reference["potential_energy_se"]
@@ -189,9 +189,9 @@ def test_ensemble_mean_energy_matches_ase_reference(series, reference):
     replica is an independent block: SE = std / sqrt(16). The shared start
     biases all replicas by about (U_start - <U>) x tau_int / 100 tau = -0.002.
 
-    Measured: -41.4803 +- 0.0184 vs ASE_REF. With the thermostat at
-    1.05 kT: -41.3064 +- 0.0180 (FAILS_EHI SE off: fails); at 0.95 kT:
-    -41.6160 +- 0.0194 (FAILS_ELO SE off: fails).
+    Measured: -41.4803 +- 0.0184 vs ASE's -41.4573 +- 0.0136 (1.0 combined
+    SE apart). With the thermostat at 1.05 kT: -41.3064 +- 0.0180 (6.7 SE
+    off: fails); at 0.95 kT: -41.6160 +- 0.0194 (6.7 SE off: fails).
     """
     start = series["last"][0]
     res = run_frt_ensemble(_scaled_lj, np.ones((1, 1)), ENSEMBLE_SEEDS, start, THERMO,
