@@ -48,7 +48,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import footer, header, load, med, spread  # noqa: E402
 
 import numpy as np  # noqa: E402
-import scipy.linalg as sla  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
