@@ -65,7 +65,7 @@ def _add_run_options(p, out: str, presets, seed: int, preset_help: str):
 
 
 def _add_lj13(sub):
-    from jaxiap.workflows.lj13 import POSTERIOR_CHOICES, PRESET_CHOICES, DEFAULTS as d
+    from jaxiap.workflows.lj13_config import POSTERIOR_CHOICES, PRESET_CHOICES, DEFAULTS as d
 
     p = sub.add_parser(
         "lj13",
@@ -125,17 +125,20 @@ def _add_lj13(sub):
     p.set_defaults(func=_run_lj13, parser=p)
 
 
-_LJ13_FIELDS = {
-    "seed": "seed", "kT": "kT", "gamma": "gamma", "dt": "dt", "n_q": "n_q", "t_max": "t_max",
-    "r_b": "r_b", "criterion": "criterion", "seeds": "n_seeds", "dtype": "dtype",
-    "train_trajectories": "n_trajectories", "samples_per_trajectory": "n_samples",
-    "sample_every": "sample_every", "basis": "basis", "basis_size": "basis_size", "r_min": "r_min",
-    "r_cut": "r_cut", "energy_weight": "energy_weight", "force_weight": "force_weight",
-    "posterior": "posterior", "chunk_size": "chunk_size",
-    "attempts": "attempts", "n_subsets": "n_subsets", "subset_fraction": "subset_fraction",
-    "posterior_samples": "n_posterior_samples", "sample_posterior": "sample_posterior",
-    "attempt_seeds": "attempt_seeds", "pce_degree": "pce_degree",
-}
+def _overrides(args, flags: dict) -> dict:
+    """Config overrides from the parsed options, through the workflow's one table ``flags`` (field -> option).
+
+    An option left out (None) keeps the preset's value; a ``--no-X`` switch, when given, sets its field to False.
+    """
+    overrides = {}
+    for field, flag in flags.items():
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if flag.startswith("--no-"):
+            if value:
+                overrides[field] = False
+        elif value is not None:
+            overrides[field] = value
+    return overrides
 
 
 def _split_cpu(n_devices: int | None) -> None:
@@ -156,11 +159,10 @@ def _split_cpu(n_devices: int | None) -> None:
 
 def _run_lj13(args) -> int:
     _split_cpu(args.devices)
-    from jaxiap.workflows.lj13 import LJ13Config, run_lj13
+    from jaxiap.workflows.lj13 import run_lj13
+    from jaxiap.workflows.lj13_config import CLI_FLAGS, LJ13Config
 
-    overrides = {field: getattr(args, name) for name, field in _LJ13_FIELDS.items()
-                 if getattr(args, name) is not None}
-    config = LJ13Config.from_preset(args.preset, **overrides)
+    config = LJ13Config.from_preset(args.preset, **_overrides(args, CLI_FLAGS))
     summary = run_lj13(config, args.out, overwrite=args.overwrite, progress=not args.no_progress)
     t, f = summary["true"], summary["fitted"]
     print(f"mean FRT true   {t['frt_mean']:.3g} tau  95% [{t['frt_mean_ci95'][0]:.3g}, {t['frt_mean_ci95'][1]:.3g}]"
@@ -180,7 +182,7 @@ def _run_lj13(args) -> int:
 
 def _strategy_list(text):
     """argparse type: a comma list of active-learning strategy names."""
-    from jaxiap.workflows.lj13_al import STRATEGY_NAMES
+    from jaxiap.workflows.lj13_al_config import STRATEGY_NAMES
 
     names = [t.strip() for t in text.split(",") if t.strip()]
     bad = [n for n in names if n not in STRATEGY_NAMES]
@@ -191,7 +193,7 @@ def _strategy_list(text):
 
 
 def _add_lj13_al(sub):
-    from jaxiap.workflows.lj13_al import PRESET_CHOICES, STRATEGY_NAMES, DEFAULTS as d
+    from jaxiap.workflows.lj13_al_config import PRESET_CHOICES, STRATEGY_NAMES, DEFAULTS as d
 
     p = sub.add_parser(
         "lj13-al",
@@ -227,22 +229,12 @@ def _add_lj13_al(sub):
     p.set_defaults(func=_run_lj13_al, parser=p)
 
 
-_LJ13_AL_FIELDS = {
-    "seed": "seed", "strategies": "strategies", "repetitions": "repetitions", "initial": "n_initial",
-    "batch_size": "batch_size", "iterations": "n_iterations", "labels": "labels", "basis_size": "basis_size",
-    "threshold_factor": "threshold_factor", "seeds": "n_seeds", "t_max": "t_max",
-}
-
-
 def _run_lj13_al(args) -> int:
     _split_cpu(args.devices)
-    from jaxiap.workflows.lj13_al import LJ13ALConfig, run_lj13_al
+    from jaxiap.workflows.lj13_al import run_lj13_al
+    from jaxiap.workflows.lj13_al_config import CLI_FLAGS, LJ13ALConfig
 
-    overrides = {field: getattr(args, name) for name, field in _LJ13_AL_FIELDS.items()
-                 if getattr(args, name) is not None}
-    if args.no_frt:
-        overrides["frt"] = False
-    config = LJ13ALConfig.from_preset(args.preset, **overrides)
+    config = LJ13ALConfig.from_preset(args.preset, **_overrides(args, CLI_FLAGS))
     summary = run_lj13_al(config, args.out, overwrite=args.overwrite, progress=not args.no_progress)
     fmt = lambda v, spec: "n/a" if v is None else format(v, spec)
     print(f"{'strategy':<12} {'n->force thr':>12} {'vs random':>9} {'n->FRT thr':>10} {'vs random':>9}")

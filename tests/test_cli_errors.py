@@ -18,6 +18,8 @@ import pytest
 
 import jaxiap.workflows.lj13 as lj13
 import jaxiap.workflows.lj13_al as lj13_al
+import jaxiap.workflows.lj13_al_config as lj13_al_config
+import jaxiap.workflows.lj13_config as lj13_config
 from jaxiap.cli import main
 from jaxiap.errors import JaxiapInputError
 
@@ -68,8 +70,8 @@ def _features(T=40, K=3, seed=0):
 
 def _call(name):
     """Function rows: ``"fn(argument)"`` -> a callable taking the bad value."""
-    from jaxiap.active.loop import mean_energy_gradient_from_samples
-    from jaxiap.md import sensitivity as sens
+    from jaxiap.active.strategies import mean_energy_gradient_from_samples
+    from jaxiap.md import fluctuation as fluct
     from jaxiap.md.ensemble import FRTSettings
     from jaxiap.systems.lj import lj13_dataset
     from jaxiap.uq.frt import variance_split
@@ -78,11 +80,11 @@ def _call(name):
     c = np.ones(B.shape[1])
     times, codes = np.full((2, 4), 3.0), np.zeros((2, 4), np.int32)
     return {
-        "fluctuation_gradient(kT)": lambda v: sens.fluctuation_gradient(A, B, v),
-        "mean_energy_gradient(kT)": lambda v: sens.mean_energy_gradient(B, c, v),
-        "mean_energy_gradient(coefficients)": lambda v: sens.mean_energy_gradient(B, np.ones(v), 0.3),
-        "fluctuation_gradient_estimate(kT)": lambda v: sens.fluctuation_gradient_estimate(A, B, v, n_blocks=4),
-        "mean_energy_gradient_estimate(kT)": lambda v: sens.mean_energy_gradient_estimate(B, c, v, n_blocks=4),
+        "fluctuation_gradient(kT)": lambda v: fluct.fluctuation_gradient(A, B, v),
+        "mean_energy_gradient(kT)": lambda v: fluct.mean_energy_gradient(B, c, v),
+        "mean_energy_gradient(coefficients)": lambda v: fluct.mean_energy_gradient(B, np.ones(v), 0.3),
+        "fluctuation_gradient_estimate(kT)": lambda v: fluct.fluctuation_gradient_estimate(A, B, v, n_blocks=4),
+        "mean_energy_gradient_estimate(kT)": lambda v: fluct.mean_energy_gradient_estimate(B, c, v, n_blocks=4),
         "mean_energy_gradient_from_samples(kT)": lambda v: mean_energy_gradient_from_samples(B, c, v),
         "lj13_dataset(kT)": lambda v: lj13_dataset(kT=v),
         "lj13_dataset(n_samples)": lambda v: lj13_dataset(n_samples=v),
@@ -221,29 +223,53 @@ def test_input_error_is_a_value_error():
     assert issubclass(JaxiapInputError, ValueError)
 
 
-def test_cli_flag_tables_match_the_parser():
-    """The option each config error names is the option the CLI sets that field with."""
-    from jaxiap.cli import _LJ13_AL_FIELDS, _LJ13_FIELDS
+def test_every_cli_flag_maps_to_a_config_field():
+    """One table per study (``CLI_FLAGS``: config field -> option) names the option in config errors and
+    is the CLI's field map: every entry is a config field and an option of the subcommand (whose dest the
+    CLI derives from the option), and every study option of the subcommand is in the table."""
+    import argparse
+    import dataclasses
 
-    for fields, flags in ((_LJ13_FIELDS, lj13.CLI_FLAGS), (_LJ13_AL_FIELDS, lj13_al.CLI_FLAGS)):
-        for dest, field in fields.items():
-            assert flags[field] == "--" + dest.replace("_", "-"), (dest, field)
+    from jaxiap.cli import _overrides, build_parser
+
+    parser = build_parser()
+    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    run_options = {"-h", "--help", "--out", "--preset", "--overwrite", "--no-progress", "--devices"}
+    for command, config, flags in (("lj13", lj13_config.LJ13Config, lj13_config.CLI_FLAGS),
+                                   ("lj13-al", lj13_al_config.LJ13ALConfig, lj13_al_config.CLI_FLAGS)):
+        fields = {f.name for f in dataclasses.fields(config)}
+        assert set(flags) <= fields, set(flags) - fields
+        actions = subs[command]._option_string_actions
+        assert len(set(flags.values())) == len(flags)
+        assert set(actions) - run_options == set(flags.values()), set(actions) - run_options ^ set(flags.values())
+        for field, flag in flags.items():
+            assert actions[flag].dest == flag[2:].replace("-", "_"), (command, field, flag)
+    # a given option overrides its field (a --no-X switch sets it to False), an option left out does not
+    args = parser.parse_args(["lj13-al", "--no-frt", "--initial", "3"])
+    assert _overrides(args, lj13_al_config.CLI_FLAGS) == {"n_initial": 3, "frt": False}
+    args = parser.parse_args(["lj13", "--n-q", "20", "--train-trajectories", "2"])
+    assert _overrides(args, lj13_config.CLI_FLAGS) == {"n_q": 20, "n_trajectories": 2}
 
 
 def test_defaults_pass_and_keep_their_settings():
     """Only checks were added: the default configs and their FRT settings are as before."""
     from jaxiap.md.ensemble import FRTSettings
 
-    for preset in lj13.PRESET_CHOICES:
-        c = lj13.LJ13Config.from_preset(preset)
+    for preset in lj13_config.PRESET_CHOICES:
+        c = lj13_config.LJ13Config.from_preset(preset)
         assert c.frt_settings() == FRTSettings(kT=c.kT, gamma=c.gamma, dt=c.dt, n_q=c.n_q, t_max=c.t_max,
                                                r_b=c.r_b, criterion=c.criterion, dtype=c.dtype)
         assert "_frt_settings" not in __import__("dataclasses").asdict(c)
-    for preset in lj13_al.PRESET_CHOICES:
-        c = lj13_al.LJ13ALConfig.from_preset(preset)
+    for preset in lj13_al_config.PRESET_CHOICES:
+        c = lj13_al_config.LJ13ALConfig.from_preset(preset)
         assert c.frt_settings() == FRTSettings(kT=c.kT, gamma=c.gamma, dt=c.dt, n_q=c.n_q, t_max=c.t_max,
                                                r_b=c.r_b, dtype=c.dtype)
-    assert math.isclose(lj13.DEFAULTS.frt_settings().t_censor, 100.0)
+    assert math.isclose(lj13_config.DEFAULTS.frt_settings().t_censor, 100.0)
+    # the MD defaults come from FRTSettings (written once there) and keep their values
+    d, a = lj13_config.DEFAULTS, lj13_al_config.DEFAULTS
+    assert (d.kT, d.gamma, d.dt, d.n_q, d.t_max, d.r_b, d.criterion, d.dtype) == \
+        (0.30, 1.0, 0.005, 100, 100.0, 1.35, "graph", "float64")
+    assert (a.kT, a.gamma, a.dt, a.n_q, a.t_max, a.r_b, a.dtype) == (0.30, 1.0, 0.005, 100, 40.0, 1.35, "float64")
 
 
 def test_reference_md_blow_up_stops_after_data(tmp_path, capsys):

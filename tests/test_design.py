@@ -161,7 +161,7 @@ def test_design_strategies_work_on_model_error_posteriors(lj_pool):
     model-error posterior (its precision is the inverse of the total covariance, model error included)."""
     import jax
 
-    from jaxiap.active.loop import STRATEGIES, LoopContext
+    from jaxiap.active.strategies import STRATEGIES, LoopContext
     from jaxiap.inference.model_error import fit_model_error
     from jaxiap.systems.lj import lj_energy
     from jaxiap.systems.oracle import JaxOracle, label

@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 
 import jaxiap  # noqa: F401  (enables float64)
-from jaxiap.active import dpp
+from jaxiap.active import dpp, dpp_dual, dpp_kernels
 from jaxiap.errors import JaxiapInputError
 
 
@@ -23,7 +23,7 @@ def _qd_L(seed, n, f=3):
     rng = np.random.default_rng(seed)
     phi = rng.normal(size=(n, f))
     q = rng.uniform(0.8, 1.6, size=n)
-    return np.asarray(dpp.quality_diversity_kernel(phi, q, 1.0))
+    return np.asarray(dpp_kernels.quality_diversity_kernel(phi, q, 1.0))
 
 
 def _subsets(n):
@@ -73,12 +73,12 @@ def _chi2_pvalue(masks, probs, min_expected=5.0):
 def test_rbf_and_quality_diversity_kernel():
     rng = np.random.default_rng(0)
     phi = rng.normal(size=(5, 3))
-    k = np.asarray(dpp.rbf_kernel(phi, 0.7))
+    k = np.asarray(dpp_kernels.rbf_kernel(phi, 0.7))
     d2 = ((phi[:, None] - phi[None]) ** 2).sum(-1)
     np.testing.assert_allclose(k, np.exp(-d2 / (2 * 0.7**2)), rtol=1e-12, atol=1e-14)
     np.testing.assert_array_equal(np.diag(k), 1.0)
     q = rng.uniform(0.5, 2.0, size=5)
-    L = np.asarray(dpp.quality_diversity_kernel(phi, q, 0.7))
+    L = np.asarray(dpp_kernels.quality_diversity_kernel(phi, q, 0.7))
     np.testing.assert_allclose(L, q[:, None] * k * q[None], rtol=1e-12)
     np.testing.assert_array_equal(L, L.T)
 
@@ -245,9 +245,9 @@ def test_spectral_path_equals_one_shot():
     # the dual spectrum plugs into the same samplers
     rng = np.random.default_rng(14)
     B = rng.normal(size=(9, 3))
-    ds = dpp.dual_spectrum(B)
+    ds = dpp_dual.dual_spectrum(B)
     assert ds.V.shape == (9, 3)
-    np.testing.assert_allclose(ds.inclusion_probabilities(), dpp.inclusion_probabilities_dual(B), rtol=1e-10)
+    np.testing.assert_allclose(ds.inclusion_probabilities(), dpp_dual.inclusion_probabilities_dual(B), rtol=1e-10)
     assert int(dpp.sample_kdpp_spectral(jax.random.key(0), ds, 3).sum()) == 3
     with pytest.raises(JaxiapInputError, match="rank"):
         dpp.sample_kdpp_spectral(jax.random.key(0), ds, 4)
@@ -352,14 +352,14 @@ def test_dual_matches_primal():
     rng = np.random.default_rng(10)
     B = rng.normal(size=(8, 3)) * 0.8
     L = B @ B.T
-    np.testing.assert_allclose(np.asarray(dpp.inclusion_probabilities_dual(B)),
+    np.testing.assert_allclose(np.asarray(dpp_dual.inclusion_probabilities_dual(B)),
                                np.asarray(dpp.inclusion_probabilities(L)), rtol=1e-10, atol=1e-12)
     # the dual samplers' inclusion frequencies: diag K for the DPP, enumerated k-DPP marginals for k = 3
     keys = jax.random.split(jax.random.key(0), N_DRAWS)
-    m = np.asarray(jax.vmap(lambda key: dpp.sample_dpp_dual(key, B))(keys))
+    m = np.asarray(jax.vmap(lambda key: dpp_dual.sample_dpp_dual(key, B))(keys))
     assert m.shape == (N_DRAWS, 8) and np.all(m.sum(1) <= 3)  # rank 3
     _assert_frequencies(m.mean(0), np.diag(L @ np.linalg.inv(L + np.eye(8))), N_DRAWS)
-    mk = np.asarray(jax.vmap(lambda key: dpp.sample_kdpp_dual(key, B, 3))(keys))
+    mk = np.asarray(jax.vmap(lambda key: dpp_dual.sample_kdpp_dual(key, B, 3))(keys))
     assert np.all(mk.sum(1) == 3)
     probs3, _ = _exact_probs(L, k=3)
     marg3 = np.array([sum(p for S, p in probs3.items() if i in S) for i in range(8)])
@@ -373,10 +373,10 @@ def test_sample_dpp_dual_chi_square():
     keys = jax.random.split(jax.random.key(2), N_DRAWS)
     probs, _ = _exact_probs(L)
     probs = {S: p for S, p in probs.items() if p > 1e-12}  # subsets beyond rank 2 have P = 0
-    masks = jax.vmap(lambda key: dpp.sample_dpp_dual(key, B))(keys)
+    masks = jax.vmap(lambda key: dpp_dual.sample_dpp_dual(key, B))(keys)
     assert _chi2_pvalue(masks, probs) > 1e-3
     probs2, _ = _exact_probs(L, k=2)
-    masks2 = jax.vmap(lambda key: dpp.sample_kdpp_dual(key, B, 2))(keys)
+    masks2 = jax.vmap(lambda key: dpp_dual.sample_kdpp_dual(key, B, 2))(keys)
     assert _chi2_pvalue(masks2, probs2) > 1e-3
 
 
@@ -408,15 +408,15 @@ def test_bad_input_raises():
     with pytest.raises(JaxiapInputError, match="int"):
         dpp.greedy_map(L, 2.0)
     with pytest.raises(JaxiapInputError, match="rank"):
-        dpp.sample_kdpp_dual(key, np.ones((5, 2)), 2)
+        dpp_dual.sample_kdpp_dual(key, np.ones((5, 2)), 2)
     with pytest.raises(JaxiapInputError, match="feature matrix"):
-        dpp.inclusion_probabilities_dual(np.ones(5))
+        dpp_dual.inclusion_probabilities_dual(np.ones(5))
     with pytest.raises(JaxiapInputError, match="lengthscale"):
-        dpp.rbf_kernel(np.ones((3, 2)), 0.0)
+        dpp_kernels.rbf_kernel(np.ones((3, 2)), 0.0)
     with pytest.raises(JaxiapInputError, match="quality"):
-        dpp.quality_diversity_kernel(np.ones((3, 2)), -np.ones(3), 1.0)
+        dpp_kernels.quality_diversity_kernel(np.ones((3, 2)), -np.ones(3), 1.0)
     with pytest.raises(JaxiapInputError, match="quality"):
-        dpp.quality_diversity_kernel(np.ones((3, 2)), np.ones(4), 1.0)
+        dpp_kernels.quality_diversity_kernel(np.ones((3, 2)), np.ones(4), 1.0)
 
 
 # ----------------------------------------------------------------------------- greedy MAP: more exact cases
@@ -426,7 +426,7 @@ def test_greedy_map_separated_qualities_and_submodular_gains():
     n = 8
     phi = rng.normal(size=(n, 3))
     q = 10.0 ** rng.permutation(np.arange(n))  # qualities a factor 10 apart dominate det(k_S) < 1
-    L = np.asarray(dpp.quality_diversity_kernel(phi, q, 1.5))
+    L = np.asarray(dpp_kernels.quality_diversity_kernel(phi, q, 1.5))
     idx, ld = dpp.greedy_map(L, 4)  # greedy is a prefix path: its first k items are greedy_map(L, k)
     for k in (1, 2, 3, 4):
         best = _best_subset(L, k)
@@ -461,36 +461,36 @@ def test_configuration_features_invariant_and_standardised():
     moved = pos[0][rng.permutation(8)] @ R.T + 0.3
     st = from_positions(np.concatenate([pos, moved[None]]))
     radial = RadialBasis("chebyshev", 4, 0.8, 3.0)
-    raw = np.asarray(dpp.configuration_features(LinearBasis(radial), st, standardize=False))
+    raw = np.asarray(dpp_kernels.configuration_features(LinearBasis(radial), st, standardize=False))
     assert raw.shape == (5, 4)
     ref = jax.jit(lambda x: structure_features(radial, x))(jnp.asarray(pos[1]))
     np.testing.assert_allclose(raw[1], ref, rtol=1e-12)
     np.testing.assert_allclose(raw[4], raw[0], rtol=1e-9)  # rotation + permutation + translation
-    phi = np.asarray(dpp.configuration_features(radial, st))
+    phi = np.asarray(dpp_kernels.configuration_features(radial, st))
     np.testing.assert_allclose(phi.mean(0), 0.0, atol=1e-12)
     np.testing.assert_allclose(phi.std(0), 1.0, rtol=1e-10)
     with pytest.raises(JaxiapInputError, match="LinearBasis or a RadialBasis"):
-        dpp.configuration_features("chebyshev", st)
+        dpp_kernels.configuration_features("chebyshev", st)
 
 
 def test_quality_scores():
     e = np.array([1.0, 1.5, 3.0])
-    np.testing.assert_allclose(dpp.quality_scores("boltzmann", energies=e, kT=0.5) ** 2,
+    np.testing.assert_allclose(dpp_kernels.quality_scores("boltzmann", energies=e, kT=0.5) ** 2,
                                np.exp(-(e - 1.0) / 0.5), rtol=1e-14)
-    np.testing.assert_allclose(dpp.quality_scores("boltzmann", energies=e / 13, kT=0.5, n_atoms=np.full(3, 13)),
+    np.testing.assert_allclose(dpp_kernels.quality_scores("boltzmann", energies=e / 13, kT=0.5, n_atoms=np.full(3, 13)),
                                np.exp(-(e - 1.0) / 1.0), rtol=1e-12)
-    np.testing.assert_allclose(dpp.quality_scores("uncertainty", uncertainty=[0.5, 2.0, 1.0]), [0.25, 1.0, 0.5])
-    np.testing.assert_array_equal(dpp.quality_scores("uniform", energies=e), np.ones(3))
-    np.testing.assert_array_equal(dpp.quality_scores("uniform", n=2), np.ones(2))
+    np.testing.assert_allclose(dpp_kernels.quality_scores("uncertainty", uncertainty=[0.5, 2.0, 1.0]), [0.25, 1.0, 0.5])
+    np.testing.assert_array_equal(dpp_kernels.quality_scores("uniform", energies=e), np.ones(3))
+    np.testing.assert_array_equal(dpp_kernels.quality_scores("uniform", n=2), np.ones(2))
     with pytest.raises(JaxiapInputError, match="unknown"):
-        dpp.quality_scores("entropy", n=3)
+        dpp_kernels.quality_scores("entropy", n=3)
     with pytest.raises(JaxiapInputError, match="needs energies"):
-        dpp.quality_scores("boltzmann", energies=e)
+        dpp_kernels.quality_scores("boltzmann", energies=e)
     with pytest.raises(JaxiapInputError, match="needs uncertainty"):
-        dpp.quality_scores("uncertainty")
+        dpp_kernels.quality_scores("uncertainty")
     with pytest.raises(JaxiapInputError, match="number of candidates"):
-        dpp.quality_scores("uniform")
+        dpp_kernels.quality_scores("uniform")
     with pytest.raises(JaxiapInputError, match="kT must be"):
-        dpp.quality_scores("boltzmann", energies=e, kT=-1.0)
+        dpp_kernels.quality_scores("boltzmann", energies=e, kT=-1.0)
     with pytest.raises(JaxiapInputError, match=">= 0"):
-        dpp.quality_scores("uncertainty", uncertainty=[-1.0, 1.0])
+        dpp_kernels.quality_scores("uncertainty", uncertainty=[-1.0, 1.0])

@@ -7,8 +7,8 @@ import pytest
 
 import jaxiap  # noqa: F401
 from jaxiap.errors import JaxiapInputError
-from jaxiap.md.qoi import CENSORED, EVENT, FAILED, censored_exponential_mle, kaplan_meier
 from jaxiap.uq.frt import log_mean_frt, per_sample_frt, survival_band, variance_split
+from jaxiap.uq.survival import CENSORED, EVENT, FAILED, censored_exponential_mle, kaplan_meier
 from jaxiap.workflows.lj13_attempts import frt_pce, parse_attempts, posterior_germ
 
 

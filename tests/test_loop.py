@@ -81,7 +81,7 @@ def test_interrupted_loop_equals_uninterrupted(setup, tmp_path):
 
 
 def test_each_strategy_returns_distinct_unlabelled(setup):
-    from jaxiap.active.loop import STRATEGIES, LoopContext, mean_energy_gradient_from_samples, pool_features
+    from jaxiap.active.strategies import STRATEGIES, LoopContext, mean_energy_gradient_from_samples, pool_features
     from jaxiap.active.design import candidate_rows
     from jaxiap.inference.linear import reweight
     from jaxiap.potentials.linear import design_matrix
@@ -199,8 +199,8 @@ def _fit_ctx(design):
 def strategy_context(setup):
     """One loop context (energy-only rows, two labelled) and the picks of every STRATEGIES entry."""
     from jaxiap.active.design import candidate_rows
-    from jaxiap.active.loop import STRATEGIES, LoopContext, default_lengthscale, mean_energy_gradient_from_samples, \
-        pool_features
+    from jaxiap.active.strategies import STRATEGIES, LoopContext, default_lengthscale, \
+        mean_energy_gradient_from_samples, pool_features
     from jaxiap.inference.linear import reweight
     from jaxiap.potentials.linear import design_matrix
 
@@ -300,7 +300,7 @@ def _accepts(name, reference, got):
 
 def test_loop_dispatches_each_name_through_the_map(setup, monkeypatch):
     """run_pool_loop(name) calls STRATEGIES[name] (spied) and labels exactly what it returned."""
-    from jaxiap.active import loop
+    from jaxiap.active import strategies
 
     calls = []
 
@@ -311,8 +311,8 @@ def test_loop_dispatches_each_name_through_the_map(setup, monkeypatch):
             return out
         return select
 
-    for name, select in list(loop.STRATEGIES.items()):
-        monkeypatch.setitem(loop.STRATEGIES, name, spy(name, select))
+    for name, select in list(strategies.STRATEGIES.items()):
+        monkeypatch.setitem(strategies.STRATEGIES, name, spy(name, select))
     for name in ("random", "d-optimal", "a-optimal", "uncertainty"):
         calls.clear()
         res, oracle = _run(setup, name, 1)

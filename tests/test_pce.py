@@ -240,9 +240,8 @@ def test_bad_inputs_raise():
 
 from numpy.polynomial.legendre import leggauss, legval  # noqa: E402
 
+from jaxiap.uq.germ import from_germ, gaussian_germ  # noqa: E402
 from jaxiap.uq.pce import (  # noqa: E402
-    from_germ,
-    gaussian_germ,
     legendre_basis,
     polynomial_basis,
 )

@@ -141,47 +141,32 @@ def test_quench_periodic_with_neighbor_list(fitted):
 
 
 def test_fitted_al_nvt_holds_temperature(fitted):
-    """BAOAB Langevin (jax-md nvt_langevin) of the fitted potential with a neighbour list, 300 K.
+    """BAOAB Langevin of the fitted potential with a neighbour list, 300 K, in the MD runner (jaxiap.md.nvt).
 
     Units: eV, Å, amu, ASE time (ase.units.fs = 0.0982): dt = 2 fs, gamma = 0.01 / fs.
-    500 steps of equilibration, then the kinetic temperature (2 KE / 3N kB;
+    5 blocks of 100 steps of equilibration, then the kinetic temperature (2 KE / 3N kB;
     Langevin does not conserve momentum, so 3N degrees of freedom) every 10
-    steps for 3500 steps, in 35 blocks of 100 steps (200 fs) for the
-    standard error.
+    steps for 35 blocks of 100 steps (200 fs); the block means give the standard error.
     """
     import ase.units as u
-    from jax_md import quantity, simulate
+
+    from jaxiap.md.nvt import NVTSettings, run_nvt
 
     pot = fitted[0]
     setup = al.al_md_setup(pot, repeat=3)
-    kT, target = 300.0 * u.kB, 300.0
-    init_fn, step_fn = simulate.nvt_langevin(setup["energy_fn"], setup["shift_fn"], dt=2.0 * u.fs, kT=kT,
-                                             gamma=0.01 / u.fs)
-    nbrs = setup["neighbor_fn"].allocate(setup["positions"])
-    state = init_fn(jax.random.key(0), setup["positions"], mass=setup["mass"], neighbor=nbrs)
-    n_eq, n_rec, every, per_block = 500, 350, 10, 10
-
-    @jax.jit
-    def run(state, nbrs):
-        def one(carry, _):
-            s, nb = carry
-            s = step_fn(s, neighbor=nb)
-            return (s, nb.update(s.position)), None
-
-        def record(carry, _):
-            carry, _ = jax.lax.scan(one, carry, None, length=every)
-            s = carry[0]
-            return carry, quantity.temperature(momentum=s.momentum, mass=s.mass)
-
-        carry, _ = jax.lax.scan(one, (state, nbrs), None, length=n_eq)
-        return jax.lax.scan(record, carry, None, length=n_rec)
-
-    (state, nbrs), kt = run(state, nbrs)
-    assert not bool(nbrs.did_buffer_overflow)
-    temps = np.asarray(kt) / u.kB
-    blocks = temps.reshape(-1, per_block).mean(axis=1)
-    mean, se = float(temps.mean()), float(blocks.std(ddof=1) / np.sqrt(len(blocks)))
-    print(f"\nAl108 NVT 300 K, fitted potential, neighbour list: <T_kin> = {mean:.1f} ± {se:.1f} K "
-          f"(block SE, {len(blocks)} blocks of {per_block * every} steps)")
-    assert np.all(np.isfinite(temps))
+    target = 300.0
+    settings = NVTSettings(kT=target * u.kB, dt=2.0 * u.fs, gamma=0.01 / u.fs, mass=setup["mass"],
+                           n_equilibrate_blocks=5, n_blocks=35, block_steps=100, record_every=10)
+    run = run_nvt(pot, [0], setup["positions"], settings, shift_fn=setup["shift_fn"],
+                  neighbor_fn=setup["neighbor_fn"], energy_kwargs=dict(box=setup["box"]), progress=False)
+    assert not run.failed.any()  # no neighbour-list overflow, finite state
+    blocks = run.results["kinetic_temperature"][0, 0] / u.kB
+    mean, se = float(blocks.mean()), float(blocks.std(ddof=1) / np.sqrt(len(blocks)))
+    n_rebuilds = int(run.results["neighbor_rebuilds"][0, 0])
+    print(f"\nAl108 NVT 300 K, fitted potential, neighbour list, MD runner: <T_kin> = {mean:.1f} ± {se:.1f} K "
+          f"(block SE, {len(blocks)} blocks of {settings.block_steps} steps; {n_rebuilds} list rebuilds)")
+    assert np.all(np.isfinite(blocks)) and n_rebuilds > 0
     assert abs(mean - target) < 3 * se
+    # the wrapped final positions stay in the cell
+    final = run.results["final_positions"][0, 0]
+    assert np.all(final >= -1e-9) and np.all(final <= np.asarray(setup["box"]) + 1e-9)

@@ -1,4 +1,5 @@
-"""Sensitivities d QoI / d coefficients (jaxiap.md.sensitivity).
+"""Sensitivities d QoI / d coefficients (jaxiap.md.sensitivity, jaxiap.md.fluctuation,
+jaxiap.md.first_passage).
 
 Every estimator is compared with central finite differences using common
 random numbers (same keys), with closed forms, or with exact quadrature.
@@ -12,6 +13,8 @@ import pytest
 import jaxiap  # noqa: F401  (float64)
 from jaxiap.descriptors.radial import RadialBasis
 from jaxiap.errors import JaxiapInputError
+from jaxiap.md import first_passage as fp
+from jaxiap.md import fluctuation as fluct
 from jaxiap.md import sensitivity as sens
 from jaxiap.potentials.linear import LinearBasis, energy_fn as linear_energy_fn
 from jaxiap.systems.lj import icosahedron
@@ -117,19 +120,19 @@ def test_fluctuation_harmonic_closed_form():
     xy = rng.normal(size=(100_000, 2)) * np.sqrt(kT / c)
     B = 0.5 * xy**2
     A = xy[:, 0] ** 2
-    est = sens.fluctuation_gradient_estimate(A, B, kT, n_blocks=20)
+    est = fluct.fluctuation_gradient_estimate(A, B, kT, n_blocks=20)
     exact = np.array([-kT / c[0] ** 2, 0.0])
     assert np.all(np.asarray(est.stderr) > 0)
     assert np.all(np.abs(np.asarray(est.grad) - exact) < 3 * np.asarray(est.stderr))
     assert float(est.stderr[0]) < 0.05 * kT / c[0] ** 2  # a sharp test
-    np.testing.assert_allclose(est.grad, sens.fluctuation_gradient(A, B, kT), rtol=1e-14)
-    me = sens.mean_energy_gradient_estimate(B, c, kT, n_blocks=20)
+    np.testing.assert_allclose(est.grad, fluct.fluctuation_gradient(A, B, kT), rtol=1e-14)
+    me = fluct.mean_energy_gradient_estimate(B, c, kT, n_blocks=20)
     assert np.all(np.abs(np.asarray(me.grad)) < 3 * np.asarray(me.stderr))
-    np.testing.assert_allclose(me.grad, sens.mean_energy_gradient(B, c, kT), rtol=1e-14)
+    np.testing.assert_allclose(me.grad, fluct.mean_energy_gradient(B, c, kT), rtol=1e-14)
     with pytest.raises(JaxiapInputError, match="observable"):
-        sens.fluctuation_gradient(A[:-1], B, kT)
+        fluct.fluctuation_gradient(A[:-1], B, kT)
     with pytest.raises(JaxiapInputError, match="NaN"):
-        sens.fluctuation_gradient(np.where(np.arange(len(A)) == 3, np.nan, A), B, kT)
+        fluct.fluctuation_gradient(np.where(np.arange(len(A)) == 3, np.nan, A), B, kT)
 
 
 def _dw_features(x):
@@ -159,8 +162,8 @@ def test_fluctuation_matches_quadrature_double_well():
     """With Boltzmann quadrature weights the fluctuation formulas are exact:
     compare with central FD of the quadrature averages <x> and <E> (1e-6)."""
     x, B, w, _, _ = _quadrature_averages(C_DW)
-    g = sens.fluctuation_gradient(x, B, KT_DW, weights=w)
-    ge = sens.mean_energy_gradient(B, C_DW, KT_DW, weights=w)
+    g = fluct.fluctuation_gradient(x, B, KT_DW, weights=w)
+    ge = fluct.mean_energy_gradient(B, C_DW, KT_DW, weights=w)
     h = 1e-5
     fd_a, fd_e = [], []
     for k in range(2):
@@ -185,10 +188,10 @@ def test_fluctuation_from_md_samples_double_well():
     xs = run(keys, x0).reshape(-1, 1)  # replica-major: each replica is one block
     B = _dw_features(xs)
     x, Bq, w, _, _ = _quadrature_averages(C_DW)
-    exact_a = np.asarray(sens.fluctuation_gradient(x, Bq, KT_DW, weights=w))
-    exact_e = np.asarray(sens.mean_energy_gradient(Bq, C_DW, KT_DW, weights=w))
-    est = sens.fluctuation_gradient_estimate(xs[:, 0], B, KT_DW, n_blocks=R)
-    me = sens.mean_energy_gradient_estimate(B, C_DW, KT_DW, n_blocks=R)
+    exact_a = np.asarray(fluct.fluctuation_gradient(x, Bq, KT_DW, weights=w))
+    exact_e = np.asarray(fluct.mean_energy_gradient(Bq, C_DW, KT_DW, weights=w))
+    est = fluct.fluctuation_gradient_estimate(xs[:, 0], B, KT_DW, n_blocks=R)
+    me = fluct.mean_energy_gradient_estimate(B, C_DW, KT_DW, n_blocks=R)
     for e, ex in ((est, exact_a), (me, exact_e)):
         z = (np.asarray(e.grad) - ex) / np.asarray(e.stderr)
         assert np.all(np.abs(z) < 3), (e, ex)
@@ -204,7 +207,7 @@ FP_KW = dict(kT=0.35, gamma=1.0, dt=0.02, n_steps=500)  # t_max = 10
 
 
 def _fp_runner(integrator="overdamped", event=True, **kw):
-    rep = sens.first_passage_lr_fn(
+    rep = fp.first_passage_lr_fn(
         _dw_energy, (lambda x: x[0] > 0.0) if event else None, integrator=integrator, **{**FP_KW, **kw}
     )
     return jax.jit(jax.vmap(rep, in_axes=(None, 0, None)))
@@ -219,14 +222,14 @@ def test_lr_first_passage_matches_fd_overdamped():
     x0 = jnp.array([-1.0])
     run = _fp_runner()
     out = run(C_FP, keys, x0)
-    est = sens.first_passage_lr_gradient(out["time"], out["event"], out["score"])
+    est = fp.first_passage_lr_gradient(out["time"], out["event"], out["score"])
     assert 0.2 * R < est.n_events < 0.8 * R
     # Sanity: the score has mean zero, and a QoI independent of the path has
     # LR derivative zero.
     S = np.asarray(out["score"])
     assert np.all(np.abs(S.mean(0)) < 3 * S.std(0) / np.sqrt(R))
     q_indep = jax.random.normal(jax.random.key(99), (R,))
-    g0, se0 = sens.lr_gradient(q_indep, S)
+    g0, se0 = fp.lr_gradient(q_indep, S)
     assert np.all(np.abs(np.asarray(g0)) < 3 * np.asarray(se0))
 
     h = 0.05
@@ -260,7 +263,7 @@ def test_lr_score_baoab_fixed_time():
     out = run(C_FP, keys, x0)
     S = np.asarray(out["score"])
     assert np.all(np.abs(S.mean(0)) < 3 * S.std(0) / np.sqrt(R))
-    g, se = sens.lr_gradient(out["positions"][:, 0], S)
+    g, se = fp.lr_gradient(out["positions"][:, 0], S)
     h = 1e-4
     for k in range(2):
         e = jnp.zeros(2).at[k].set(h)
@@ -279,7 +282,7 @@ def test_quenched_graph_event_lj13():
     from jaxiap.systems.lj import lj_energy
 
     ico = jnp.asarray(icosahedron())
-    event = jax.jit(sens.quenched_graph_event(lj_energy, ico))
+    event = jax.jit(fp.quenched_graph_event(lj_energy, ico))
     noisy = ico + 0.03 * jax.random.normal(jax.random.key(0), ico.shape)
     swapped = noisy[jnp.array([1, 0] + list(range(2, 13)))]
     assert not bool(event(noisy))

@@ -40,7 +40,7 @@ def posteriors(problem):
 
 
 def test_registry_names_and_cli_choices():
-    from jaxiap.workflows.lj13 import POSTERIOR_CHOICES
+    from jaxiap.workflows.lj13_config import POSTERIOR_CHOICES
 
     for name in ("lstsq", "blr", "nig", "bootstrap", "merr-iid", "merr-abc", "horseshoe"):
         assert name in SOLVERS

@@ -9,7 +9,7 @@ import pytest
 
 from jaxiap.cli import main
 from jaxiap.errors import JaxiapInputError
-from jaxiap.workflows.lj13 import LJ13Config
+from jaxiap.workflows.lj13_config import LJ13Config
 
 # t_max = 10 tau: long enough for the true LJ to rearrange in 3 of the 4 seeds (mean FRT ~17 tau), so the
 # FRT statistics and the KS test below compare real events, not four censored runs each

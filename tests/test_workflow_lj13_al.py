@@ -10,7 +10,8 @@ import jaxiap  # noqa: F401
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    from jaxiap.workflows.lj13_al import LJ13ALConfig, run_lj13_al
+    from jaxiap.workflows.lj13_al import run_lj13_al
+    from jaxiap.workflows.lj13_al_config import LJ13ALConfig
 
     out = tmp_path_factory.mktemp("al") / "run"
     config = LJ13ALConfig.from_preset("tiny")
@@ -18,7 +19,7 @@ def tiny_run(tmp_path_factory):
 
 
 def test_tiny_study_outputs(tiny_run):
-    from jaxiap.workflows.lj13_al import STRATEGY_NAMES
+    from jaxiap.workflows.lj13_al_config import STRATEGY_NAMES
 
     config, out, summary = tiny_run
     on_disk = json.loads((out / "summary.json").read_text())
@@ -57,7 +58,8 @@ def test_learning_curves_equal_independent_refits(tiny_run):
     error; the summary's bands, thresholds and ratios are those of the logs."""
     from jaxiap.data import load_npz
     from jaxiap.potentials.linear import design_matrix
-    from jaxiap.workflows.lj13_al import STRATEGY_NAMES, make_basis
+    from jaxiap.workflows.lj13_al import make_basis
+    from jaxiap.workflows.lj13_al_config import STRATEGY_NAMES
 
     config, out, _ = tiny_run
     s = json.loads((out / "summary.json").read_text())
@@ -115,7 +117,7 @@ def test_frt_errors_equal_the_chunk_files(tiny_run):
     every run is censored at t_max, so the KS distances are all 0; the MD energies differ per fit.)"""
     from scipy.stats import ks_2samp
 
-    from jaxiap.workflows.lj13_al import STRATEGY_NAMES
+    from jaxiap.workflows.lj13_al_config import STRATEGY_NAMES
 
     config, out, _ = tiny_run
     s = json.loads((out / "summary.json").read_text())
@@ -172,7 +174,8 @@ def test_rerun_resumes_with_identical_numbers(tiny_run):
 
 def test_inclusion_probabilities_sum_to_expected_size(tiny_run):
     from jaxiap.data import load_npz
-    from jaxiap.workflows.lj13_al import inclusion_probability_series, make_basis
+    from jaxiap.workflows.lj13_al import make_basis
+    from jaxiap.workflows.lj13_al_report import inclusion_probability_series
 
     config, out, _ = tiny_run
     series = load_npz(out / "data" / "series.npz")
@@ -180,11 +183,11 @@ def test_inclusion_probabilities_sum_to_expected_size(tiny_run):
     assert incl.shape == (config.series_frames,)
     assert np.all((incl > 0) & (incl < 1))
     # K_ii of L = k (uniform quality) equals the eigen-decomposition formula sum_n V_in^2 lam_n / (1 + lam_n)
-    from jaxiap.active.dpp import quality_diversity_kernel
-    from jaxiap.active.loop import default_lengthscale, pool_features
+    from jaxiap.active.dpp_kernels import quality_diversity_kernel
+    from jaxiap.active.strategies import default_lengthscale, pool_features
 
     phi = pool_features(make_basis(config), series.structures)
-    from jaxiap.workflows.lj13_al import SERIES_LENGTHSCALE_FACTOR
+    from jaxiap.workflows.lj13_al_report import SERIES_LENGTHSCALE_FACTOR
 
     ls = SERIES_LENGTHSCALE_FACTOR * default_lengthscale(phi)
     L = np.asarray(quality_diversity_kernel(phi, np.ones(len(series)), ls))

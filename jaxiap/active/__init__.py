@@ -1,7 +1,8 @@
 """Active learning: diverse subsets (DPPs), optimal designs, query by committee, pool-based loops.
 
 Import the submodules directly for the full API: ``jaxiap.active.dpp``,
-``jaxiap.active.design``, ``jaxiap.active.qbc`` and ``jaxiap.active.loop``.
+``jaxiap.active.dpp_kernels``, ``jaxiap.active.dpp_dual``, ``jaxiap.active.design``,
+``jaxiap.active.qbc``, ``jaxiap.active.strategies`` and ``jaxiap.active.loop``.
 """
 
 from jaxiap.active.design import (
@@ -15,25 +16,29 @@ from jaxiap.active.design import (
 )
 from jaxiap.active.dpp import (
     DPPSpectrum,
-    configuration_features,
     dpp_spectrum,
-    dual_spectrum,
     expected_size,
     greedy_map,
     inclusion_probabilities,
-    inclusion_probabilities_dual,
     marginal_kernel,
+    sample_dpp,
+    sample_dpp_spectral,
+    sample_kdpp,
+    sample_kdpp_spectral,
+)
+from jaxiap.active.dpp_dual import (
+    dual_spectrum,
+    inclusion_probabilities_dual,
+    sample_dpp_dual,
+    sample_kdpp_dual,
+)
+from jaxiap.active.dpp_kernels import (
+    configuration_features,
     quality_diversity_kernel,
     quality_scores,
     rbf_kernel,
-    sample_dpp,
-    sample_dpp_dual,
-    sample_dpp_spectral,
-    sample_kdpp,
-    sample_kdpp_dual,
-    sample_kdpp_spectral,
 )
-from jaxiap.active.loop import STRATEGIES, LoopContext, LoopResult, run_pool_loop
+from jaxiap.active.loop import LoopResult, run_pool_loop
 from jaxiap.active.qbc import (
     Disagreement,
     committee_disagreement,
@@ -42,6 +47,7 @@ from jaxiap.active.qbc import (
     predictive_std,
     select_top,
 )
+from jaxiap.active.strategies import STRATEGIES, LoopContext
 
 __all__ = [
     # dpp
@@ -56,6 +62,6 @@ __all__ = [
     # qbc
     "Disagreement", "committee_predictions", "committee_disagreement", "predictive_std",
     "select_top", "diversified_batch",
-    # loop
+    # strategies and loop
     "STRATEGIES", "LoopContext", "LoopResult", "run_pool_loop",
 ]

@@ -1,12 +1,13 @@
-"""Determinantal point processes (DPPs) for diverse selection of configurations.
+"""Determinantal point processes (DPPs): spectra, exact sampling and greedy MAP, in primal form.
 
 An L-ensemble over N candidates assigns P(Y = S) = det(L_S) / det(L + I) to each
 subset S, for a symmetric positive semi-definite kernel L of shape (N, N)
-(Kulesza & Taskar 2012; docs/science.md section 19).
+(Kulesza & Taskar 2012; docs/science.md section 19). Kernels L are built in
+:mod:`jaxiap.active.dpp_kernels`; the dual forms for L = B B^T (D x D kernel B^T B) are in
+:mod:`jaxiap.active.dpp_dual`; input checks in :mod:`jaxiap.active.dpp_checks`.
 
 What lives here:
 
-- kernels: :func:`rbf_kernel`, :func:`quality_diversity_kernel` (L_ij = q_i k_ij q_j);
 - marginals: :func:`marginal_kernel` (K = L (L + I)^-1), :func:`inclusion_probabilities`
   (diag K), :func:`expected_size` (sum lam / (1 + lam));
 - exact samplers: :func:`sample_dpp` (spectral: eigenvector selection, then a projection
@@ -18,19 +19,15 @@ What lives here:
   O(N |Y|^2) each, as DPPy's ``FiniteDPP`` does. ``sample_dpp(key, L)`` is exactly
   ``sample_dpp_spectral(key, dpp_spectrum(L))`` (likewise for the k-DPP);
 - approximate mode: :func:`greedy_map` (fast greedy MAP by incremental Cholesky,
-  Chen, Zhang & Zhou 2018);
-- dual forms for L = B B^T with B (N, D), D << N: :func:`inclusion_probabilities_dual`,
-  :func:`sample_dpp_dual`, :func:`sample_kdpp_dual`, working with the D x D kernel B^T B.
+  Chen, Zhang & Zhou 2018).
 
 Conventions. All functions are pure and work in float64 (inputs are cast). Samplers take
 an explicit ``jax.random`` key (same key, same subset) and return a fixed-shape (N,) bool
-mask, so they ``jit`` and ``vmap`` over keys. Input checks (shape, symmetry, positive
-semi-definiteness, k against the rank) run when the inputs are concrete arrays; inside an
-outer ``jit`` with traced kernels only the static shape checks run. The PSD check of the
-samplers and marginals reads the eigenvalues of the decomposition they compute anyway (no
-second O(N^3) pass); :func:`greedy_map`, which needs no decomposition, checks symmetry and a
-non-negative diagonal by default and runs the full ``eigvalsh`` PSD check only with
-``check="full"``. Integer ``k`` is always static (a Python int).
+mask, so they ``jit`` and ``vmap`` over keys. Input checks run on concrete inputs
+(:mod:`jaxiap.active.dpp_checks`): the PSD check of the samplers and marginals reads the
+eigenvalues of the decomposition they compute anyway; :func:`greedy_map`, which needs no
+decomposition, runs the full ``eigvalsh`` PSD check only with ``check="full"``. Integer ``k``
+is always static (a Python int).
 
 Cost. The eigendecomposition is O(N^3). The projection phase gathers the |B| kept
 eigenvectors into an (N, width) block with a static width (|B| rounded up to a power of two
@@ -41,18 +38,16 @@ cannot depend on |B| and is the number of positive eigenvalues: O(N |Y| R) per s
 
 from __future__ import annotations
 
-from functools import partial
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxiap.active.dpp_checks import _as_float, _check_k, _check_kernel, _check_psd_eigs, _numerical_rank, _traced
 from jaxiap.errors import JaxiapInputError
 
 __all__ = [
-    "rbf_kernel",
-    "quality_diversity_kernel",
     "marginal_kernel",
     "inclusion_probabilities",
     "expected_size",
@@ -60,186 +55,10 @@ __all__ = [
     "sample_kdpp",
     "DPPSpectrum",
     "dpp_spectrum",
-    "dual_spectrum",
     "sample_dpp_spectral",
     "sample_kdpp_spectral",
     "greedy_map",
-    "inclusion_probabilities_dual",
-    "sample_dpp_dual",
-    "sample_kdpp_dual",
-    "configuration_features",
-    "quality_scores",
 ]
-
-_SYM_RTOL = 1e-6  # relative asymmetry allowed in L (max |L - L^T| / max |L|)
-_PSD_RTOL = 1e-6  # relative negative eigenvalue allowed (min lam / max |lam|)
-
-
-# ----------------------------------------------------------------------------- checks
-
-def _concrete(x):
-    """NumPy copy of ``x``, or None when ``x`` is a tracer (inside jit / grad)."""
-    try:
-        return np.asarray(x)
-    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
-        return None
-
-
-def _traced(*xs):
-    """True if any leaf of ``xs`` is a tracer (inside jit / vmap / grad)."""
-    return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(xs))
-
-
-def _as_float(x, name):
-    try:
-        return jnp.asarray(x, dtype=jnp.float64)
-    except (TypeError, ValueError) as err:
-        raise JaxiapInputError(f"{name} must be a numeric array; got {type(x).__name__} ({err}).") from err
-
-
-def _check_kernel(L, name="L", check="cheap"):
-    """Cast to float64 and check L, returning the symmetrised kernel (L + L^T) / 2.
-
-    Always: (N, N) with N >= 1. When L is concrete: finite and symmetric (O(N^2)), then
-
-    - ``check="cheap"``: non-negative diagonal (a necessary condition for PSD, O(N));
-    - ``check="full"``: also PSD by an ``eigvalsh`` (O(N^3));
-    - ``check="none"``: nothing more.
-
-    The samplers and marginals pass ``check="cheap"`` and then test PSD on the eigenvalues of
-    the eigendecomposition they compute anyway (:func:`_check_psd_eigs`), so no second O(N^3)
-    decomposition is run.
-    """
-    if check not in ("cheap", "full", "none"):
-        raise JaxiapInputError(f"check must be 'cheap', 'full' or 'none'; got {check!r}.")
-    L = _as_float(L, name)
-    if L.ndim != 2 or L.shape[0] != L.shape[1]:
-        raise JaxiapInputError(f"{name} must be a square (N, N) kernel matrix; got shape {tuple(L.shape)}.")
-    if L.shape[0] == 0:
-        raise JaxiapInputError(f"{name} is empty (shape {tuple(L.shape)}); pass at least one candidate.")
-    Ln = _concrete(L)
-    if Ln is not None and check != "none":
-        if not np.all(np.isfinite(Ln)):
-            raise JaxiapInputError(f"{name} contains NaN or inf; check the descriptors and quality scores.")
-        scale = max(float(np.max(np.abs(Ln))), np.finfo(np.float64).tiny)
-        asym = float(np.max(np.abs(Ln - Ln.T)))
-        if asym > _SYM_RTOL * scale:
-            raise JaxiapInputError(
-                f"{name} is not symmetric (max |L - L^T| = {asym:.3g}, max |L| = {scale:.3g}); "
-                "a DPP kernel must be symmetric: pass (L + L.T) / 2 if the asymmetry is round-off.")
-        dmin = float(np.min(np.diagonal(Ln)))
-        if dmin < -_PSD_RTOL * scale:
-            raise JaxiapInputError(
-                f"{name} is not positive semi-definite: negative diagonal entry {dmin:.3g} "
-                f"(max |L| = {scale:.3g}); build L as a Gram matrix "
-                "(e.g. with rbf_kernel / quality_diversity_kernel, or B @ B.T).")
-        if check == "full":
-            _check_psd_eigs(np.linalg.eigvalsh(0.5 * (Ln + Ln.T)), name)
-    return 0.5 * (L + L.T)
-
-
-def _check_psd_eigs(lam, name="L"):
-    """Raise JaxiapInputError if the (concrete, raw) eigenvalues ``lam`` show L is not PSD."""
-    lam = np.asarray(lam)
-    lam_scale = max(float(np.max(np.abs(lam))), np.finfo(np.float64).tiny)
-    lmin = float(np.min(lam))
-    if lmin < -_PSD_RTOL * lam_scale:
-        raise JaxiapInputError(
-            f"{name} is not positive semi-definite: smallest eigenvalue {lmin:.3g} "
-            f"(largest |eigenvalue| {lam_scale:.3g}); build L as a Gram matrix "
-            "(e.g. with rbf_kernel / quality_diversity_kernel, or B @ B.T).")
-
-
-def _numerical_rank(lam, n):
-    """Rank from eigenvalues (NumPy's matrix_rank tolerance: max lam * n * eps)."""
-    lam = np.asarray(lam)
-    if lam.size == 0:
-        return 0
-    top = float(np.max(lam))
-    if top <= 0:
-        return 0
-    return int(np.sum(lam > top * n * np.finfo(np.float64).eps))
-
-
-def _check_k(k, n, name="k"):
-    if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)):
-        raise JaxiapInputError(f"{name} must be a Python int (static); got {k!r} of type {type(k).__name__}.")
-    k = int(k)
-    if k < 0 or k > n:
-        raise JaxiapInputError(f"{name} = {k} is out of range: need 0 <= {name} <= N = {n}.")
-    return k
-
-
-def _check_factor(B, name="B"):
-    B = _as_float(B, name)
-    if B.ndim != 2:
-        raise JaxiapInputError(f"{name} must be an (N, D) feature matrix with L = B B^T; got shape {tuple(B.shape)}.")
-    if B.shape[0] == 0 or B.shape[1] == 0:
-        raise JaxiapInputError(f"{name} has an empty axis (shape {tuple(B.shape)}); need N >= 1 and D >= 1.")
-    Bn = _concrete(B)
-    if Bn is not None and not np.all(np.isfinite(Bn)):
-        raise JaxiapInputError(f"{name} contains NaN or inf; check the features.")
-    return B, Bn
-
-
-# ----------------------------------------------------------------------------- kernels
-
-def rbf_kernel(phi, lengthscale):
-    """Gaussian RBF similarity k_ij = exp(-|phi_i - phi_j|^2 / (2 lengthscale^2)).
-
-    Args:
-        phi: (N, F) descriptors, one row per candidate configuration.
-        lengthscale: positive scalar.
-
-    Returns:
-        (N, N) symmetric PSD kernel with unit diagonal (float64).
-    """
-    phi = _as_float(phi, "phi")
-    if phi.ndim != 2:
-        raise JaxiapInputError(f"phi must be an (N, F) descriptor matrix; got shape {tuple(phi.shape)}.")
-    ls = _as_float(lengthscale, "lengthscale")
-    if ls.ndim != 0:
-        raise JaxiapInputError(f"lengthscale must be a scalar; got shape {tuple(ls.shape)}.")
-    ls_c = _concrete(ls)
-    if ls_c is not None and not (np.isfinite(ls_c) and ls_c > 0):
-        raise JaxiapInputError(f"lengthscale must be a positive finite number; got {float(ls_c)}.")
-    phi_c = _concrete(phi)
-    if phi_c is not None and not np.all(np.isfinite(phi_c)):
-        raise JaxiapInputError("phi contains NaN or inf; check the descriptors.")
-    return _rbf(phi, ls)
-
-
-@jax.jit
-def _rbf(phi, ls):
-    sq = jnp.sum(phi * phi, axis=1)
-    d2 = sq[:, None] + sq[None, :] - 2.0 * phi @ phi.T
-    d2 = jnp.maximum(0.5 * (d2 + d2.T), 0.0)
-    d2 = d2 * (1.0 - jnp.eye(phi.shape[0], dtype=d2.dtype))  # exact zeros on the diagonal
-    return jnp.exp(-0.5 * d2 / ls**2)
-
-
-def quality_diversity_kernel(phi, quality, lengthscale):
-    """Quality-diversity kernel L_ij = q_i k(phi_i, phi_j) q_j with an RBF similarity k.
-
-    P(Y = S) is then proportional to prod_{i in S} q_i^2 * det(k_S).
-
-    Args:
-        phi: (N, F) descriptors.
-        quality: (N,) non-negative quality scores q_i.
-        lengthscale: positive scalar RBF lengthscale.
-
-    Returns:
-        (N, N) symmetric PSD kernel L (float64).
-    """
-    k = rbf_kernel(phi, lengthscale)
-    q = _as_float(quality, "quality")
-    if q.shape != (k.shape[0],):
-        raise JaxiapInputError(f"quality must have shape (N,) = ({k.shape[0]},); got {tuple(q.shape)}.")
-    qc = _concrete(q)
-    if qc is not None and not (np.all(np.isfinite(qc)) and np.all(qc >= 0)):
-        raise JaxiapInputError("quality must be finite and non-negative (q_i >= 0).")
-    L = q[:, None] * k * q[None, :]
-    return 0.5 * (L + L.T)  # exactly symmetric despite rounding in the products
 
 
 # ----------------------------------------------------------------------------- spectrum (eigendecomposition, reusable)
@@ -691,228 +510,3 @@ def greedy_map(L, k, eps=1e-10, check="cheap"):
     L = _check_kernel(L, check=check)
     k = _check_k(k, L.shape[0])
     return _greedy_map(L, k, jnp.asarray(eps, L.dtype))
-
-
-# ----------------------------------------------------------------------------- dual forms
-
-def _dual_eig(B):
-    """Eigen-pairs of L = B B^T from the (D, D) dual kernel C = B^T B.
-
-    Returns (lam (D,), V (N, D), valid (D,)) where the valid columns of V are orthonormal
-    eigenvectors of L (v = B w / sqrt(lam)); eigenvalues at round-off level are dropped.
-    """
-    n, d = B.shape
-    lam, W = jnp.linalg.eigh(B.T @ B)
-    lam = jnp.maximum(lam, 0.0)
-    valid = lam > jnp.max(lam) * max(n, d) * jnp.finfo(B.dtype).eps
-    V = (B @ W) / jnp.sqrt(jnp.where(valid, lam, 1.0))
-    lam = jnp.where(valid, lam, 0.0)
-    return lam, V * valid[None, :], valid
-
-
-def dual_spectrum(B):
-    """:class:`DPPSpectrum` of L = B B^T from the (D, D) dual kernel, O(N D^2), never forming L.
-
-    lam (D,) and V (N, D); eigenvalues at round-off level (and their columns) are set to 0,
-    so they are never sampled. Use with :func:`sample_dpp_spectral` / :func:`sample_kdpp_spectral`
-    to reuse the decomposition across samples.
-
-    Args:
-        B: (N, D) feature matrix.
-    """
-    B, _ = _check_factor(B)
-    lam, V, _ = _jit_dual_eig(B)
-    return DPPSpectrum(lam, V)
-
-
-_jit_dual_eig = jax.jit(_dual_eig)
-
-
-def inclusion_probabilities_dual(B):
-    """Inclusion probabilities of the DPP with L = B B^T, via the (D, D) dual kernel.
-
-    K = B (I_D + B^T B)^-1 B^T, so K_ii = b_i^T (I + B^T B)^-1 b_i. Cost O(N D^2).
-
-    Args:
-        B: (N, D) feature matrix.
-
-    Returns:
-        (N,) probabilities, equal to inclusion_probabilities(B @ B.T).
-    """
-    B, _ = _check_factor(B)
-    return _incl_dual(B)
-
-
-@jax.jit
-def _incl_dual(B):
-    d = B.shape[1]
-    A = jnp.eye(d, dtype=B.dtype) + B.T @ B
-    cho = jax.scipy.linalg.cho_factor(A, lower=True)
-    X = jax.scipy.linalg.cho_solve(cho, B.T)  # (D, N)
-    return jnp.sum(B * X.T, axis=1)
-
-
-@jax.jit
-def _sample_dpp_dual(key, B):
-    lam, V, _ = _dual_eig(B)  # invalid columns have lam = 0: never kept
-    return _sample_dpp_spectral_impl(key, lam, V, V.shape[1])
-
-
-def sample_dpp_dual(key, B):
-    """Exact DPP sample for L = B B^T using the (D, D) dual kernel B^T B.
-
-    Same distribution as sample_dpp(key, B @ B.T) but cost O(N D^2) and memory O(N D);
-    never forms the (N, N) kernel. Samples have at most rank(B) <= D items.
-
-    Args:
-        key: jax.random key.
-        B: (N, D) feature matrix.
-
-    Returns:
-        (N,) bool mask.
-    """
-    B, _ = _check_factor(B)
-    return _sample_dpp_dual(key, B)
-
-
-def _sample_kdpp_dual_impl(key, B, k):
-    lam, V, _ = _dual_eig(B)
-    return _sample_kdpp_spectral_impl(key, lam, V, k)
-
-
-_sample_kdpp_dual = jax.jit(_sample_kdpp_dual_impl, static_argnums=2)
-
-
-def sample_kdpp_dual(key, B, k):
-    """Exact k-DPP sample for L = B B^T using the (D, D) dual kernel.
-
-    Args:
-        key: jax.random key.
-        B: (N, D) feature matrix.
-        k: Python int, 0 <= k <= rank(B).
-
-    Returns:
-        (N,) bool mask with exactly k True entries.
-    """
-    B, Bn = _check_factor(B)
-    n, d = B.shape
-    k = _check_k(k, n)
-    if Bn is not None:
-        lam = np.linalg.eigvalsh(Bn.T @ Bn)
-        rank = _numerical_rank(lam, max(n, d))
-        if k > rank:
-            raise JaxiapInputError(
-                f"k = {k} exceeds rank(B B^T) = {rank}: a k-DPP needs k linearly independent items; "
-                "lower k or add features.")
-    return _sample_kdpp_dual(key, B, k)
-
-
-
-# ----------------------------------------------------------------------------- features and qualities
-
-def configuration_features(basis_or_radial, structures, standardize=True):
-    """Invariant per-configuration descriptors phi (C, d) for DPP similarity kernels.
-
-    phi_i is :func:`jaxiap.descriptors.radial.structure_features` of configuration i (pair
-    radial features summed over atoms, per species), which is invariant to permutations,
-    rotations and translations.
-
-    Args:
-        basis_or_radial: a LinearBasis (its ``radial`` and ``n_species`` are used) or a
-            RadialBasis (one species).
-        structures: Structures with C configurations.
-        standardize: if True (default), centre each feature over the C configurations and
-            divide by its std (constant features become 0), so that an RBF lengthscale is
-            in units of feature std.
-
-    Returns:
-        (C, d) float64 with d = n_basis * n_species.
-    """
-    from jaxiap.descriptors.radial import RadialBasis
-
-    if hasattr(basis_or_radial, "radial"):
-        radial, n_species = basis_or_radial.radial, int(getattr(basis_or_radial, "n_species", 1))
-    elif isinstance(basis_or_radial, RadialBasis):
-        radial, n_species = basis_or_radial, 1
-    else:
-        raise JaxiapInputError(f"basis_or_radial must be a LinearBasis or a RadialBasis; got "
-                               f"{type(basis_or_radial).__name__}.")
-    phi = _config_features(radial, structures.positions, structures.mask, structures.species,
-                           structures.box, n_species)
-    phi = jnp.asarray(phi, jnp.float64)
-    if standardize:
-        mu = jnp.mean(phi, axis=0)
-        sd = jnp.std(phi, axis=0)
-        phi = jnp.where(sd > 0, (phi - mu) / jnp.where(sd > 0, sd, 1.0), 0.0)
-    return phi
-
-
-@partial(jax.jit, static_argnums=5)
-def _config_features(radial, positions, mask, species, box, n_species):
-    from jaxiap.descriptors.radial import structure_features
-
-    fn = lambda x, m, s, b: structure_features(radial, x, m, b, s, n_species)
-    return jax.vmap(fn, in_axes=(0, 0, 0, None if box is None else 0))(positions, mask, species, box)
-
-
-QUALITY_KINDS = ("uniform", "uncertainty", "boltzmann")
-
-
-def _vector(x, name):
-    x = np.asarray(jnp.asarray(x, jnp.float64))
-    if x.ndim != 1:
-        raise JaxiapInputError(f"{name} must be a (C,) vector; got shape {x.shape}.")
-    if not np.all(np.isfinite(x)):
-        raise JaxiapInputError(f"{name} contains NaN or inf.")
-    return x
-
-
-def quality_scores(kind, *, uncertainty=None, energies=None, kT=None, n_atoms=None, n=None):
-    """DPP quality scores q (C,) for L_ij = q_i k_ij q_j (docs/science.md section 19.3).
-
-    kinds:
-
-    - "uniform": q = 1 (diversity only). The length C comes from ``n`` or from whichever of
-      ``uncertainty``, ``energies``, ``n_atoms`` is given.
-    - "uncertainty": q = u / max(u) for non-negative uncertainties u (e.g. committee
-      disagreement); all ones if u is identically 0.
-    - "boltzmann": q = exp(-(E - min E) / (2 kT)), so that q^2 is the Boltzmann weight
-      relative to the lowest-energy candidate. ``energies`` are total energies in the units
-      of ``kT``; if ``n_atoms`` (C,) is given, ``energies`` are read as per-atom energies and
-      multiplied by n_atoms first.
-
-    Returns:
-        (C,) float64 in (0, 1] (uncertainty: [0, 1]).
-    """
-    if kind not in QUALITY_KINDS:
-        raise JaxiapInputError(f"quality kind {kind!r} is unknown; choose one of {QUALITY_KINDS}.")
-    if kind == "uniform":
-        for name, x in (("uncertainty", uncertainty), ("energies", energies), ("n_atoms", n_atoms)):
-            if n is None and x is not None:
-                n = _vector(x, name).shape[0]
-        if n is None:
-            raise JaxiapInputError("quality 'uniform' needs the number of candidates: pass n=C "
-                                   "(or any (C,) input such as energies=...).")
-        return jnp.ones((int(n),), jnp.float64)
-    if kind == "uncertainty":
-        if uncertainty is None:
-            raise JaxiapInputError("quality 'uncertainty' needs uncertainty=(C,) scores, e.g. "
-                                   "committee_disagreement(...).max_force.")
-        u = _vector(uncertainty, "uncertainty")
-        if np.any(u < 0):
-            raise JaxiapInputError("uncertainty must be >= 0 (a standard deviation or disagreement).")
-        top = float(np.max(u)) if u.size else 0.0
-        return jnp.asarray(u / top if top > 0 else np.ones_like(u))
-    if energies is None or kT is None:
-        raise JaxiapInputError("quality 'boltzmann' needs energies=(C,) and kT=... (a positive temperature "
-                               "in the energy units).")
-    e = _vector(energies, "energies")
-    kT = float(kT)
-    if not (np.isfinite(kT) and kT > 0):
-        raise JaxiapInputError(f"kT must be a positive finite temperature; got {kT}.")
-    if n_atoms is not None:
-        na = _vector(n_atoms, "n_atoms")
-        if na.shape != e.shape:
-            raise JaxiapInputError(f"n_atoms must have the shape of energies {e.shape}; got {na.shape}.")
-        e = e * na
-    return jnp.asarray(np.exp(-(e - np.min(e)) / (2.0 * kT)))

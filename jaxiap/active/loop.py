@@ -11,10 +11,10 @@ One iteration of :func:`run_pool_loop`:
    and the labelled set to ``run_dir/state.npz``.
 
 A strategy is a plain function ``select(key, ctx, k) -> (k,) int indices`` of
-distinct unlabelled candidates; :data:`STRATEGIES` maps names to them. The
-:class:`LoopContext` ``ctx`` carries everything they may need: the pool's
-sqrt-weighted candidate rows, configuration features, the current posterior,
-the labelled mask, the basis, the refit function and the QoI gradient.
+distinct unlabelled candidates; :data:`jaxiap.active.strategies.STRATEGIES` maps
+names to them and :class:`jaxiap.active.strategies.LoopContext` is what they see
+(the strategies live in :mod:`jaxiap.active.strategies`; this module holds the
+loop, its run folder and its log).
 
 Resuming: with the same ``run_dir`` a rerun continues after the last finished
 iteration (the oracle is not called again for labelled structures) and gives
@@ -37,55 +37,18 @@ from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxiap import runfolder
+from jaxiap.active.strategies import STRATEGIES, LoopContext, default_lengthscale, pool_features
 from jaxiap.errors import JaxiapInputError
 from jaxiap.potentials.linear import design_from_rows  # noqa: F401  (re-exported; it lives beside design_matrix)
 
 __all__ = [
-    "LoopContext",
     "LoopResult",
-    "STRATEGIES",
     "run_pool_loop",
-    "pool_features",
-    "default_lengthscale",
-    "mean_energy_gradient_from_samples",
     "design_from_rows",
 ]
-
-
-class LoopContext(NamedTuple):
-    """What a strategy sees at one iteration (C candidates, P rows each, K coefficients).
-
-    rows: (C, P, K) sqrt-weighted design rows of every pool candidate (energy row,
-        then 3N force rows; weights from the loop's energy/force weights).
-    phi: (C, d) configuration features (for DPP kernels and batch diversity).
-    posterior: the current Posterior (fitted on the labelled set).
-    labelled: (C,) bool, True for candidates already labelled.
-    basis: the LinearBasis.
-    structures: the pool Structures (C candidates).
-    design: DesignMatrix of the labelled set (for committees).
-    fit: ``fit(design) -> Posterior``, the loop's refit (a solver with its key bound).
-    qoi_grad: (K,) gradient of the QoI with respect to the coefficients, or None.
-    lengthscale: RBF lengthscale for phi.
-    score: "energy" or "force": which disagreement drives QBC/uncertainty scores.
-    committee_size: members of the QBC committee.
-    """
-
-    rows: Any
-    phi: Any
-    posterior: Any
-    labelled: Any
-    basis: Any
-    structures: Any
-    design: Any
-    fit: Callable
-    qoi_grad: Any = None
-    lengthscale: float = 1.0
-    score: str = "force"
-    committee_size: int = 8
 
 
 class LoopResult(NamedTuple):
@@ -106,175 +69,6 @@ class LoopResult(NamedTuple):
     coefficients: np.ndarray
     posterior: Any
     dataset: Any
-
-
-# ----------------------------------------------------------------------------- helpers
-
-
-def _unlabelled(ctx: LoopContext) -> np.ndarray:
-    return np.flatnonzero(~np.asarray(ctx.labelled))
-
-
-def _check_k(ctx: LoopContext, k: int) -> np.ndarray:
-    free = _unlabelled(ctx)
-    if k > free.size:
-        raise JaxiapInputError(f"batch of {k} requested but only {free.size} unlabelled candidates are left; "
-                               "lower batch_size or n_iterations, or enlarge the pool")
-    return free
-
-
-def pool_features(basis, structures, standardize: bool = True) -> np.ndarray:
-    """Configuration features phi (C, d) for DPP kernels: the basis features per atom.
-
-    For a pair basis these are radial-function sums per atom (permutation and
-    rotation invariant). With ``standardize`` each column is centred and scaled
-    to unit std over the pool, so an RBF lengthscale is in units of "pool stds".
-    """
-    from jaxiap.active.dpp import configuration_features
-
-    phi = np.asarray(configuration_features(basis, structures, standardize=False))
-    phi = phi / np.asarray(structures.n_atoms)[:, None]
-    if standardize:
-        sd = phi.std(axis=0)
-        phi = (phi - phi.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
-    return phi
-
-
-def default_lengthscale(phi) -> float:
-    """Median pairwise distance of phi (the usual RBF heuristic)."""
-    phi = np.asarray(phi)
-    d2 = np.sum((phi[:, None, :] - phi[None, :, :]) ** 2, axis=-1)
-    iu = np.triu_indices(len(phi), 1)
-    med = float(np.sqrt(np.median(d2[iu]))) if iu[0].size else 1.0
-    return med if med > 0 else 1.0
-
-
-def _info_rows(ctx: LoopContext):
-    """Candidate rows scaled by 1/sqrt(noise_var), so M0 + sum rows^T rows is the posterior precision."""
-    nv = float(np.asarray(ctx.posterior.noise_var).reshape(-1)[0])
-    return jnp.asarray(ctx.rows) / np.sqrt(nv if nv > 0 else 1.0)
-
-
-def _design_select(criterion: str):
-    def select(key, ctx: LoopContext, k: int):
-        from jaxiap.active.design import greedy_design, posterior_precision
-
-        _check_k(ctx, k)
-        c = None
-        if criterion == "C":
-            if ctx.qoi_grad is None:
-                raise JaxiapInputError("the 'qoi' strategy needs a QoI gradient: pass qoi_gradient= to run_pool_loop")
-            c = jnp.asarray(ctx.qoi_grad)
-        res = greedy_design(_info_rows(ctx), posterior_precision(ctx.posterior), k, criterion, c=c,
-                            exclude=jnp.asarray(ctx.labelled))
-        return np.asarray(res.indices)
-
-    select.__name__ = f"select_{criterion}_optimal"
-    select.__doc__ = f"Greedy Bayesian {criterion}-optimal design from the current posterior precision."
-    return select
-
-
-def _score(d, kind: str):
-    return np.asarray(d.energy_per_atom if kind == "energy" else d.max_force)
-
-
-def select_random(key, ctx: LoopContext, k: int):
-    """k distinct unlabelled candidates uniformly at random."""
-    free = _check_k(ctx, k)
-    return np.asarray(free[np.asarray(jax.random.choice(key, free.size, (k,), replace=False))])
-
-
-def _quality(ctx: LoopContext):
-    """DPP quality over the whole pool: the posterior's push-forward std (energy or force score),
-    scaled to max 1 over the unlabelled candidates, and 0 for labelled ones (never selected)."""
-    from jaxiap.active.qbc import predictive_std
-
-    s = np.maximum(_score(predictive_std(ctx.posterior, ctx.basis, ctx.structures), ctx.score), 0.0)
-    s = np.where(np.asarray(ctx.labelled), 0.0, s)
-    return s / s.max() if s.max() > 0 else np.where(np.asarray(ctx.labelled), 0.0, 1.0)
-
-
-def _dpp_kernel(ctx: LoopContext):
-    """L over the whole pool (fixed shape: compiled once); labelled candidates have quality 0."""
-    from jaxiap.active.dpp import quality_diversity_kernel
-
-    return quality_diversity_kernel(jnp.asarray(ctx.phi), jnp.asarray(_quality(ctx)), ctx.lengthscale)
-
-
-def select_dpp_sample(key, ctx: LoopContext, k: int):
-    """Exact k-DPP sample over the unlabelled pool, L = quality-diversity kernel (quality = push-forward std)."""
-    from jaxiap.active.dpp import sample_kdpp
-
-    _check_k(ctx, k)
-    idx = np.flatnonzero(np.asarray(sample_kdpp(key, _dpp_kernel(ctx), k)))
-    return _fill(ctx, idx, k)
-
-
-def _fill(ctx: LoopContext, idx, k: int):
-    """Drop labelled picks (possible only through round-off) and fill up with the highest quality."""
-    idx = [int(i) for i in idx if i >= 0 and not ctx.labelled[i]]
-    if len(idx) < k:
-        q = _quality(ctx)
-        idx += [int(i) for i in np.argsort(-q, kind="stable") if not ctx.labelled[i] and i not in idx][: k - len(idx)]
-    return np.asarray(idx[:k], np.int64)
-
-
-def select_dpp_greedy(key, ctx: LoopContext, k: int):
-    """Greedy MAP of the same quality-diversity L (approximate DPP mode)."""
-    from jaxiap.active.dpp import greedy_map
-
-    _check_k(ctx, k)
-    return _fill(ctx, np.asarray(greedy_map(_dpp_kernel(ctx), k)[0]), k)
-
-
-def select_qbc(key, ctx: LoopContext, k: int):
-    """Query by committee: refit ``committee_size`` members on 80 % subsets, score by disagreement, diversify."""
-    from jaxiap.active.qbc import committee_disagreement, diversified_batch
-    from jaxiap.inference.ensembles import fit_committee
-
-    _check_k(ctx, k)
-    committee = fit_committee(ctx.design, ctx.committee_size, key=key, fraction=0.8, replace=False, solver=ctx.fit)
-    samples = committee.ensemble(key, ctx.committee_size)
-    scores = _score(committee_disagreement(samples, ctx.basis, ctx.structures), ctx.score)
-    return np.asarray(diversified_batch(jnp.asarray(scores), jnp.asarray(ctx.phi), k,
-                                        lengthscale=ctx.lengthscale, exclude=jnp.asarray(ctx.labelled)))
-
-
-def select_uncertainty(key, ctx: LoopContext, k: int):
-    """Largest push-forward std of the posterior (energy or force), batch diversified."""
-    from jaxiap.active.qbc import diversified_batch, predictive_std
-
-    _check_k(ctx, k)
-    scores = _score(predictive_std(ctx.posterior, ctx.basis, ctx.structures), ctx.score)
-    return np.asarray(diversified_batch(jnp.asarray(scores), jnp.asarray(ctx.phi), k,
-                                        lengthscale=ctx.lengthscale, exclude=jnp.asarray(ctx.labelled)))
-
-
-#: strategy name -> select(key, ctx, k) -> (k,) distinct unlabelled pool indices
-STRATEGIES: dict[str, Callable] = {
-    "random": select_random,
-    "dpp-sample": select_dpp_sample,
-    "dpp-greedy": select_dpp_greedy,
-    "d-optimal": _design_select("D"),
-    "a-optimal": _design_select("A"),
-    "qbc": select_qbc,
-    "uncertainty": select_uncertainty,
-    "qoi": _design_select("C"),
-}
-
-
-def mean_energy_gradient_from_samples(features, coefficients, kT):
-    """d<E>/dc for E = c . B in the canonical ensemble at kT: <B> - cov(E, B) / kT (K,).
-
-    features (T, K) are B(x_t) of (approximately) canonical samples x_t;
-    coefficients (K,). The fluctuation estimator of :mod:`jaxiap.md.sensitivity`.
-    """
-    from jaxiap.md.sensitivity import mean_energy_gradient
-
-    if not (isinstance(kT, (int, float, np.number)) and np.isfinite(kT) and kT > 0):
-        raise JaxiapInputError(f"mean_energy_gradient_from_samples: kT={kT!r} must be a positive finite "
-                               "temperature, the one the samples were drawn at")
-    return np.asarray(mean_energy_gradient(features, coefficients, kT))
 
 
 # ----------------------------------------------------------------------------- run folder
@@ -373,7 +167,7 @@ def run_pool_loop(
 ) -> LoopResult:
     """Pool-based active learning of a linear potential.
 
-    strategy: a name in :data:`STRATEGIES` or a function ``select(key, ctx, k)``.
+    strategy: a name in :data:`jaxiap.active.strategies.STRATEGIES` or a function ``select(key, ctx, k)``.
     pool: Structures, the C candidates (only their positions are used; labels
         come from ``oracle``).
     oracle: ``oracle(structures) -> (energy (S,), forces (S, N, 3))``, called
@@ -391,7 +185,7 @@ def run_pool_loop(
         keeps everything in memory (no resume).
     energy_weight, force_weight: row weights of the fit and of the candidate
         rows (force_weight=0: energy-only labels are used in the fit).
-    phi: (C, d) configuration features (default :func:`pool_features`);
+    phi: (C, d) configuration features (default :func:`jaxiap.active.strategies.pool_features`);
         lengthscale: RBF lengthscale (default the median pairwise distance).
     qoi_gradient: ``qoi_gradient(posterior) -> (K,)``, needed by "qoi".
     settings: extra JSON-able settings to fingerprint (e.g. the fit's

@@ -22,7 +22,7 @@ from typing import NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
-from jaxiap.active import dpp
+from jaxiap.active import dpp, dpp_kernels
 from jaxiap.active.design import candidate_rows
 from jaxiap.errors import JaxiapInputError
 
@@ -172,7 +172,7 @@ def diversified_batch(scores, phi, k, *, lengthscale=None, exclude=None, pre_fac
 
     Args:
         scores: (C,) non-NaN scores, larger = more informative.
-        phi: (C, d) invariant descriptors (e.g. :func:`~jaxiap.active.dpp.configuration_features`).
+        phi: (C, d) invariant descriptors (e.g. :func:`~jaxiap.active.dpp_kernels.configuration_features`).
         k: Python int, batch size.
         lengthscale: RBF lengthscale in phi units, or None for the median heuristic.
         exclude: (C,) bool mask of candidates never to pick (e.g. already labelled).
@@ -210,7 +210,7 @@ def diversified_batch(scores, phi, k, *, lengthscale=None, exclude=None, pre_fac
         d = d[np.triu_indices(m, 1)]
         d = d[d > 0]
         lengthscale = float(np.median(d)) if d.size else 1.0
-    L = dpp.quality_diversity_kernel(f, q, lengthscale)
+    L = dpp_kernels.quality_diversity_kernel(f, q, lengthscale)
     idx, _ = dpp.greedy_map(L, k)
     idx = [int(i) for i in np.asarray(idx) if i >= 0]
     for j in range(m):  # fill after an early stop, best score first

@@ -5,7 +5,8 @@ sections 3-5). One *replica* is one Langevin trajectory of a free cluster
 under one potential sample ``m`` with one thermostat seed ``r``; a run is the
 grid of M x R replicas. The pieces, each in its own module:
 
-* :mod:`jaxiap.md.frt`: :class:`FRTSettings` and :func:`frt_program`, the
+* :mod:`jaxiap.md.frt_settings`: :class:`FRTSettings`;
+* :mod:`jaxiap.md.frt`: :func:`frt_program`, the
   replica program (reference quench, MD blocks with basin checks, outcome
   codes; the algorithm of docs/science.md section 5.2), with
   :func:`frt_replica_fn` (one replica) and :func:`frt_chunk_fn` (a chunk on
@@ -49,8 +50,9 @@ import jax
 import numpy as np
 
 from jaxiap.errors import JaxiapInputError
-from jaxiap.md.frt import REPLICA_FIELDS, FRTSettings, frt_chunk_fn, frt_program, frt_replica_fn
+from jaxiap.md.frt import REPLICA_FIELDS, frt_chunk_fn, frt_program, frt_replica_fn
 from jaxiap.md.frt_result import FRTEnsembleResult, load_frt_result
+from jaxiap.md.frt_settings import FRTSettings
 from jaxiap.md.quench import fire_quench_fn
 from jaxiap.md.runner import check_seeds, replica_key, run_program
 from jaxiap.md.sizing import auto_chunk_size

@@ -8,8 +8,10 @@ import json
 import numpy as np
 
 from jaxiap import runfolder
-from jaxiap.md.frt import REPLICA_FIELDS, FRTSettings
+from jaxiap.md.frt import REPLICA_FIELDS
+from jaxiap.md.frt_settings import FRTSettings
 from jaxiap.md.qoi import FAILED
+from jaxiap.uq.survival import summarize_frt
 
 __all__ = ["FRTEnsembleResult", "load_frt_result"]
 
@@ -55,15 +57,13 @@ class FRTEnsembleResult:
         return tuple(self.code.shape)
 
     def summary(self) -> dict:
-        """JSON-ready survival statistics (:func:`jaxiap.md.qoi.summarize_frt`).
+        """JSON-ready survival statistics (:func:`jaxiap.uq.survival.summarize_frt`).
 
         Returns dict(all=<summary over all M*R replicas>, per_sample=[<summary
         of sample m over its R seeds> for m in range(M)], t_censor,
         quench_unconverged (total count)). FAILED replicas are excluded from
         the statistics and counted in n_failed.
         """
-        from jaxiap.md.qoi import summarize_frt
-
         return dict(
             all=summarize_frt(self.time.ravel(), self.code.ravel()),
             per_sample=[summarize_frt(self.time[m], self.code[m]) for m in range(self.code.shape[0])],

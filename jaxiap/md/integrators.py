@@ -4,9 +4,10 @@ With ``h = dt / 2`` and ``c1 = exp(-gamma dt)`` one BAOAB step is
 ``B: p += h F(x); A: x += h p / m; O: p = c1 p + sqrt((1 - c1^2) m kT) xi;
 A: x += h p / m; B: p += h F(x)`` with xi ~ N(0, I).
 
-1. :func:`free_langevin` (jax-md ``simulate.nvt_langevin`` in ``space.free()``),
-   with :func:`run_steps` and :func:`sample_every`: the MD engine of the FRT
-   program (:mod:`jaxiap.md.frt`) and of the reference-data generator
+1. :func:`langevin` (jax-md ``simulate.nvt_langevin``; :func:`free_langevin`
+   in ``space.free()``), with :func:`run_steps` and :func:`sample_every`: the
+   MD engine of the FRT program (:mod:`jaxiap.md.frt`), of NVT runs in
+   periodic cells (:mod:`jaxiap.md.nvt`) and of the reference-data generator
    (:mod:`jaxiap.systems.sampling`). The noise comes from the key carried
    in the state (split once per step), so a trajectory is fixed by its
    start key.
@@ -33,7 +34,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-__all__ = ["free_langevin", "run_steps", "sample_every", "baoab_step", "initial_momenta"]
+__all__ = ["langevin", "free_langevin", "run_steps", "sample_every", "baoab_step", "initial_momenta"]
 
 
 # ---------------------------------------------------------------------------
@@ -41,24 +42,34 @@ __all__ = ["free_langevin", "run_steps", "sample_every", "baoab_step", "initial_
 # ---------------------------------------------------------------------------
 
 
-def free_langevin(energy_fn: Callable, *, dt: float, gamma: float, kT: float | None = None):
-    """``(init_fn, step_fn)`` of BAOAB Langevin MD of a free cluster (jax-md ``nvt_langevin``).
+def langevin(energy_fn: Callable, *, dt: float, gamma: float, kT: float | None = None,
+             shift_fn: Callable | None = None):
+    """``(init_fn, step_fn)`` of BAOAB Langevin MD (jax-md ``simulate.nvt_langevin``).
 
     energy_fn(positions (N, 3), **kwargs) -> scalar; the keyword arguments of
-    ``init_fn``/``step_fn`` other than ``kT`` (e.g. ``coefficients=``) are
-    passed on to it.
+    ``init_fn``/``step_fn`` other than ``kT`` (e.g. ``coefficients=``,
+    ``neighbor=``) are passed on to it.
     ``init_fn(key, positions (N, 3), mass=1.0, **kwargs) -> NVTLangevinState``
     draws Maxwell-Boltzmann momenta with zero mean (centre of mass at rest);
     ``step_fn(state, **kwargs) -> state`` makes one step of ``dt`` (time).
     kT (energy): a float is compiled into the program (the numbers of the
     FRT ensembles and the LJ13 reference data); None: pass ``kT=`` to both
     functions (a traced value, so one compilation serves all temperatures).
-    gamma: friction (1 / time).
+    gamma: friction (1 / time). shift_fn: jax-md's position update, e.g. the
+    ``shift_fn`` of :func:`jaxiap.geometry.periodic_space` for a periodic
+    cell (wraps positions into the box); None: a free cluster
+    (``space.free()``).
     """
-    from jax_md import simulate, space
+    from jax_md import simulate, space  # lazy: importing jax_md takes seconds (keeps `jaxiap --help` fast)
 
-    _, shift_fn = space.free()
+    if shift_fn is None:
+        _, shift_fn = space.free()
     return simulate.nvt_langevin(energy_fn, shift_fn, dt=dt, kT=1.0 if kT is None else kT, gamma=gamma)
+
+
+def free_langevin(energy_fn: Callable, *, dt: float, gamma: float, kT: float | None = None):
+    """:func:`langevin` of a free cluster (no cell): the FRT program's and the data generator's engine."""
+    return langevin(energy_fn, dt=dt, gamma=gamma, kT=kT)
 
 
 def run_steps(step_fn: Callable, state, n_steps, **kwargs):

@@ -4,7 +4,7 @@
 or over the pairs of a jax-md neighbour list, in a free cluster or a
 periodic cell (minimum image); subclasses define ``pair`` and ``r_cut``.
 :class:`LJ` is the Lennard-Jones reference: on the dense path with no cell
-or an orthorhombic box it calls :func:`jaxiap.systems.lj.lj_energy`, so its
+or an orthorhombic box it calls :func:`jaxiap.potentials.lj.lj_energy`, so its
 energies are those of the LJ13 study to the last bit.
 """
 
@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from jaxiap.errors import JaxiapInputError
 from jaxiap.geometry import check_cell, neighbor_pairs, pair_distances, scatter_pairs
 from jaxiap.potentials.base import Potential
+from jaxiap.potentials.lj import lj_energy, lj_pair
 
 
 class PairPotential(Potential):
@@ -69,7 +70,7 @@ class LJ(PairPotential):
 
     ``r_cut`` None: all pairs (free clusters). With ``r_cut`` and ``shift``
     (default) the pair energy is shifted to zero at r_cut, as in
-    :func:`jaxiap.systems.lj.lj_energy`, which this class calls on the dense
+    :func:`jaxiap.potentials.lj.lj_energy`, which this class calls on the dense
     path (free cluster or orthorhombic box).
     """
 
@@ -84,16 +85,12 @@ class LJ(PairPotential):
         self.shift = bool(shift)
 
     def pair(self, r):
-        from jaxiap.systems.lj import lj_pair
-
         v = lj_pair(r, self.sigma, self.epsilon)
         if self.r_cut is not None and self.shift:
             v = v - lj_pair(jnp.asarray(self.r_cut, r.dtype), self.sigma, self.epsilon)
         return v
 
     def energy(self, positions, *, mask=None, box=None, neighbor=None, species=None):
-        from jaxiap.systems.lj import lj_energy
-
         if neighbor is None and (box is None or jnp.ndim(box) == 1):
             self._check(box, neighbor)
             return lj_energy(positions, mask, box, self.r_cut, self.shift, self.sigma, self.epsilon)

@@ -57,8 +57,6 @@ def emt_dataset(repeat: int = 3, stdevs=(0.05, 0.1, 0.15, 0.2), n_per_stdev: int
     """
     from ase.calculators.emt import EMT
 
-    from jaxiap.data import from_atoms_list
-
     if not (isinstance(n_per_stdev, (int, np.integer)) and n_per_stdev >= 1):
         raise JaxiapInputError(f"emt_dataset: n_per_stdev={n_per_stdev!r} must be a positive integer")
     stdevs = [float(s) for s in np.atleast_1d(stdevs)]

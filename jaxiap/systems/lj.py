@@ -1,7 +1,8 @@
-"""Lennard-Jones reference potential in reduced units (sigma = epsilon = mass = 1).
+"""The LJ13 reference system in reduced units (sigma = epsilon = mass = 1).
 
-V(r) = 4 eps [(sig/r)^12 - (sig/r)^6], summed over all pairs of a free cluster
-(no cutoff), or over minimum-image pairs inside r_cut in an orthorhombic box.
+The Lennard-Jones energy itself is :mod:`jaxiap.potentials.lj` (re-exported
+here); this module adds the LJ13 global minimum and labelled reference data
+from Langevin MD of the true potential.
 """
 
 from __future__ import annotations
@@ -13,47 +14,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxiap.errors import JaxiapInputError
-from jaxiap.geometry import pair_distances
+from jaxiap.md.quench import quench
+from jaxiap.potentials.lj import lj_energy, lj_forces, lj_pair
+from jaxiap.structures import from_positions
+from jaxiap.systems.oracle import JaxOracle, label
+from jaxiap.systems.sampling import langevin_samples
+
+__all__ = ["LJ13_MINIMUM_ENERGY", "icosahedron", "lj13_dataset", "lj13_minimum", "lj_energy", "lj_forces", "lj_pair"]
 
 #: Global minimum of LJ13 (Mackay icosahedron), reduced units [Cambridge Cluster Database].
 LJ13_MINIMUM_ENERGY = -44.326801
-
-
-def lj_pair(r, sigma=1.0, epsilon=1.0):
-    """Pair energy V(r) (any shape), reduced units by default."""
-    sr6 = (sigma / r) ** 6
-    return 4.0 * epsilon * (sr6 * sr6 - sr6)
-
-
-def lj_energy(positions, mask=None, box=None, r_cut=None, shift=True, sigma=1.0, epsilon=1.0):
-    """Total LJ energy of one structure.
-
-    positions: (N, 3); mask: (N,) bool or None; box: (3,) orthorhombic lengths
-    or None (free cluster). r_cut is required with a box (and must be at most
-    half the shortest box length); it is optional for a free cluster. With
-    ``shift`` the pair energy is shifted to zero at r_cut.
-    Returns a scalar energy in units of epsilon.
-    """
-    if box is not None:
-        if r_cut is None:
-            raise JaxiapInputError("lj_energy: a periodic box needs r_cut (e.g. r_cut=2.5)")
-        if not isinstance(box, jax.core.Tracer) and float(np.min(np.asarray(box))) < 2 * r_cut:
-            raise JaxiapInputError(
-                f"lj_energy: box {np.asarray(box).tolist()} is smaller than 2*r_cut = {2 * r_cut}; "
-                "use a larger box or a shorter cutoff"
-            )
-    r, pair_mask = pair_distances(positions, mask, box)
-    v = lj_pair(r, sigma, epsilon)
-    if r_cut is not None:
-        if shift:
-            v = v - lj_pair(jnp.asarray(r_cut, r.dtype), sigma, epsilon)
-        pair_mask = pair_mask & (r < r_cut)
-    return 0.5 * jnp.sum(jnp.where(pair_mask, v, 0.0))
-
-
-def lj_forces(positions, mask=None, **kwargs):
-    """Forces (N, 3) = -dE/dx of :func:`lj_energy`."""
-    return -jax.grad(lj_energy)(positions, mask, **kwargs)
 
 
 def icosahedron(radius: float = 1.0818) -> np.ndarray:
@@ -70,8 +40,6 @@ def icosahedron(radius: float = 1.0818) -> np.ndarray:
 
 @functools.cache
 def _lj13_minimum_cached() -> np.ndarray:
-    from jaxiap.md.quench import quench
-
     r, _ = quench(lj_energy, jnp.asarray(icosahedron(), jnp.float64), fmax=1e-9, max_steps=20000)
     return np.asarray(r)
 
@@ -100,10 +68,6 @@ def lj13_dataset(
     n_trajectories * n_samples structures (trajectory-major order).
     Reproducible from ``seed``.
     """
-    from jaxiap.structures import from_positions
-    from jaxiap.systems.oracle import JaxOracle, label
-    from jaxiap.systems.sampling import langevin_samples
-
     def is_int(v):
         return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 

@@ -1,4 +1,4 @@
-"""FRT statistics over a (coefficient sample) x (thermostat seed) grid.
+"""FRT statistics over a (coefficient sample) x (thermostat seed) grid, and comparisons of two FRT ensembles.
 
 An FRT sweep gives times and outcome codes shaped (M, R): M coefficient
 samples of the potential (posterior draws, subset fits, ...) times R
@@ -20,7 +20,11 @@ under the censored-exponential model (its sampling variance is about 1/d_m
 for d_m events), which is the scale on which a posterior moves the rate.
 
 FAILED replicas are dropped; EVAPORATED ones enter at their evaporation time
-(censored), as in :func:`jaxiap.md.qoi.summarize_frt`.
+(censored), as in :func:`jaxiap.uq.survival.summarize_frt`.
+
+Two ensembles (e.g. the true and a fitted potential, same seeds) are compared
+by :func:`compare_frt` (KS test of the pooled times) and :func:`frt_errors`
+(KS distance and relative error of the mean FRT).
 """
 
 from __future__ import annotations
@@ -30,19 +34,26 @@ import math
 import numpy as np
 
 from jaxiap.errors import JaxiapInputError
+from jaxiap.uq.survival import (
+    EVENT,
+    FAILED,
+    censored_exponential_mle,
+    check_codes,
+    kaplan_meier,
+    ks_two_sample,
+    summarize_frt,
+)
 
-__all__ = ["variance_split", "per_sample_frt", "log_mean_frt", "survival_band"]
+__all__ = ["variance_split", "per_sample_frt", "log_mean_frt", "survival_band", "frt_samples", "compare_frt",
+           "frt_errors"]
 
 
 def _grid(times, codes):
-    from jaxiap.md.qoi import CENSORED, EVAPORATED, EVENT, FAILED
-
     t = np.asarray(times, np.float64)
     c = np.asarray(codes)
     if t.ndim != 2 or t.shape != c.shape:
         raise JaxiapInputError(f"times {t.shape} and codes {c.shape} must both be (M samples, R seeds)")
-    if not np.all(np.isin(c, (CENSORED, EVENT, EVAPORATED, FAILED))):
-        raise JaxiapInputError(f"codes must be CENSORED=0, EVENT=1, EVAPORATED=2 or FAILED=3; got {sorted(set(c.ravel().tolist()))}")
+    check_codes(c)
     return t, c, c != FAILED, c == EVENT
 
 
@@ -90,8 +101,6 @@ def per_sample_frt(times, codes, level: float = 0.95) -> dict:
     Returns dict of (M,) arrays: mean, ci_low, ci_high (inf when a sample has
     no event), n_events, total_time.
     """
-    from jaxiap.md.qoi import censored_exponential_mle
-
     t, c, ok, ev = _grid(times, codes)
     rows = [censored_exponential_mle(t[m][ok[m]], ev[m][ok[m]], level) if ok[m].any()
             else dict(mean=math.nan, ci_low=math.nan, ci_high=math.nan, n_events=0, total_time=0.0)
@@ -131,8 +140,6 @@ def survival_band(times, codes, t_grid, quantiles=(0.05, 0.5, 0.95)) -> np.ndarr
     survival curve due to coefficient uncertainty (thermal noise of each
     curve, from R seeds, is included).
     """
-    from jaxiap.md.qoi import kaplan_meier
-
     t, c, ok, ev = _grid(times, codes)
     grid = np.asarray(t_grid, np.float64)
     curves = []
@@ -144,3 +151,37 @@ def survival_band(times, codes, t_grid, quantiles=(0.05, 0.5, 0.95)) -> np.ndarr
     if not curves:
         raise JaxiapInputError("survival_band: every replica FAILED")
     return np.quantile(np.stack(curves), np.asarray(quantiles), axis=0)
+
+
+def frt_samples(result):
+    """(times, events) of non-failed replicas; events False means censored (or evaporated).
+
+    result: any FRT ensemble result with (M, R) ``time`` and ``code`` arrays
+    (e.g. the MD layer's ``FRTEnsembleResult``); all replicas pooled.
+    """
+    ok = result.code.ravel() != FAILED
+    return result.time.ravel()[ok], (result.code.ravel() == EVENT)[ok]
+
+
+def compare_frt(true_result, fitted_result) -> dict:
+    """Two-sample KS test of min(FRT, t_censor) between true and fitted runs.
+
+    Censored runs enter at their censoring time; both ensembles share t_censor,
+    so this compares the distributions of the censored times.
+    """
+    (ta, _), (tb, _) = frt_samples(true_result), frt_samples(fitted_result)
+    stat, p = ks_two_sample(ta, tb)
+    return {"ks_statistic": float(stat), "ks_pvalue": float(p)}
+
+
+def frt_errors(true_times, true_codes, times, codes) -> dict:
+    """KS distance and relative error of the MLE mean FRT, fitted vs true (same seeds)."""
+    ok_t, ok = true_codes != FAILED, codes != FAILED
+    out = {"n_failed": int(np.sum(~ok))}
+    if not ok.any():
+        return {**out, "ks": 1.0, "frt_mean": None, "frt_mean_rel_error": None}
+    stat, _ = ks_two_sample(true_times[ok_t], times[ok])
+    m_true = summarize_frt(true_times, true_codes)["frt_mean"]
+    m = summarize_frt(times, codes)["frt_mean"]
+    rel = abs(m - m_true) / m_true if np.isfinite(m) and np.isfinite(m_true) and m_true > 0 else None
+    return {**out, "ks": float(stat), "frt_mean": m if np.isfinite(m) else None, "frt_mean_rel_error": rel}

@@ -22,11 +22,12 @@ from __future__ import annotations
 import math
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxiap import runfolder
 from jaxiap.errors import JaxiapInputError
+from jaxiap.uq.frt import compare_frt, frt_samples, log_mean_frt, per_sample_frt, survival_band, variance_split
+from jaxiap.uq.survival import kaplan_meier
 
 ATTEMPTS = ("mle", "subsets", "posterior")
 
@@ -66,9 +67,9 @@ def posterior_coefficients(posterior, n_samples: int, *, key) -> np.ndarray:
 def posterior_germ(samples, reference_samples) -> np.ndarray:
     """Gaussian germ xi (M, K) of coefficient samples: xi = L^-1 (c - mean), with mean and L L^T = cov
     of ``reference_samples`` (S, K), a large cheap draw from the same posterior (see
-    :func:`jaxiap.uq.pce.gaussian_germ`). Exact for Gaussian posteriors; for others
+    :func:`jaxiap.uq.germ.gaussian_germ`). Exact for Gaussian posteriors; for others
     (Student-t, model error, samples) it is the Gaussian germ of matching moments."""
-    from jaxiap.uq.pce import gaussian_germ
+    from jaxiap.uq.germ import gaussian_germ
 
     ref = np.asarray(reference_samples, np.float64)
     return np.asarray(gaussian_germ(samples, ref.mean(0), np.atleast_2d(np.cov(ref, rowvar=False)), kind="cov"))
@@ -76,9 +77,6 @@ def posterior_germ(samples, reference_samples) -> np.ndarray:
 
 def attempt_summary(result, true_result) -> dict:
     """JSON-ready statistics of one attempt's (M, R) FRT grid against the true run."""
-    from jaxiap.uq.frt import log_mean_frt, per_sample_frt, variance_split
-    from jaxiap.workflows.lj13 import compare_frt
-
     t_c = float(result.settings.t_censor)
     summ = result.summary()["all"]
     per = per_sample_frt(result.time, result.code)
@@ -210,9 +208,6 @@ def run_attempts(config, out, design, fitted_posterior, energy_fn, true_res, *, 
 def attempt_figures(out, true_res, results: dict) -> None:
     """frt_attempts_histogram.png, survival_attempts.png (bands over samples), per_sample_frt.png."""
     from jaxiap import plots
-    from jaxiap.md.qoi import kaplan_meier
-    from jaxiap.uq.frt import per_sample_frt, survival_band
-    from jaxiap.workflows.lj13 import frt_samples
 
     t_c = float(true_res.settings.t_censor)
     samples = {"true LJ": frt_samples(true_res)}
