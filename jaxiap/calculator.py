@@ -28,6 +28,7 @@ from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from jaxiap.errors import JaxiapInputError
+from jaxiap.geometry import periodic_space
 from jaxiap.potentials.base import Potential
 
 
@@ -116,8 +117,6 @@ class JaxiapCalculator(Calculator):
         return jnp.asarray(out, jnp.int32)
 
     def _neighbor(self, positions, cell):
-        from jaxiap.geometry import periodic_space
-
         key = (positions.shape[0], None if cell is None else np.asarray(cell).tobytes())
         if self._nl is None or self._nl[0] != key:
             _, _, neighbor_fn = periodic_space(cell, float(self.potential.cutoff), dr_threshold=self.skin)

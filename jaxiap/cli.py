@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
+
+from jaxiap._version import __version__
+from jaxiap.errors import JaxiapInputError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -65,6 +69,7 @@ def _add_run_options(p, out: str, presets, seed: int, preset_help: str):
 
 
 def _add_lj13(sub):
+    # lazy: keeps import jaxiap.cli light (see the module docstring)
     from jaxiap.workflows.lj13_config import POSTERIOR_CHOICES, PRESET_CHOICES, DEFAULTS as d
 
     p = sub.add_parser(
@@ -147,8 +152,6 @@ def _split_cpu(n_devices: int | None) -> None:
     Takes effect only before JAX starts its backend; on a GPU machine the GPUs
     stay the default devices and the extra CPU devices are unused.
     """
-    import os
-
     flags = os.environ.get("XLA_FLAGS", "")
     if "xla_force_host_platform_device_count" in flags:
         return
@@ -159,6 +162,7 @@ def _split_cpu(n_devices: int | None) -> None:
 
 def _run_lj13(args) -> int:
     _split_cpu(args.devices)
+    # lazy: keeps import jaxiap.cli light (see the module docstring)
     from jaxiap.workflows.lj13 import run_lj13
     from jaxiap.workflows.lj13_config import CLI_FLAGS, LJ13Config
 
@@ -182,6 +186,7 @@ def _run_lj13(args) -> int:
 
 def _strategy_list(text):
     """argparse type: a comma list of active-learning strategy names."""
+    # lazy: keeps import jaxiap.cli light (see the module docstring)
     from jaxiap.workflows.lj13_al_config import STRATEGY_NAMES
 
     names = [t.strip() for t in text.split(",") if t.strip()]
@@ -193,6 +198,7 @@ def _strategy_list(text):
 
 
 def _add_lj13_al(sub):
+    # lazy: keeps import jaxiap.cli light (see the module docstring)
     from jaxiap.workflows.lj13_al_config import PRESET_CHOICES, STRATEGY_NAMES, DEFAULTS as d
 
     p = sub.add_parser(
@@ -231,6 +237,7 @@ def _add_lj13_al(sub):
 
 def _run_lj13_al(args) -> int:
     _split_cpu(args.devices)
+    # lazy: keeps import jaxiap.cli light (see the module docstring)
     from jaxiap.workflows.lj13_al import run_lj13_al
     from jaxiap.workflows.lj13_al_config import CLI_FLAGS, LJ13ALConfig
 
@@ -250,8 +257,6 @@ def build_parser() -> argparse.ArgumentParser:
         prog="jaxiap",
         description="jaxiap: differentiable Bayesian interatomic potentials on JAX.",
     )
-    from jaxiap._version import __version__
-
     parser.add_argument("--version", action="version", version=f"jaxiap {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     _add_lj13(sub)
@@ -267,8 +272,6 @@ def main(argv=None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    from jaxiap.errors import JaxiapInputError
-
     try:
         return args.func(args)
     except JaxiapInputError as exc:

@@ -124,7 +124,7 @@ def split(key, dataset: Dataset, fractions=(0.8, 0.2)) -> list[Dataset]:
 
 def to_atoms_list(dataset: Dataset) -> list:
     """ASE Atoms with a SinglePointCalculator holding energy and forces."""
-    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.calculators.singlepoint import SinglePointCalculator  # lazy: ase only for ASE conversion (keeps import jaxiap fast)
 
     atoms = to_atoms(dataset.structures)
     mask = np.asarray(dataset.structures.mask)
@@ -161,17 +161,15 @@ def from_atoms_list(atoms_list, species_names=None, n_max=None) -> Dataset:
 
 def write_extxyz(path, dataset: Dataset) -> None:
     """Write energies, forces and weights to an extended-XYZ file."""
-    import ase.io
+    import ase.io  # lazy: ase.io only for file I/O
 
-    from jaxiap.runfolder import atomic_path
-
-    with atomic_path(path) as tmp:
+    with runfolder.atomic_path(path) as tmp:
         ase.io.write(str(tmp), to_atoms_list(dataset), format="extxyz")
 
 
 def read_extxyz(path, species_names=None, n_max=None, index=":") -> Dataset:
     """Read an extended-XYZ file with energies and forces into a Dataset."""
-    import ase.io
+    import ase.io  # lazy: ase.io only for file I/O
 
     return from_atoms_list(ase.io.read(str(path), index=index, format="extxyz"), species_names, n_max)
 

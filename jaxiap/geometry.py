@@ -197,7 +197,7 @@ def periodic_space(box, r_cut: float, *, dr_threshold: float = 0.5, capacity_mul
     (column) cell.
     Raises JaxiapInputError when the cell is narrower than 2 * (r_cut + dr_threshold).
     """
-    from jax_md import partition, space  # lazy: importing jax_md takes seconds
+    from jax_md import partition, space  # lazy: jax_md takes seconds to import (keeps jaxiap --help fast)
 
     if hasattr(box, "positions") and hasattr(box, "box"):  # a Structures batch
         st = box

@@ -8,24 +8,24 @@ from __future__ import annotations
 
 import numpy as np
 
+from jaxiap.runfolder import atomic_path
+
 
 def _plt():
-    import matplotlib
+    import matplotlib  # lazy: matplotlib only for figures
 
     if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.backend_inline"):
         try:
             matplotlib.use("Agg")
         except Exception:  # noqa: BLE001 - keep the active backend
             pass
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: matplotlib only for figures
 
     return plt
 
 
 def _save(fig, path):
     if path is not None:
-        from jaxiap.runfolder import atomic_path
-
         with atomic_path(path) as tmp:
             fig.savefig(tmp, dpi=120, bbox_inches="tight")
     return fig

@@ -175,7 +175,7 @@ def from_atoms(
 
 def to_atoms(structures: Structures) -> list:
     """Convert a ``Structures`` batch to a list of ASE ``Atoms`` (padding dropped)."""
-    from ase import Atoms
+    from ase import Atoms  # lazy: ase only for ASE conversion (keeps import jaxiap fast)
 
     pos = np.asarray(structures.positions)
     spc = np.asarray(structures.species)

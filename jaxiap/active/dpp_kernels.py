@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxiap.active.dpp_checks import _as_float, _concrete
+from jaxiap.descriptors.radial import RadialBasis, structure_features
 from jaxiap.errors import JaxiapInputError
 
 __all__ = [
@@ -110,8 +111,6 @@ def configuration_features(basis_or_radial, structures, standardize=True):
     Returns:
         (C, d) float64 with d = n_basis * n_species.
     """
-    from jaxiap.descriptors.radial import RadialBasis
-
     if hasattr(basis_or_radial, "radial"):
         radial, n_species = basis_or_radial.radial, int(getattr(basis_or_radial, "n_species", 1))
     elif isinstance(basis_or_radial, RadialBasis):
@@ -131,8 +130,6 @@ def configuration_features(basis_or_radial, structures, standardize=True):
 
 @partial(jax.jit, static_argnums=5)
 def _config_features(radial, positions, mask, species, box, n_species):
-    from jaxiap.descriptors.radial import structure_features
-
     fn = lambda x, m, s, b: structure_features(radial, x, m, b, s, n_species)
     return jax.vmap(fn, in_axes=(0, 0, 0, None if box is None else 0))(positions, mask, species, box)
 

@@ -29,6 +29,7 @@ Float64 throughout (``import jaxiap`` enables it).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import sys
@@ -40,9 +41,14 @@ import jax
 import numpy as np
 
 from jaxiap import runfolder
+from jaxiap.active.design import candidate_rows
 from jaxiap.active.strategies import STRATEGIES, LoopContext, default_lengthscale, pool_features
+from jaxiap.data import Dataset, concatenate
 from jaxiap.errors import JaxiapInputError
+from jaxiap.inference.linear import reweight
+from jaxiap.inference.solvers import Solver, as_solver
 from jaxiap.potentials.linear import design_from_rows  # noqa: F401  (re-exported; it lives beside design_matrix)
+from jaxiap.systems.oracle import label
 
 __all__ = [
     "LoopResult",
@@ -132,10 +138,6 @@ def _loop_fit(fit, key):
     resumable); a callable ``fit(design, *, key=None)`` is called as ``fit(design)`` (bind
     the key of a random solver yourself, e.g. ``functools.partial(solver, key=k)``).
     """
-    import functools
-
-    from jaxiap.inference.solvers import Solver, as_solver
-
     solver = as_solver(fit)
     if isinstance(fit, str):
         return functools.partial(solver, key=jax.random.fold_in(key, FIT_FOLD)), solver.label
@@ -196,9 +198,6 @@ def run_pool_loop(
 
     Returns a :class:`LoopResult`.
     """
-    from jaxiap.inference.linear import reweight
-    from jaxiap.systems.oracle import label
-
     fit, fit_name = _loop_fit(fit, key)
     select = STRATEGIES.get(strategy) if isinstance(strategy, str) else strategy
     if select is None:
@@ -214,8 +213,6 @@ def run_pool_loop(
                                f"of {c_total} candidates; lower n_iterations or batch_size")
 
     if rows is None:
-        from jaxiap.active.design import candidate_rows
-
         rows = candidate_rows(basis, pool)
     raw = np.asarray(rows)  # (C, P, K) unit-weight rows: the fit's design is cut from them (no recompiles)
     if raw.shape[:2] != (c_total, 1 + 3 * pool.n_max):
@@ -257,8 +254,6 @@ def run_pool_loop(
             start_it = int(z["iteration"])
             order = [int(i) for i in z["order"]]
             energy, forces = z["energy"], z["forces"]
-        from jaxiap.data import Dataset
-
         dataset = Dataset(pool[np.asarray(order)], energy, forces)
         records = _read_log(log_path, start_it)
         if len(records) != start_it + 1:
@@ -282,8 +277,6 @@ def run_pool_loop(
         if log_path is not None:
             _write_log(log_path, records)
             _save_state(state_path, 0, order, dataset)
-
-    from jaxiap.data import concatenate
 
     for it in range(start_it + 1, n_iterations + 1):
         t0 = time.perf_counter()

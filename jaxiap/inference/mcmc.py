@@ -129,7 +129,7 @@ def summarize_chains(chains: dict) -> tuple[dict, dict]:
     Sites whose draws are constant (e.g. a fixed deterministic) are skipped.
     Returns (r_hat, ess) dicts keyed by site name.
     """
-    from numpyro.diagnostics import effective_sample_size, split_gelman_rubin
+    from numpyro.diagnostics import effective_sample_size, split_gelman_rubin  # lazy: numpyro (~0.2 s to import) only for NUTS/SVI/MAP
 
     r_hat, ess = {}, {}
     for name, x in chains.items():
@@ -162,7 +162,7 @@ def _warn_if_bad(r_hat: dict, n_divergent: int, rhat_threshold: float, stackleve
 
 def latent_site_names(model: Callable, *model_args, **model_kwargs) -> tuple[list, list]:
     """(latent sample sites, deterministic sites) of a model, by tracing it once."""
-    from numpyro import handlers
+    from numpyro import handlers  # lazy: numpyro (~0.2 s to import) only for NUTS/SVI/MAP
 
     tr = handlers.trace(handlers.seed(model, jax.random.key(0))).get_trace(*model_args, **model_kwargs)
     latent = [k for k, s in tr.items() if s["type"] == "sample" and not s["is_observed"]]
@@ -229,12 +229,12 @@ def run_nuts(
     nuts_kwargs = dict(target_accept_prob=float(target_accept_prob), dense_mass=bool(dense_mass),
                        max_tree_depth=int(max_tree_depth), regularize_mass_matrix=bool(regularize_mass_matrix))
     if init_params is not None:
-        from numpyro.infer import init_to_value
+        from numpyro.infer import init_to_value  # lazy: numpyro (~0.2 s to import) only for NUTS/SVI/MAP
 
         init_strategy = init_to_value(values={k: jnp.asarray(v) for k, v in init_params.items()})
     if init_strategy is not None:
         nuts_kwargs["init_strategy"] = init_strategy
-    from numpyro.infer import MCMC, NUTS
+    from numpyro.infer import MCMC, NUTS  # lazy: numpyro (~0.2 s to import) only for NUTS/SVI/MAP
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*There are not enough devices.*")
@@ -262,6 +262,7 @@ def run_nuts(
 
 
 def _make_guide(model, guide_kind: str, rank, init_loc_fn, init_scale):
+    # lazy: numpyro (~0.2 s to import) only for NUTS/SVI/MAP
     from numpyro.infer import init_to_median
     from numpyro.infer.autoguide import AutoLowRankMultivariateNormal, AutoNormal
 
@@ -300,9 +301,10 @@ def run_svi(
     :class:`SVIResult` with ``num_samples`` draws of every latent and
     deterministic site.
     """
-    import optax
+    # lazy: numpyro (~0.2 s to import) only for NUTS/SVI/MAP
     from numpyro.infer import SVI, Predictive, Trace_ELBO, init_to_value
     from numpyro.optim import optax_to_numpyro
+    import optax  # lazy: optax takes ~0.1 s to import (only needed to fit)
 
     if num_steps < 1:
         raise JaxiapInputError(f"run_svi: num_steps must be >= 1, got {num_steps}")
@@ -341,7 +343,7 @@ def to_arviz(result: NUTSResult | SVIResult):
     ``num_steps`` as sample stats; SVI draws become a single chain.
     """
     try:
-        import arviz as az
+        import arviz as az  # lazy: arviz is an optional extra (pip install jaxiap[arviz])
     except ImportError as err:  # pragma: no cover - exercised by monkeypatching in tests
         raise ImportError("to_arviz needs the optional arviz package: pip install arviz") from err
     if isinstance(result, NUTSResult):

@@ -14,8 +14,10 @@ import functools
 import warnings
 
 import jax
+from jax.flatten_util import ravel_pytree
 import jax.numpy as jnp
 import numpy as np
+from scipy.optimize import minimize
 
 from jaxiap.errors import JaxiapInputError
 
@@ -109,6 +111,7 @@ def model_error_model(A, y, sig2, c_center, c_unit, c_scale, d_scale, mask=None,
     Sites: ``c_white`` (K,) (deterministic ``c``), ``d`` (E,) > 0 and, for
     "full", ``l_offdiag`` (E(E-1)/2,).
     """
+    # lazy: numpyro (~0.2 s to import) only for NUTS/SVI/MAP
     import numpyro
     import numpyro.distributions as dist
 
@@ -176,8 +179,8 @@ def _lbfgs_map(z0, model_args, traced_kwargs, tol, *, static, maxiter):
     Module-level and jitted on (shapes, static model settings), so repeated
     fits of same-shaped problems reuse one compilation.
     """
-    import optax
-    from numpyro.infer.util import potential_energy
+    import optax  # lazy: optax takes ~0.1 s to import (only needed to fit)
+    from numpyro.infer.util import potential_energy  # lazy: numpyro (~0.2 s to import) only for NUTS/SVI/MAP
 
     kwargs = dict(static, **traced_kwargs)
     f = lambda z: potential_energy(model_error_model, model_args, kwargs, z)
@@ -225,7 +228,7 @@ def _constrain(z: dict, c_center, c_unit) -> dict:
 @functools.partial(jax.jit, static_argnames=("static",))
 def _value_and_grad(z, model_args, traced_kwargs, *, static):
     """Potential energy (-log joint, unconstrained space) and its gradient; jitted per shape/settings."""
-    from numpyro.infer.util import potential_energy
+    from numpyro.infer.util import potential_energy  # lazy: numpyro (~0.2 s to import) only for NUTS/SVI/MAP
 
     kwargs = dict(static, **traced_kwargs)
     return jax.value_and_grad(lambda z_: potential_energy(model_error_model, model_args, kwargs, z_))(z)
@@ -233,9 +236,6 @@ def _value_and_grad(z, model_args, traced_kwargs, *, static):
 
 def _scipy_map(z0, model_args, traced, tol, *, static, maxiter):
     """scipy BFGS (<= 200 parameters) or L-BFGS-B on the jitted value-and-gradient: a small compile, a Python loop."""
-    from jax.flatten_util import ravel_pytree
-    from scipy.optimize import minimize
-
     flat0, unravel = ravel_pytree(z0)
 
     def fun(x):
@@ -257,8 +257,7 @@ def _scipy_map(z0, model_args, traced, tol, *, static, maxiter):
 @functools.partial(jax.jit, static_argnames=("static",))
 def _hessian(z, model_args, traced_kwargs, *, static):
     """Hessian of the potential energy in the flattened unconstrained coordinates."""
-    from jax.flatten_util import ravel_pytree
-    from numpyro.infer.util import potential_energy
+    from numpyro.infer.util import potential_energy  # lazy: numpyro (~0.2 s to import) only for NUTS/SVI/MAP
 
     kwargs = dict(static, **traced_kwargs)
     flat, unravel = ravel_pytree(z)
@@ -267,8 +266,6 @@ def _hessian(z, model_args, traced_kwargs, *, static):
 
 def _laplace_draws(key, values: dict, model_args, model_kwargs, n: int) -> dict:
     """n draws of N(z*, H^-1) around the MAP in unconstrained space, mapped back (constrained)."""
-    from jax.flatten_util import ravel_pytree
-
     static, traced = _split_kwargs(model_kwargs)
     c_center, c_unit = model_args[3], model_args[4]
     z = _unconstrain(values, c_center, c_unit)

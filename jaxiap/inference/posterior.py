@@ -51,6 +51,7 @@ import numpy as np
 
 from jaxiap import runfolder
 from jaxiap.errors import JaxiapInputError
+from jaxiap.potentials.linear import structure_rows
 
 
 class Prediction(NamedTuple):
@@ -178,8 +179,6 @@ class Posterior(eqx.Module):
         so the energy std is sqrt(b^T Sigma b) and the force stds those of the
         force rows (through ``predict``: ddof=1 sample moments for a committee).
         """
-        from jaxiap.potentials.linear import structure_rows
-
         if basis is None:
             raise JaxiapInputError(f"{type(self).__name__}.predict_structures needs basis=, the LinearBasis the "
                                    "coefficients were fitted with (a linear posterior has no model of its own)")

@@ -36,8 +36,14 @@ import dataclasses
 import inspect
 from typing import Any, Callable, Mapping
 
+import numpy as np
+
 from jaxiap.errors import JaxiapInputError
+from jaxiap.inference.bcs import fit_bcs
+from jaxiap.inference.model_error import fit_model_error
 from jaxiap.inference.posterior import Posterior
+from jaxiap.inference.sparse import fit_sparse
+from jaxiap.potentials.linear import ENERGY_ROW, DesignMatrix
 
 __all__ = ["Solver", "SOLVERS", "get_solver", "as_solver", "lstsq", "blr", "nig", "committee", "bootstrap",
            "model_error", "sparse", "bcs"]
@@ -58,8 +64,6 @@ class Solver:
     random: bool = False
 
     def __call__(self, data, *, key=None) -> Posterior:
-        from jaxiap.potentials.linear import DesignMatrix
-
         if not isinstance(data, DesignMatrix):
             raise JaxiapInputError(f"solver {self.name!r}: data must be a DesignMatrix (build one with "
                                    f"jaxiap.potentials.linear.design_matrix), got {type(data).__name__}")
@@ -81,7 +85,7 @@ class Solver:
 
 def lstsq(*, rcond: float = 1e-12) -> Solver:
     """Weighted least squares (``fit_lstsq``): Gaussian posterior sighat^2 (A^T W A)^-1."""
-    from jaxiap.inference.linear import fit_lstsq
+    from jaxiap.inference.linear import fit_lstsq  # lazy: pulls in optax (~0.1 s to import), only needed to fit
 
     return Solver("lstsq", lambda data, key: fit_lstsq(data, rcond=rcond), dict(rcond=rcond))
 
@@ -96,7 +100,7 @@ def blr(*, prior_precision=None, noise_var=None, energy_noise_var=None, prior_me
     fixed values; ``energy_noise_var`` (optional) gives energy rows their own
     noise variance by multiplying their weights by noise_var / energy_noise_var.
     """
-    from jaxiap.inference.linear import fit_blr, optimize_hyperparameters
+    from jaxiap.inference.linear import fit_blr, optimize_hyperparameters  # lazy: pulls in optax (~0.1 s to import), only needed to fit
 
     if (prior_precision is None) != (noise_var is None):
         raise JaxiapInputError("blr: pass both prior_precision and noise_var (fixed hyperparameters) or neither "
@@ -113,10 +117,6 @@ def blr(*, prior_precision=None, noise_var=None, energy_noise_var=None, prior_me
 
     def fit_fixed(data, key):
         if energy_noise_var is not None:
-            import numpy as np
-
-            from jaxiap.potentials.linear import ENERGY_ROW
-
             factor = noise_var / energy_noise_var
             w = np.where(np.asarray(data.kind) == ENERGY_ROW, factor, 1.0) * np.asarray(data.w)
             data = data._replace(w=w)
@@ -128,7 +128,7 @@ def blr(*, prior_precision=None, noise_var=None, energy_noise_var=None, prior_me
 
 def nig(*, a0=None, b0: float = 0.0, L0=None, mu0=None) -> Solver:
     """Unknown noise, normal-inverse-gamma prior (``fit_nig``; default the flat limit): Student-t posterior."""
-    from jaxiap.inference.linear import fit_nig
+    from jaxiap.inference.linear import fit_nig  # lazy: pulls in optax (~0.1 s to import), only needed to fit
 
     return Solver("nig", lambda data, key: fit_nig(data, a0=a0, b0=b0, L0=L0, mu0=mu0),
                   dict(a0=a0, b0=b0, L0=L0, mu0=mu0))
@@ -141,7 +141,7 @@ def committee(*, n_samples: int = 32, fraction: float = 0.8, replace: bool = Fal
     called without a key, so it must be deterministic). ``replace=True`` draws
     the structures with replacement (see :func:`bootstrap`).
     """
-    from jaxiap.inference.ensembles import fit_committee
+    from jaxiap.inference.ensembles import fit_committee  # lazy: pulls in optax (~0.1 s to import), only needed to fit
 
     member_solver = as_solver(member)
     name = "bootstrap" if replace else "committee"
@@ -162,8 +162,6 @@ def model_error(*, likelihood: str = "iid", method: str = "laplace", **options) 
     options: any other keyword of ``fit_model_error`` (``n_samples``, ``embed``,
     ``eps``, ``n_starts``, ...).
     """
-    from jaxiap.inference.model_error import fit_model_error
-
     _check_options(fit_model_error, options, f"merr-{likelihood}", exclude=("key", "return_info"))
     return Solver(f"merr-{likelihood}",
                   lambda data, key: fit_model_error(data, likelihood=likelihood, method=method, key=key, **options),
@@ -176,8 +174,6 @@ def sparse(*, prior: str = "horseshoe", method: str = "nuts", num_warmup: int = 
 
     options: any other keyword of ``fit_sparse`` (``num_chains``, ``progress``, ``p0``, ...).
     """
-    from jaxiap.inference.sparse import fit_sparse
-
     _check_options(fit_sparse, options, prior.replace("_", "-"), exclude=("key", "return_info"))
     return Solver(prior.replace("_", "-"),
                   lambda data, key: fit_sparse(data, prior=prior, method=method, key=key, num_warmup=num_warmup,
@@ -187,8 +183,6 @@ def sparse(*, prior: str = "horseshoe", method: str = "nuts", num_warmup: int = 
 
 def bcs(*, noise_var=None, eta: float = 1e-8, max_iter: int = 100) -> Solver:
     """Bayesian compressive sensing, the fast relevance vector machine (``fit_bcs``): sparse Gaussian posterior."""
-    from jaxiap.inference.bcs import fit_bcs
-
     return Solver("bcs", lambda data, key: fit_bcs(data, noise_var=noise_var, eta=eta, max_iter=max_iter),
                   dict(noise_var=noise_var, eta=eta, max_iter=max_iter))
 

@@ -35,6 +35,7 @@ __all__ = ["horseshoe_model", "reg_horseshoe_model", "laplace_model", "fit_spars
 
 
 def _likelihood(A, y, w, beta, sigma_scale):
+    # lazy: numpyro (~0.2 s to import) only for NUTS/SVI/MAP
     import numpyro
     import numpyro.distributions as dist
 
@@ -47,6 +48,7 @@ def horseshoe_model(A, y, w, sigma_scale=1.0, tau_scale=1.0):
 
     Sites tau, lambda (K,), z (K,), sigma; beta (K,) deterministic.
     """
+    # lazy: numpyro (~0.2 s to import) only for NUTS/SVI/MAP
     import numpyro
     import numpyro.distributions as dist
 
@@ -60,6 +62,7 @@ def horseshoe_model(A, y, w, sigma_scale=1.0, tau_scale=1.0):
 
 def _half_t(name, nu, k=None):
     """Unit-scale half-t (half-Cauchy for nu = 1) sample site, (k,) or scalar."""
+    # lazy: numpyro (~0.2 s to import) only for NUTS/SVI/MAP
     import numpyro
     import numpyro.distributions as dist
 
@@ -77,6 +80,7 @@ def reg_horseshoe_model(A, y, w, sigma_scale=1.0, tau0=0.1, slab_scale=2.0, slab
     ``scale_global * sigma`` form, non-centred); ``nu_global`` and ``nu_local``
     are static integers.
     """
+    # lazy: numpyro (~0.2 s to import) only for NUTS/SVI/MAP
     import numpyro
     import numpyro.distributions as dist
 
@@ -94,6 +98,7 @@ def reg_horseshoe_model(A, y, w, sigma_scale=1.0, tau0=0.1, slab_scale=2.0, slab
 
 def laplace_model(A, y, w, sigma_scale=1.0, laplace_scale=1.0):
     """Bayesian lasso: beta = b u, u_j ~ Laplace(0, 1), b ~ HalfCauchy(laplace_scale). Sites b, u (K,), sigma."""
+    # lazy: numpyro (~0.2 s to import) only for NUTS/SVI/MAP
     import numpyro
     import numpyro.distributions as dist
 

@@ -64,7 +64,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxiap.errors import JaxiapInputError
+from jaxiap.md import qoi
 from jaxiap.md.integrators import baoab_step, initial_momenta
+from jaxiap.md.quench import fire_quench_fn
 from jaxiap.md.sensitivity import _check_pos_int, _force_fn, _step_noise
 
 __all__ = [
@@ -303,9 +305,6 @@ def quenched_graph_event(
     the two definitions agree where both potentials share the basins.) A
     quench that does not converge counts as no event.
     """
-    from jaxiap.md import qoi
-    from jaxiap.md.quench import fire_quench_fn
-
     quench = fire_quench_fn(reference_energy_fn, fmax=fmax, max_steps=max_steps, dt_start=dt_start, dt_max=dt_max)
     rq, fq, _ = jax.jit(quench)(jnp.asarray(reference_positions))
     if not bool(fq < fmax):

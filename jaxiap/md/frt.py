@@ -48,6 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxiap.md import integrators
+from jaxiap.md import qoi
 from jaxiap.md.lanes import lane_chunk_fn
 from jaxiap.md.program import Program, run_replica
 from jaxiap.md.frt_settings import FRTSettings
@@ -83,8 +84,6 @@ def frt_program(energy_fn: Callable, settings: FRTSettings = FRTSettings()) -> P
     both in ``settings.dtype``. The result fields are :data:`REPLICA_FIELDS`
     (see :func:`frt_replica_fn`). cache_key: ``("frt", energy_fn, settings)``.
     """
-    from jaxiap.md import qoi
-
     s = settings
     lo, hi, nbins = float(s.energy_bins[0]), float(s.energy_bins[1]), int(s.energy_bins[2])
     n_inner = s.n_q // s.sample_every

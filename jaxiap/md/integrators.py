@@ -60,7 +60,7 @@ def langevin(energy_fn: Callable, *, dt: float, gamma: float, kT: float | None =
     cell (wraps positions into the box); None: a free cluster
     (``space.free()``).
     """
-    from jax_md import simulate, space  # lazy: importing jax_md takes seconds (keeps `jaxiap --help` fast)
+    from jax_md import simulate, space  # lazy: jax_md takes seconds to import (keeps jaxiap --help fast)
 
     if shift_fn is None:
         _, shift_fn = space.free()

@@ -30,6 +30,7 @@ from jaxiap.errors import JaxiapInputError
 from jaxiap.md import integrators
 from jaxiap.md.program import Program
 from jaxiap.md.runner import ProgramRun, run_program
+from jaxiap.md.sizing import LANES_PER_DEVICE
 from jaxiap.potentials.base import Potential, parameters
 
 __all__ = ["NVTSettings", "nvt_program", "nvt_shared", "run_nvt"]
@@ -187,11 +188,19 @@ def run_nvt(potential: Potential, seeds, start, settings: NVTSettings, *, sample
     periodic run); shift_fn / neighbor_fn: from
     :func:`jaxiap.geometry.periodic_space` (None: free cluster, dense).
     Other keywords (``chunk_size``, ``lanes_per_device``, ``devices``) go to
-    :func:`jaxiap.md.runner.run_program`. Returns its ``ProgramRun``
+    :func:`jaxiap.md.runner.run_program`; unless given, ``lanes_per_device``
+    is the platform default (:data:`jaxiap.md.sizing.LANES_PER_DEVICE`) or
+    the replicas per device if fewer, so a few large-cell replicas do not
+    pay for idle lanes. Returns the runner's ``ProgramRun``
     (``results[name]`` shaped (M, R, ...)).
     """
     program = nvt_program(potential, settings, shift_fn=shift_fn, energy_kwargs=energy_kwargs)
     params = samples if samples is not None else jax.tree_util.tree_map(lambda x: x[None], parameters(potential))
+    if runner_kwargs.get("lanes_per_device") is None:
+        devices = runner_kwargs.get("devices") or jax.devices()
+        m = jax.tree_util.tree_leaves(params)[0].shape[0]
+        per_device = -(-m * len(np.atleast_1d(seeds)) // len(devices))
+        runner_kwargs["lanes_per_device"] = max(1, min(per_device, LANES_PER_DEVICE.get(devices[0].platform, 4096)))
     shared = nvt_shared(start, neighbor_fn)
     identity = dict(program="nvt", settings=asdict(settings), potential=type(potential).__name__)
     return run_program(program, params, seeds, shared, base_seed=base_seed, run_dir=run_dir, overwrite=overwrite,

@@ -33,6 +33,8 @@ from typing import Any, Callable, Hashable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxiap.errors import JaxiapInputError
+
 __all__ = ["Program", "run_replica", "check_program", "finished"]
 
 
@@ -81,8 +83,6 @@ class Program(NamedTuple):
 
 def check_program(program: Any, where: str = "run_program") -> Program:
     """Raise :class:`jaxiap.errors.JaxiapInputError` unless ``program`` is a usable :class:`Program`."""
-    from jaxiap.errors import JaxiapInputError
-
     if not isinstance(program, Program):
         raise JaxiapInputError(f"{where}: program must be a jaxiap.md.program.Program, got "
                                f"{type(program).__name__}; build one with Program(name=..., init=..., ...)")

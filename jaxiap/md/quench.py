@@ -30,11 +30,10 @@ import jax
 import jax.numpy as jnp
 
 from jaxiap.errors import JaxiapInputError
+from jaxiap.potentials.base import Potential
 
 
 def _as_energy_fn(energy_fn):
-    from jaxiap.potentials.base import Potential
-
     if isinstance(energy_fn, Potential):
         return energy_fn.energy
     if not callable(energy_fn):
@@ -64,7 +63,7 @@ def fire_quench_fn(
         as ``neighbor=``; check ``neighbor.did_buffer_overflow`` afterwards
         (:func:`quench` reallocates and reruns).
     """
-    from jax_md import minimize, space  # lazy: importing jax_md takes seconds
+    from jax_md import minimize, space  # lazy: jax_md takes seconds to import (keeps jaxiap --help fast)
 
     energy_fn = _as_energy_fn(energy_fn)
     if shift_fn is None:

@@ -31,7 +31,9 @@ import warnings
 from typing import Any, NamedTuple
 
 import jax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
+from tqdm.auto import tqdm
 
 from jaxiap import runfolder
 from jaxiap.errors import JaxiapInputError
@@ -98,8 +100,6 @@ def _compiled(program: Program, devices: tuple, lanes_per_device: int):
     cache_key = None if program.cache_key is None else (program.cache_key, devices, lanes_per_device)
     if cache_key in _COMPILED:
         return _COMPILED[cache_key]
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-
     progress = _Progress()
     chunk = lane_chunk_fn(program, lanes_per_device, progress_fn=progress)
     mesh = Mesh(np.asarray(devices, dtype=object), ("replica",), axis_types=(jax.sharding.AxisType.Auto,))
@@ -233,8 +233,6 @@ def run_program(program: Program, params: Any, seeds, shared: Any = None, *, bas
     kind: run-folder kind (default ``program.name``); desc: bar label.
     where: how error messages name the caller.
     """
-    from tqdm.auto import tqdm
-
     program = check_program(program, where)
     leaves, treedef, m_samples = _check_params(params)
     seeds = check_seeds(seeds, where)

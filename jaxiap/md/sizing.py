@@ -37,7 +37,7 @@ def _available_bytes(device) -> int:
         except Exception:  # memory_stats is optional for a backend
             pass
     try:
-        import psutil
+        import psutil  # lazy: psutil is optional (else /proc/meminfo)
 
         return int(psutil.virtual_memory().available)
     except ImportError:

@@ -21,9 +21,20 @@ the 108-atom cell.
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import numpy as np
+from ase.build import bulk
+from ase.calculators.emt import EMT
+from ase.data import atomic_masses, atomic_numbers
 
+from jaxiap.data import Dataset
+from jaxiap.descriptors.radial import RadialBasis, RadialDescriptor
 from jaxiap.errors import JaxiapInputError
+from jaxiap.geometry import periodic_space
+from jaxiap.inference.linear import fit_lstsq, reweight
+from jaxiap.potentials.base import energy_fn
+from jaxiap.potentials.linear import LinearBasis, LinearPotential, design_matrix
+from jaxiap.structures import from_atoms
 
 #: FCC aluminium lattice constant (Å) of the check.
 AL_LATTICE = 4.046
@@ -31,15 +42,11 @@ AL_LATTICE = 4.046
 
 def al_mass() -> float:
     """Atomic mass of Al (amu), from ase.data."""
-    from ase.data import atomic_masses, atomic_numbers
-
     return float(atomic_masses[atomic_numbers["Al"]])
 
 
 def al_fcc(repeat: int = 2, a: float = AL_LATTICE):
     """Cubic FCC Al cell ``bulk('Al', 'fcc', a, cubic=True).repeat(repeat)`` (4 repeat^3 atoms), pbc on."""
-    from ase.build import bulk
-
     if not (isinstance(repeat, (int, np.integer)) and repeat >= 1):
         raise JaxiapInputError(f"al_fcc: repeat={repeat!r} must be a positive integer (2: 32 atoms, 3: 108 atoms)")
     return bulk("Al", "fcc", a=a, cubic=True).repeat(int(repeat))
@@ -55,8 +62,6 @@ def emt_dataset(repeat: int = 3, stdevs=(0.05, 0.1, 0.15, 0.2), n_per_stdev: int
     300 K (Debye-Waller B ~ 0.85 Å^2), so (0.05 ... 0.2) spans roughly
     75 K to 1200 K in harmonic terms. Structures are stdev-major.
     """
-    from ase.calculators.emt import EMT
-
     if not (isinstance(n_per_stdev, (int, np.integer)) and n_per_stdev >= 1):
         raise JaxiapInputError(f"emt_dataset: n_per_stdev={n_per_stdev!r} must be a positive integer")
     stdevs = [float(s) for s in np.atleast_1d(stdevs)]
@@ -77,11 +82,6 @@ def emt_dataset(repeat: int = 3, stdevs=(0.05, 0.1, 0.15, 0.2), n_per_stdev: int
 
 
 def _dataset_from_frames(frames):
-    import jax.numpy as jnp
-
-    from jaxiap.data import Dataset
-    from jaxiap.structures import from_atoms
-
     st = from_atoms(frames, species_names=("Al",))
     energy = jnp.asarray([fr.info["energy"] for fr in frames])
     forces = jnp.asarray(np.stack([fr.arrays["forces"] for fr in frames]))
@@ -90,9 +90,6 @@ def _dataset_from_frames(frames):
 
 def al_basis(r_cut: float = 5.0, n_basis: int = 8, r_min: float = 2.0, family: str = "chebyshev"):
     """Radial linear basis for Al: ``n_basis`` radial functions inside r_cut plus a per-atom energy column."""
-    from jaxiap.descriptors.radial import RadialBasis, RadialDescriptor
-    from jaxiap.potentials.linear import LinearBasis
-
     return LinearBasis(RadialDescriptor(RadialBasis(family, n_basis, r_min, r_cut)), species_reference=True)
 
 
@@ -104,9 +101,6 @@ def fit_al_potential(dataset, r_cut: float = 5.0, n_basis: int = 8, r_min: float
     the dense minimum-image path (the dataset's cells must be wider than
     2 * r_cut), solved by :func:`jaxiap.inference.linear.fit_lstsq`.
     """
-    from jaxiap.inference.linear import fit_lstsq, reweight
-    from jaxiap.potentials.linear import LinearPotential, design_matrix
-
     basis = al_basis(r_cut, n_basis, r_min, family)
     design = reweight(design_matrix(basis, dataset, chunk_size=16), energy_weight, force_weight)
     post = fit_lstsq(design)
@@ -122,11 +116,6 @@ def al_md_setup(potential, atoms=None, repeat: int = 3, skin: float = 0.5, neigh
     ``potential.cutoff + skin``), ``energy_fn`` (``energy(R, neighbor=...)``
     with the cell bound), ``n_atoms``. Units: eV, Å, amu, ASE time.
     """
-    import jax.numpy as jnp
-
-    from jaxiap.geometry import periodic_space
-    from jaxiap.potentials.base import energy_fn
-
     atoms = al_fcc(repeat) if atoms is None else atoms
     cell = np.asarray(atoms.cell[:])
     if not (all(atoms.pbc) and np.allclose(cell, np.diag(np.diag(cell)))):

@@ -12,6 +12,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from jaxiap.md import integrators
+
 
 @functools.lru_cache(maxsize=32)
 def _trajectories_fn(energy_fn: Callable, n_samples: int, sample_every: int, n_equilibrate: int,
@@ -23,8 +25,6 @@ def _trajectories_fn(energy_fn: Callable, n_samples: int, sample_every: int, n_e
     ``kTs`` is ignored (the one-temperature path of :func:`langevin_samples`,
     whose numbers the LJ13 reference data were generated with).
     """
-    from jaxiap.md import integrators
-
     init_fn, step_fn = integrators.free_langevin(energy_fn, dt=dt, gamma=gamma, kT=fixed_kT)
 
     def trajectory(key, kT, r0):

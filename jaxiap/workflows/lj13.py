@@ -23,32 +23,35 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxiap.data import load_npz, save_npz, split, write_extxyz
+from jaxiap.descriptors.radial import RadialBasis
 from jaxiap.errors import JaxiapInputError
+from jaxiap.inference.metrics import fit_errors, parity_data
+from jaxiap.inference.posterior import load_posterior
 from jaxiap.inference.solvers import get_solver
+from jaxiap.md.ensemble import run_frt_ensemble
+from jaxiap.md.qoi import evaporated
+from jaxiap.potentials.linear import LinearBasis, LinearPotential, design_matrix, energy_fn
+from jaxiap.runfolder import ensure_dir, open_run_folder, write_json
+from jaxiap.systems.lj import lj13_dataset, lj13_minimum, lj_energy
 from jaxiap.uq.frt import compare_frt
 from jaxiap.workflows.lj13_attempts import attempt_figures, run_attempts
 from jaxiap.workflows.lj13_config import LJ13Config
 from jaxiap.workflows.lj13_report import write_figures, write_report
+from jaxiap.workflows.timing import StageTimer
 
 
 def true_lj_energy(coefficients, positions):
     """The true LJ energy in the ``energy_fn(coefficients, positions)`` form (coefficients unused)."""
-    from jaxiap.systems.lj import lj_energy
-
     return lj_energy(positions)
 
 
 def make_basis(config: LJ13Config):
-    from jaxiap.descriptors.radial import RadialBasis
-    from jaxiap.potentials.linear import LinearBasis
-
     return LinearBasis(RadialBasis(config.basis, config.basis_size, config.r_min, config.r_cut))
 
 
 def _check_reference_data(ds, config) -> None:
     """Refuse reference data from an MD run that blew up or evaporated (e.g. --dt far too large)."""
-    from jaxiap.md.qoi import evaporated
-
     finite = np.isfinite(np.asarray(ds.energy)) & np.all(np.isfinite(np.asarray(ds.forces)), axis=(1, 2))
     gone = np.asarray(jax.vmap(evaporated)(jnp.asarray(ds.structures.positions)))
     n_bad = int(np.sum(~finite | gone))
@@ -64,10 +67,6 @@ def generate_data(config: LJ13Config, folder: Path | None = None):
 
     Each split is written as extended XYZ (for other codes) and as a lossless .npz.
     """
-    from jaxiap.data import load_npz, save_npz, split, write_extxyz
-    from jaxiap.runfolder import ensure_dir
-    from jaxiap.systems.lj import lj13_dataset
-
     if folder is not None and (folder / "train.npz").exists() and (folder / "test.npz").exists():
         return load_npz(folder / "train.npz"), load_npz(folder / "test.npz")
     ds = lj13_dataset(config.seed, config.n_trajectories, config.n_samples, config.sample_every,
@@ -88,9 +87,7 @@ def fit_potential(config: LJ13Config, train, saved=None):
     ``saved``: a posterior .npz written by an earlier run of the same
     configuration; when it exists it is loaded instead of refitting.
     """
-    from jaxiap.inference.linear import reweight
-    from jaxiap.inference.posterior import load_posterior
-    from jaxiap.potentials.linear import design_matrix
+    from jaxiap.inference.linear import reweight  # lazy: pulls in optax (~0.1 s to import), only needed to fit
 
     basis = make_basis(config)
     design = reweight(design_matrix(basis, train), config.energy_weight, config.force_weight)
@@ -103,9 +100,6 @@ def fit_potential(config: LJ13Config, train, saved=None):
 
 
 def evaluate_fit(basis, coefficients, dataset):
-    from jaxiap.inference.metrics import fit_errors, parity_data
-    from jaxiap.potentials.linear import LinearPotential
-
     e, f = LinearPotential(basis, jnp.asarray(coefficients)).batch_energy_and_forces(dataset.structures)
     return fit_errors(dataset, e, f), parity_data(dataset, e, f)
 
@@ -113,12 +107,6 @@ def evaluate_fit(basis, coefficients, dataset):
 def run_lj13(config: LJ13Config = LJ13Config(), out_dir="runs/lj13", overwrite: bool = False,
              progress: bool = True) -> dict:
     """Run the whole study into ``out_dir``; returns the summary dict (also in summary.json)."""
-    from jaxiap.md.ensemble import run_frt_ensemble
-    from jaxiap.potentials.linear import energy_fn
-    from jaxiap.systems.lj import lj13_minimum
-    from jaxiap.runfolder import open_run_folder, write_json
-    from jaxiap.workflows.timing import StageTimer
-
     out = open_run_folder(out_dir, dataclasses.asdict(config), kind="lj13", overwrite=overwrite)
     timer = StageTimer(verbose=progress)
     with timer("data"):

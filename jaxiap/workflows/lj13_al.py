@@ -52,20 +52,29 @@ from jaxiap import runfolder
 from jaxiap.active.design import candidate_rows
 from jaxiap.active.loop import run_pool_loop
 from jaxiap.active.strategies import mean_energy_gradient_from_samples, pool_features
+from jaxiap.data import load_npz, save_npz
+from jaxiap.descriptors.radial import RadialBasis
+from jaxiap.inference.linear import optimize_hyperparameters, reweight
+from jaxiap.inference.solvers import get_solver
+from jaxiap.md.ensemble import run_frt_ensemble
 from jaxiap.md.qoi import FAILED
+from jaxiap.potentials.linear import LinearBasis, design_from_rows, energy_fn
+from jaxiap.structures import from_positions
+from jaxiap.systems.lj import lj13_minimum, lj_energy
+from jaxiap.systems.oracle import JaxOracle, label
+from jaxiap.systems.sampling import langevin_trajectories
 from jaxiap.uq.frt import frt_errors
 from jaxiap.uq.survival import summarize_frt
+from jaxiap.workflows.lj13 import true_lj_energy
 from jaxiap.workflows.lj13_al_config import LJ13ALConfig
 from jaxiap.workflows.lj13_al_report import build_summary, write_figures, write_report
+from jaxiap.workflows.timing import StageTimer
 
 
 # ----------------------------------------------------------------------------- data
 
 
 def make_basis(config: LJ13ALConfig):
-    from jaxiap.descriptors.radial import RadialBasis
-    from jaxiap.potentials.linear import LinearBasis
-
     return LinearBasis(RadialBasis(config.basis, config.basis_size, config.r_min, config.r_cut))
 
 
@@ -77,12 +86,6 @@ def generate_data(config: LJ13ALConfig, folder: Path | None = None):
     The pool is stored with its true labels (pool.npz) only for the full-pool
     reference fit; the loops label their selections through the oracle.
     """
-    from jaxiap.data import load_npz, save_npz
-    from jaxiap.structures import from_positions
-    from jaxiap.systems.lj import lj13_minimum, lj_energy
-    from jaxiap.systems.oracle import JaxOracle, label
-    from jaxiap.systems.sampling import langevin_trajectories
-
     names = ("pool", "test", "series")
     if folder is not None and all((folder / f"{n}.npz").exists() for n in names):
         pool, test, series = (load_npz(folder / f"{n}.npz") for n in names)
@@ -119,10 +122,6 @@ def reference_fit(config: LJ13ALConfig, basis, pool_rows, pool):
     Returns (fit: the registry's "blr" Solver at those fixed values, ``fit(design) ->
     GaussianPosterior``; the full-pool posterior; hyperparameters dict).
     """
-    from jaxiap.inference.linear import optimize_hyperparameters, reweight
-    from jaxiap.inference.solvers import get_solver
-    from jaxiap.potentials.linear import design_from_rows
-
     design = reweight(design_from_rows(pool_rows, pool), config.energy_weight, config.force_weight)
     t2 = optimize_hyperparameters(design)
     if config.force_weight == 0:
@@ -167,10 +166,6 @@ def initial_sets(config: LJ13ALConfig, n_pool: int) -> list:
 def run_lj13_al(config: LJ13ALConfig = LJ13ALConfig(), out_dir="runs/lj13-al", overwrite: bool = False,
                 progress: bool = True) -> dict:
     """Run the study into ``out_dir``; returns the summary dict (also in summary.json). Resumable."""
-    from jaxiap.systems.lj import lj_energy
-    from jaxiap.systems.oracle import JaxOracle
-    from jaxiap.workflows.timing import StageTimer
-
     out = runfolder.open_run_folder(out_dir, dataclasses.asdict(config), kind="lj13-al", overwrite=overwrite)
     timer = StageTimer(verbose=progress)
     with timer("data"):
@@ -239,11 +234,6 @@ def run_lj13_al(config: LJ13ALConfig = LJ13ALConfig(), out_dir="runs/lj13-al", o
 
 def run_frt_checkpoints(config, out, basis, loops, full_post, n_lab, progress) -> dict:
     """One batched FRT ensemble of every (strategy, repetition, checkpoint) potential + the full-pool fit."""
-    from jaxiap.md.ensemble import run_frt_ensemble
-    from jaxiap.potentials.linear import energy_fn
-    from jaxiap.systems.lj import lj13_minimum
-    from jaxiap.workflows.lj13 import true_lj_energy
-
     settings = config.frt_settings()
     seeds = np.arange(config.n_seeds)
     start = lj13_minimum()

@@ -148,7 +148,7 @@ def write_figures(out: Path, config, n_lab, curves, qoi_curves, full_err, frt, b
     incl = inclusion_probability_series(basis, series)
     t = np.arange(len(series)) * config.series_every * config.dt
     plots.inclusion_probability_trace(t, incl, np.asarray(series.energy), out / "inclusion_probability.png")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: matplotlib only for figures
 
     plt.close("all")
 

@@ -19,14 +19,22 @@ log mean FRT in the Gaussian germ of the coefficients.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from pathlib import Path
 
 import jax
 import numpy as np
 
-from jaxiap import runfolder
+from jaxiap import plots, runfolder
 from jaxiap.errors import JaxiapInputError
+from jaxiap.inference.posterior import load_posterior
+from jaxiap.inference.solvers import get_solver
+from jaxiap.md.ensemble import run_frt_ensemble
+from jaxiap.systems.lj import lj13_minimum
 from jaxiap.uq.frt import compare_frt, frt_samples, log_mean_frt, per_sample_frt, survival_band, variance_split
+from jaxiap.uq.germ import gaussian_germ
+from jaxiap.uq.pce import fit_pce, total_degree_multi_indices, validation_error
 from jaxiap.uq.survival import kaplan_meier
 
 ATTEMPTS = ("mle", "subsets", "posterior")
@@ -50,8 +58,6 @@ def subset_coefficients(design, n_samples: int, *, key, fraction: float = 0.5) -
     replacement, independently of the others (the registry's ``committee``
     solver with ``fraction``; its members in order).
     """
-    from jaxiap.inference.solvers import get_solver
-
     if not 0.0 < fraction <= 1.0:
         raise JaxiapInputError(f"subset_fraction={fraction}: must be in (0, 1]")
     n_samples = int(n_samples)
@@ -69,8 +75,6 @@ def posterior_germ(samples, reference_samples) -> np.ndarray:
     of ``reference_samples`` (S, K), a large cheap draw from the same posterior (see
     :func:`jaxiap.uq.germ.gaussian_germ`). Exact for Gaussian posteriors; for others
     (Student-t, model error, samples) it is the Gaussian germ of matching moments."""
-    from jaxiap.uq.germ import gaussian_germ
-
     ref = np.asarray(reference_samples, np.float64)
     return np.asarray(gaussian_germ(samples, ref.mean(0), np.atleast_2d(np.cov(ref, rowvar=False)), kind="cov"))
 
@@ -112,8 +116,6 @@ def frt_pce(xi, log_mean, noise_var, degree: int | None = None, test_fraction: f
     sample). degree None: 2 when there are at least 2 x the quadratic terms
     for training, else 1. Returns a JSON-ready dict, or None with too few samples.
     """
-    from jaxiap.uq.pce import fit_pce, total_degree_multi_indices, validation_error
-
     xi = np.asarray(xi, np.float64)
     q = np.asarray(log_mean, np.float64)
     M, d = xi.shape
@@ -139,17 +141,11 @@ def frt_pce(xi, log_mean, noise_var, degree: int | None = None, test_fraction: f
 
 def attempt_coefficients(name: str, config, design, fitted_posterior, *, key, saved_posterior=None):
     """(coefficients (M, K), posterior or None) for attempt ``name`` of ``config``."""
-    from jaxiap.inference.solvers import get_solver
-
     if name == "mle":
         return np.asarray(fitted_posterior.mean)[None], None
     if name == "subsets":
         return subset_coefficients(design, config.n_subsets, key=key, fraction=config.subset_fraction), None
     if name == "posterior":
-        from pathlib import Path
-
-        from jaxiap.inference.posterior import load_posterior
-
         if config.sample_posterior == config.posterior:
             post = fitted_posterior
         elif saved_posterior is not None and Path(saved_posterior).exists():
@@ -169,11 +165,6 @@ def run_attempts(config, out, design, fitted_posterior, energy_fn, true_res, *, 
     The ``mle`` attempt reuses ``mle_result`` (the main fitted run) when given.
     Results go to ``out/frt_<name>`` (chunked, resumable).
     """
-    import contextlib
-
-    from jaxiap.md.ensemble import run_frt_ensemble
-    from jaxiap.systems.lj import lj13_minimum
-
     names = parse_attempts(config.attempts)
     settings = config.frt_settings()
     seeds = np.arange(config.attempt_seeds)
@@ -207,8 +198,6 @@ def run_attempts(config, out, design, fitted_posterior, energy_fn, true_res, *, 
 
 def attempt_figures(out, true_res, results: dict) -> None:
     """frt_attempts_histogram.png, survival_attempts.png (bands over samples), per_sample_frt.png."""
-    from jaxiap import plots
-
     t_c = float(true_res.settings.t_censor)
     samples = {"true LJ": frt_samples(true_res)}
     samples.update({name: frt_samples(r) for name, r in results.items()})
@@ -226,7 +215,7 @@ def attempt_figures(out, true_res, results: dict) -> None:
     if multi:
         plots.per_sample_means(multi, true_sum["frt_mean"], true_sum["frt_mean_ci95"],
                                out / "per_sample_frt.png", t_censor=t_c)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: matplotlib only for figures
 
     plt.close("all")
 

@@ -36,7 +36,7 @@ def write_figures(out: Path, config, basis, coef, parity, true_res, fit_res) -> 
     plots.energy_histograms(true_res.energy_bin_edges,
                             {"true LJ": true_res.pooled_energy_hist(), "fitted": fit_res.pooled_energy_hist()},
                             out / "energy_histogram.png")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: matplotlib only for figures
 
     plt.close("all")
 
