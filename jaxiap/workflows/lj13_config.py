@@ -32,7 +32,7 @@ PRESETS = {
     "gpu": dict(n_seeds=4096, n_trajectories=64, dtype="float32",
                 n_subsets=100, n_posterior_samples=128, attempt_seeds=1024),
     # seconds-long smoke runs for tests and notebooks
-    "tiny": dict(n_seeds=8, t_max=5.0, n_trajectories=4, n_samples=20, sample_every=50,
+    "tiny": dict(n_seeds=4, t_max=10.0, n_trajectories=4, n_samples=20, sample_every=50,
                  n_subsets=3, n_posterior_samples=6, attempt_seeds=4, sample_posterior="blr"),
 }
 
