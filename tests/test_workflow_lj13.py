@@ -13,10 +13,8 @@ from jaxiap.workflows.lj13_config import LJ13Config
 
 # t_max = 10 tau: long enough for the true LJ to rearrange in 3 of the 4 seeds (mean FRT ~17 tau), so the
 # FRT statistics and the KS test below compare real events, not four censored runs each
-# the preset as it is, so that the notebook test (same preset, in a kernel) reuses the compiled
-# programs through the session's compilation cache
-TINY = ["--preset", "tiny", "--no-progress"]
-TINY_CONFIG = LJ13Config.from_preset("tiny")
+TINY = ["--preset", "tiny", "--seeds", "4", "--t-max", "10", "--no-progress"]
+TINY_CONFIG = LJ13Config.from_preset("tiny", n_seeds=4, t_max=10.0)
 
 
 @pytest.fixture(scope="module")

@@ -32,8 +32,11 @@ PRESETS = {
     "gpu": dict(n_seeds=4096, n_trajectories=64, dtype="float32",
                 n_subsets=100, n_posterior_samples=128, attempt_seeds=1024),
     # seconds-long smoke runs for tests and notebooks
-    "tiny": dict(n_seeds=4, t_max=10.0, n_trajectories=4, n_samples=20, sample_every=50,
-                 n_subsets=3, n_posterior_samples=6, attempt_seeds=4, sample_posterior="blr"),
+    "tiny": dict(n_seeds=8, t_max=5.0, n_trajectories=4, n_samples=20, sample_every=50,
+                 n_subsets=3, n_posterior_samples=6, attempt_seeds=4, sample_posterior="blr",
+                 # one chunk shape for every ensemble (8, 12 and 24 replicas), so each potential's
+                 # FRT program compiles once; results do not depend on the chunk size
+                 chunk_size=24),
 }
 
 
@@ -234,22 +237,34 @@ class LJ13Config:
                                   "out (automatic)")
         # a chunk larger than every MD ensemble would only be padding
         if self.chunk_size is not None:
-            sizes = {"--seeds": self.n_seeds}
-            if "subsets" in attempts:
-                sizes["--n-subsets x --attempt-seeds"] = self.n_subsets * self.attempt_seeds
-            if "posterior" in attempts:
-                sizes["--posterior-samples x --attempt-seeds"] = self.n_posterior_samples * self.attempt_seeds
+            sizes = self.ensemble_sizes()
             largest = max(sizes.values())
             if self.chunk_size > largest:
                 which = " / ".join(f"{opt} = {n}" for opt, n in sizes.items())
                 bad("chunk_size", f"larger than the largest MD ensemble ({which} replicas), so it would only pad; "
                                   f"use --chunk-size {largest} or less, or leave it out (automatic)")
 
+    def ensemble_sizes(self) -> dict:
+        """Replicas of each MD ensemble the run makes, keyed by the options that set them."""
+        attempts = parse_attempts(self.attempts)
+        sizes = {"--seeds": self.n_seeds}
+        if "subsets" in attempts:
+            sizes["--n-subsets x --attempt-seeds"] = self.n_subsets * self.attempt_seeds
+        if "posterior" in attempts:
+            sizes["--posterior-samples x --attempt-seeds"] = self.n_posterior_samples * self.attempt_seeds
+        return sizes
+
     @classmethod
     def from_preset(cls, preset: str = "cpu", **overrides) -> "LJ13Config":
+        """The preset's values, then ``overrides``. A chunk size that comes from the preset (not
+        from ``overrides``) is capped at the largest MD ensemble, e.g. ``tiny`` with ``--attempts none``."""
         if preset not in PRESETS:
             raise JaxiapInputError(f"preset={preset!r} is unknown; choose one of {tuple(PRESETS)}")
-        return cls(**{**PRESETS[preset], **overrides})
+        values = {**PRESETS[preset], **overrides}
+        if values.get("chunk_size") is not None and "chunk_size" not in overrides:
+            largest = max(cls(**{**values, "chunk_size": None}).ensemble_sizes().values())
+            values["chunk_size"] = min(values["chunk_size"], largest)
+        return cls(**values)
 
     def frt_settings(self):
         """The FRTSettings of the study's ensembles (built and validated with the config)."""
