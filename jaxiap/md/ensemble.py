@@ -159,9 +159,10 @@ def run_frt_ensemble(
         devices. The last chunk is padded (padding rows are not simulated).
         None: :func:`auto_chunk_size`.
     lanes_per_device: trajectories each device advances together (vector
-        width; :func:`frt_chunk_fn` recycles finished lanes). Results are
-        bitwise identical across chunk sizes and device counts for the same
-        lanes_per_device; None takes the platform default of
+        width; :func:`frt_chunk_fn` recycles finished lanes). For the same
+        lanes_per_device and device count results are bitwise identical
+        across chunk sizes (another device count may round differently; see
+        the module docstring); None takes the platform default of
         :func:`auto_chunk_size` (32 on CPU), which does not depend on the run size.
     run_dir: None or a folder. Each finished chunk is written as
         ``chunk_XXXXX.npz`` with an ``ensemble_meta.json`` (settings and a
@@ -179,7 +180,8 @@ def run_frt_ensemble(
     progress: tqdm bar over replicas (updated as replicas finish) on stderr.
     devices: devices to shard each chunk's replica axis over (default
         ``jax.devices()``); each device runs its own lanes and queue. Results
-        do not depend on the device count or chunk size (see lanes_per_device).
+        do not depend on the chunk size; across device counts they agree up to
+        round-off, which chaotic MD amplifies (see lanes_per_device).
 
     Returns an :class:`FRTEnsembleResult` with (M, R) arrays.
     """

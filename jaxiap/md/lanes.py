@@ -8,9 +8,12 @@ tail, instead of (chunk size) x (longest replica) for a plain vmap: for 64
 LJ13 first-rearrangement replicas of 100 tau this was 3-4x faster.
 
 Every replica runs the arithmetic of :func:`jaxiap.md.program.run_replica`
-on a batch of ``n_lanes``, so for a given ``n_lanes`` results do not depend
-on the chunk size, on which replicas share a chunk, or on the device count
-(bitwise in float64 on CPU). XLA may vectorise a batch of another width
+on a batch of ``n_lanes``, so for a given ``n_lanes`` (and device count)
+results do not depend on the chunk size or on which replicas share a chunk
+(bitwise in float64 on CPU). A program partitioned over another number of
+devices may round differently by about 1 ulp: over 100 tau, 214 of 256 LJ13
+FRT replicas agreed between 1 and 2 CPU devices (``bench/frt_ensemble.py``).
+XLA may vectorise a batch of another width
 differently (3 and 4 lanes agreed bitwise with each other but not with 12
 on CPU); chaotic dynamics then drift apart and agree only statistically.
 """

@@ -215,8 +215,9 @@ def run_program(program: Program, params: Any, seeds, shared: Any = None, *, bas
         None: sized from memory (:func:`jaxiap.md.sizing.choose_chunking`
         with :func:`jaxiap.md.sizing.program_bytes`).
     lanes_per_device: replicas each device advances together (vector
-        width). Results are bitwise identical across chunk sizes and device
-        counts for the same lanes_per_device. None: the platform default of
+        width). For the same lanes_per_device and device count, results are
+        bitwise identical across chunk sizes; another device count may round
+        differently (see the module docstring). None: the platform default of
         :data:`jaxiap.md.sizing.LANES_PER_DEVICE`, bounded by memory.
     devices: devices to shard each chunk over (default ``jax.devices()``).
     run_dir: None or a folder for ``chunk_XXXXX.npz`` files and
