@@ -6,6 +6,7 @@ the tests show that a back-import or a cycle really fails them.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -36,11 +37,7 @@ _CYCLES = textwrap.dedent(
 
 
 def _run(args, cwd, pythonpath=None):
-    env = None
-    if pythonpath is not None:
-        import os
-
-        env = dict(os.environ, PYTHONPATH=str(pythonpath))
+    env = None if pythonpath is None else dict(os.environ, PYTHONPATH=str(pythonpath))
     return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 

@@ -104,9 +104,8 @@ def nvt_program(potential: Potential, settings: NVTSettings, *, shift_fn: Callab
     kwargs = dict(energy_kwargs or {})
     _, static = eqx.partition(potential, potential.parameter_spec())
 
-    def energy(positions, params, neighbor=None):
-        extra = {} if neighbor is None else dict(neighbor=neighbor)
-        return eqx.combine(params, static).energy(positions, **kwargs, **extra)
+    def energy(positions, params, **neighbor):
+        return eqx.combine(params, static).energy(positions, **kwargs, **neighbor)
 
     init_fn, step_fn = integrators.langevin(energy, dt=s.dt, gamma=s.gamma, kT=s.kT, shift_fn=shift_fn)
     n_obs = s.block_steps // s.record_every
@@ -144,7 +143,7 @@ def nvt_program(potential: Potential, settings: NVTSettings, *, shift_fn: Callab
             carry = jax.lax.fori_loop(0, s.record_every, lambda _, x: one_step(x, params), carry)
             st, nbrs, _ = carry
             kt = quantity.temperature(momentum=st.momentum, mass=st.mass)
-            return carry, (kt, energy(st.position, params, nbrs))
+            return carry, (kt, energy(st.position, params, **nb_kwargs(nbrs)))
 
         (state, nbrs, rebuilds), (kts, pes) = jax.lax.scan(observe, (c["state"], c["nbrs"], c["rebuilds"]),
                                                             None, length=n_obs)
