@@ -44,6 +44,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -53,7 +54,8 @@ from jaxiap.md.lanes import lane_chunk_fn
 from jaxiap.md.program import Program, run_replica
 from jaxiap.md.frt_settings import FRTSettings
 from jaxiap.md.qoi import CENSORED, EVENT, EVAPORATED, FAILED  # outcome codes
-from jaxiap.md.quench import fire_quench_fn
+from jaxiap.md.frt_screen import screened_quench_lanes
+from jaxiap.md.quench import fire_fns, fire_quench_fn
 
 __all__ = ["REPLICA_FIELDS", "frt_program", "frt_replica_fn", "frt_chunk_fn"]
 
@@ -127,19 +129,25 @@ def frt_program(energy_fn: Callable, settings: FRTSettings = FRTSettings()) -> P
     def failed(c):
         return c["code"] == FAILED
 
-    def step(c, coefficients, shared):
+    def md_block(c, coefficients):
+        """n_q MD steps of one lane: (state, (n_inner,) sampled energies)."""
+        return integrators.sample_every(step_fn, c["state"], n_inner, s.sample_every,
+                                        lambda st: energy(st.position, coefficients), coefficients=coefficients)
+
+    def classify(c, coefficients, state, es, rq, fq, nq, settled):
+        """One lane's check: the carry after a block, from the MD and the check quench (rq, fq, nq).
+
+        settled: the screen certified the reference basin (no quench result needed).
+        """
         e0 = c["ref"]["e0"]
-        state, es = integrators.sample_every(step_fn, c["state"], n_inner, s.sample_every,
-                                             lambda st: energy(st.position, coefficients),
-                                             coefficients=coefficients)
         pos = state.position
-        rq, fq, nq = quench(pos, coefficients=coefficients)
         eq = energy(rq, coefficients)
         # A usable quench converged and went downhill from the snapshot: FIRE
         # with steps too large for a stiff potential can fling atoms apart and
         # "converge" at a dispersed, higher-energy structure.
         e_snap = es[-1]
-        converged = (fq < s.fmax) & jnp.isfinite(eq) & (eq <= e_snap + 1e-6 * (1.0 + jnp.abs(e_snap)))
+        converged = settled | (
+            (fq < s.fmax) & jnp.isfinite(eq) & (eq <= e_snap + 1e-6 * (1.0 + jnp.abs(e_snap))))
 
         finite = (
             jnp.all(jnp.isfinite(es)) & jnp.all(jnp.isfinite(pos))
@@ -152,7 +160,7 @@ def frt_program(energy_fn: Callable, settings: FRTSettings = FRTSettings()) -> P
             | jnp.any(jnp.sum((pos - com) ** 2, axis=-1) > s.explode_distance**2)
         )
         evap = qoi.evaporated(pos, r_evap=s.r_evap)
-        changed = converged & qoi.basin_changed(s.criterion, c["ref"]["basin"], rq, eq, s.r_b, s.e_tol)
+        changed = ~settled & converged & qoi.basin_changed(s.criterion, c["ref"]["basin"], rq, eq, s.r_b, s.e_tol)
         code = jnp.where(
             exploded, FAILED, jnp.where(evap, EVAPORATED, jnp.where(changed, EVENT, CENSORED))
         ).astype(jnp.int32)
@@ -165,7 +173,7 @@ def frt_program(energy_fn: Callable, settings: FRTSettings = FRTSettings()) -> P
             ref=c["ref"],
             block=c["block"] + 1,
             code=code,
-            e_last=eq,
+            e_last=jnp.where(settled, e0, eq),
             hist=c["hist"] + jnp.where(keep, block_hist, 0),
             n_samples=c["n_samples"] + jnp.where(keep, n_inner, 0).astype(jnp.int32),
             n_outside=c["n_outside"] + jnp.where(keep, n_inner - n_in, 0).astype(jnp.int32),
@@ -173,6 +181,23 @@ def frt_program(energy_fn: Callable, settings: FRTSettings = FRTSettings()) -> P
             quench_steps=c["quench_steps"] + nq.astype(jnp.int32),
             unconverged=c["unconverged"] + (~converged).astype(jnp.int32),
         )
+
+    def step(c, coefficients, shared):
+        """Full-quench protocol: quench every snapshot to fmax."""
+        state, es = md_block(c, coefficients)
+        rq, fq, nq = quench(state.position, coefficients=coefficients)
+        return classify(c, coefficients, state, es, rq, fq, nq, jnp.zeros((), bool))
+
+    fire_init, fire_apply = fire_fns(energy, dt_start=s.fire_dt_start, dt_max=s.fire_dt_max)
+
+    def step_lanes(c, coefficients, shared, active):
+        """Screened protocol over a batch of lanes (:mod:`jaxiap.md.frt_screen`)."""
+        state, es = jax.vmap(md_block)(c, coefficients)
+        rq, fq, nq, settled = screened_quench_lanes(
+            fire_init, fire_apply, state.position, coefficients, c["ref"]["basin"].graph, active,
+            fmax=s.fmax, max_steps=s.quench_max_steps, screen_steps=s.screen_steps, margin=s.screen_margin,
+            r_b=s.r_b, group=s.screen_lanes)
+        return jax.vmap(classify)(c, coefficients, state, es, rq, fq, nq, settled)
 
     def result(c):
         dtype = c["e_sum"].dtype
@@ -199,7 +224,8 @@ def frt_program(energy_fn: Callable, settings: FRTSettings = FRTSettings()) -> P
         return dict(events=int(np.sum(results["code"] == EVENT)))
 
     return Program(name="frt-ensemble", init=init, step=step, done=done, result=result, failed=failed,
-                   prepare=prepare, cache_key=("frt", energy_fn, settings), postfix=postfix)
+                   prepare=prepare, cache_key=("frt", energy_fn, settings), postfix=postfix,
+                   step_lanes=step_lanes if s.screen_steps > 0 else None)
 
 
 def frt_replica_fn(energy_fn: Callable, settings: FRTSettings = FRTSettings()):

@@ -50,6 +50,19 @@ class FRTSettings:
         snapshots ended in the wrong basin); with (0.01, 0.05) 253 of 256
         matched L-BFGS (gtol 1e-10) inherent structures. For another
         potential scale them like the MD time step (with 1/sqrt(stiffness)).
+    screen_steps: FIRE steps of the screen at every check
+        (:mod:`jaxiap.md.frt_screen`): a lane whose partly quenched structure
+        keeps the reference bond graph with every pair distance at least
+        ``screen_margin`` from r_b is settled (no change) without the full
+        quench; the others finish the same quench in groups of
+        ``screen_lanes`` lanes. 0: the full-quench protocol (every check
+        quenched to fmax, all lanes together). The decisions, hence the
+        times, equal the full-quench protocol's on the same seeds (see
+        docs/science.md section 5.2 for the exception and the check).
+    screen_margin: distance (length) every pair must keep from r_b for the
+        screen to settle a check.
+    screen_lanes: width of the groups in which the unsettled lanes finish
+        their quench.
     energy_bins: (lo, hi, nbins) of the potential-energy histogram (energy);
         the default suits LJ13 in reduced units. Samples outside [lo, hi]
         are counted in ``n_outside``.
@@ -74,6 +87,9 @@ class FRTSettings:
     e_tol: float = 1e-3
     fmax: float = 1e-3
     quench_max_steps: int = 2000
+    screen_steps: int = 40
+    screen_margin: float = 0.1
+    screen_lanes: int = 4
     fire_dt_start: float = 0.01
     fire_dt_max: float = 0.05
     energy_bins: tuple = (-46.0, -26.0, 200)
@@ -89,11 +105,13 @@ class FRTSettings:
             raise exc
 
         for name in ("kT", "gamma", "dt", "t_max", "r_b", "r_evap", "e_tol", "fmax",
-                     "fire_dt_start", "fire_dt_max", "explode_energy", "explode_distance"):
+                     "fire_dt_start", "fire_dt_max", "explode_energy", "explode_distance", "screen_margin"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 bad(name, "must be a positive finite number")
-        for name in ("n_q", "quench_max_steps", "sample_every"):
+        if not (isinstance(self.screen_steps, (int, np.integer)) and self.screen_steps >= 0):
+            bad("screen_steps", "must be a non-negative integer (0: quench every check fully)")
+        for name in ("n_q", "quench_max_steps", "sample_every", "screen_lanes"):
             v = getattr(self, name)
             if not (isinstance(v, (int, np.integer)) and v >= 1):
                 bad(name, "must be a positive integer")

@@ -84,7 +84,11 @@ def lane_chunk_fn(program: Program, n_lanes: int, progress_fn: Callable | None =
     """
     n_lanes = int(n_lanes)
     init = jax.vmap(program.init, in_axes=(0, 0, 0, None))
-    step = jax.vmap(program.step, in_axes=(0, 0, None))
+    if program.step_lanes is not None:
+        step = program.step_lanes
+    else:
+        v_step = jax.vmap(program.step, in_axes=(0, 0, None))
+        step = lambda carry, p, shared, active: v_step(carry, p, shared)  # noqa: E731
     result = jax.vmap(program.result)
     stop = jax.vmap(lambda c: finished(program, c))
 
@@ -107,7 +111,7 @@ def lane_chunk_fn(program: Program, n_lanes: int, progress_fn: Callable | None =
 
         def body(loop):
             carry, p, lane_idx, active, next_idx, out, out_failed = loop
-            new = select_lanes(active, step(carry, p, shared), carry)
+            new = select_lanes(active, step(carry, p, shared, active), carry)
             ended, bad = stop(new)
             fin = active & ended
             widx = jnp.where(fin, lane_idx, n_rep)  # n_rep: dropped

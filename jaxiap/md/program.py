@@ -68,6 +68,14 @@ class Program(NamedTuple):
     postfix: optional host function ``postfix(results) -> dict`` for the
         progress bar, given the finished rows' results as numpy arrays
         (e.g. ``{"events": 12}``).
+    step_lanes: optional ``step_lanes(carry, params, shared, active) ->
+        carry`` over a batch of lanes (every leaf of carry and params with a
+        leading lane axis L; active (L,) bool, lanes whose result still
+        counts). The runner calls it instead of ``vmap(step)``, so a program
+        can share work across lanes (e.g. run an expensive branch only for
+        the lanes that need it, in compact groups). It must compute, lane by
+        lane, what ``step`` computes; :func:`run_replica` runs it on a batch
+        of one.
     """
 
     name: str
@@ -79,6 +87,7 @@ class Program(NamedTuple):
     prepare: Callable | None = None
     cache_key: Hashable = None
     postfix: Callable | None = None
+    step_lanes: Callable | None = None
 
 
 def check_program(program: Any, where: str = "run_program") -> Program:
@@ -89,7 +98,7 @@ def check_program(program: Any, where: str = "run_program") -> Program:
     for name in ("init", "step", "done", "result"):
         if not callable(getattr(program, name)):
             raise JaxiapInputError(f"{where}: program.{name} must be a function")
-    for name in ("failed", "prepare", "postfix"):
+    for name in ("failed", "prepare", "postfix", "step_lanes"):
         v = getattr(program, name)
         if v is not None and not callable(v):
             raise JaxiapInputError(f"{where}: program.{name} must be a function or None")
@@ -110,6 +119,15 @@ def finished(program: Program, carry):
     return done | bad, bad
 
 
+def _step_one(program: Program, carry, params, shared):
+    """``program.step`` of one replica, through ``step_lanes`` on a batch of one when the program has it."""
+    if program.step_lanes is None:
+        return program.step(carry, params, shared)
+    one = lambda tree: jax.tree_util.tree_map(lambda a: jnp.expand_dims(a, 0), tree)  # noqa: E731
+    out = program.step_lanes(one(carry), one(params), shared, jnp.ones((1,), bool))
+    return jax.tree_util.tree_map(lambda a: a[0], out)
+
+
 def run_replica(program: Program, params, key, shared=None):
     """Run ONE replica to its end: ``(result dict, failed bool)``.
 
@@ -120,5 +138,6 @@ def run_replica(program: Program, params, key, shared=None):
     """
     prep = program.prepare(params, shared) if program.prepare is not None else None
     carry = program.init(params, key, prep, shared)
-    carry = jax.lax.while_loop(lambda c: ~finished(program, c)[0], lambda c: program.step(c, params, shared), carry)
+    carry = jax.lax.while_loop(lambda c: ~finished(program, c)[0], lambda c: _step_one(program, c, params, shared),
+                               carry)
     return program.result(carry), finished(program, carry)[1]

@@ -43,6 +43,19 @@ def _as_energy_fn(energy_fn):
     return energy_fn
 
 
+def fire_fns(energy_fn: Callable, dt_start: float = 0.01, dt_max: float = 0.05, *, shift_fn: Callable | None = None):
+    """jax-md FIRE ``(init(positions, **kw) -> state, apply(state, **kw) -> state)`` with jaxiap's step sizes.
+
+    The functions :func:`fire_quench_fn` loops; for programs that run the
+    FIRE iterations themselves (:mod:`jaxiap.md.frt_screen`).
+    """
+    from jax_md import minimize, space  # lazy: jax_md takes seconds to import (keeps jaxiap --help fast)
+
+    if shift_fn is None:
+        _, shift_fn = space.free()
+    return minimize.fire_descent(_as_energy_fn(energy_fn), shift_fn, dt_start=dt_start, dt_max=dt_max)
+
+
 def fire_quench_fn(
     energy_fn: Callable,
     fmax: float = 1e-6,
@@ -63,12 +76,7 @@ def fire_quench_fn(
         as ``neighbor=``; check ``neighbor.did_buffer_overflow`` afterwards
         (:func:`quench` reallocates and reruns).
     """
-    from jax_md import minimize, space  # lazy: jax_md takes seconds to import (keeps jaxiap --help fast)
-
-    energy_fn = _as_energy_fn(energy_fn)
-    if shift_fn is None:
-        _, shift_fn = space.free()
-    init_fn, apply_fn = minimize.fire_descent(energy_fn, shift_fn, dt_start=dt_start, dt_max=dt_max)
+    init_fn, apply_fn = fire_fns(energy_fn, dt_start, dt_max, shift_fn=shift_fn)
 
     def max_force(state):
         return jnp.max(jnp.abs(state.force))

@@ -30,6 +30,7 @@ from jaxiap.descriptors.radial import RadialBasis, RadialDescriptor
 from jaxiap.errors import JaxiapInputError
 from jaxiap.geometry import check_cell
 from jaxiap.potentials.base import Potential
+from jaxiap.potentials.pair_sum import cluster_pair_sum
 from jaxiap.structures import Structures
 
 ENERGY_ROW, FORCE_ROW = 0, 1
@@ -122,6 +123,9 @@ class LinearPotential(Potential):
 
     def energy(self, positions, mask=None, species=None, box=None, *, neighbor=None):
         """Energy of one structure: scalar for (K,) coefficients, (M,) for (M, K)."""
+        pair = _cluster_pair_fn(self.basis)
+        if pair is not None and mask is None and box is None and neighbor is None and self.coefficients.ndim == 1:
+            return cluster_pair_sum(pair, (self.basis.descriptor.radial, self.coefficients), positions)
         return self.coefficients @ self.basis(positions, mask, species, box, neighbor)
 
     def forces(self, positions, mask=None, species=None, box=None, *, neighbor=None):
@@ -145,10 +149,32 @@ class LinearPotential(Potential):
         )
 
 
+def _radial_pair(params, r):
+    radial, coefficients = params
+    return radial(r) @ coefficients
+
+
+def _cluster_pair_fn(basis: LinearBasis):
+    """The pair function of a basis whose energy is a plain pair sum (single-species radial, no
+    reference columns), for :func:`~jaxiap.potentials.pair_sum.cluster_pair_sum`; None otherwise."""
+    d = basis.descriptor
+    if isinstance(d, RadialDescriptor) and d.n_species == 1 and not basis.species_reference:
+        return _radial_pair
+    return None
+
+
 def energy_fn(basis: LinearBasis):
-    """``energy(coefficients (K,), positions (N, 3)) -> scalar`` for MD ensembles (free cluster)."""
+    """``energy(coefficients (K,), positions (N, 3)) -> scalar`` for MD ensembles (free cluster).
+
+    A single-species radial basis sums the unique pairs once
+    (:func:`~jaxiap.potentials.pair_sum.cluster_pair_sum`: pair energy
+    c . g(r), forces at about the cost of one energy).
+    """
+    pair = _cluster_pair_fn(basis)
 
     def energy(coefficients, positions, **kwargs):
+        if pair is not None and jnp.ndim(coefficients) == 1:
+            return cluster_pair_sum(pair, (basis.descriptor.radial, coefficients), positions)
         return coefficients @ basis(positions)
 
     return energy

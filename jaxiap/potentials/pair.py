@@ -1,8 +1,10 @@
 """Pair potentials as :class:`~jaxiap.potentials.base.Potential` PyTrees.
 
-:class:`PairPotential` sums a pair energy ``pair(r)`` over all pairs (dense)
-or over the pairs of a jax-md neighbour list, in a free cluster or a
-periodic cell (minimum image); subclasses define ``pair`` and ``r_cut``.
+:class:`PairPotential` sums a pair energy ``pair(r)`` over the unique pairs
+of a free cluster (:func:`jaxiap.potentials.pair_sum.cluster_pair_sum`,
+forces at about the cost of one energy), over all pairs densely (with a
+mask or in a periodic cell, minimum image), or over the pairs of a jax-md
+neighbour list; subclasses define ``pair`` and ``r_cut``.
 :class:`LJ` is the Lennard-Jones reference: on the dense path with no cell
 or an orthorhombic box it calls :func:`jaxiap.potentials.lj.lj_energy`, so its
 energies are those of the LJ13 study to the last bit.
@@ -17,6 +19,7 @@ from jaxiap.errors import JaxiapInputError
 from jaxiap.geometry import check_cell, neighbor_pairs, pair_distances, scatter_pairs
 from jaxiap.potentials.base import Potential
 from jaxiap.potentials.lj import lj_energy, lj_pair
+from jaxiap.potentials.pair_sum import cluster_pair_sum
 
 
 class PairPotential(Potential):
@@ -51,8 +54,14 @@ class PairPotential(Potential):
         pairs = neighbor_pairs(positions, neighbor, mask, box)
         return scatter_pairs(self._pair_sum(pairs.r, pairs.mask), pairs, n)
 
+    def _cluster_pair(self, r):
+        v = self.pair(r)
+        return v if self.r_cut is None else jnp.where(r < self.r_cut, v, 0.0)
+
     def energy(self, positions, *, mask=None, box=None, neighbor=None, species=None):
         self._check(box, neighbor)
+        if neighbor is None and box is None and mask is None:
+            return cluster_pair_sum(type(self)._cluster_pair, self, positions)
         if neighbor is None:
             r, pm = pair_distances(positions, mask, box)
             return 0.5 * jnp.sum(self._pair_sum(r, pm))
