@@ -40,6 +40,7 @@ def _number(cast, minimum, what):
 _positive_int = _number(int, 1, "a positive integer")
 _positive_float = _number(float, math.ulp(0.0), "a positive finite number")  # smallest float > 0
 _nonneg_float = _number(float, 0.0, "a finite number >= 0")
+_nonnegative_int = _number(int, 0, "an integer >= 0")
 
 
 def _seed(text):
@@ -95,6 +96,9 @@ def _add_lj13(sub):
     g.add_argument("--r-b", type=_positive_float, default=None, help=f"bond cutoff of the basin criterion (sigma) [{d.r_b}]")
     g.add_argument("--criterion", choices=("graph", "energy", "n12"), default=None,
                    help=f"basin-change criterion [{d.criterion}]")
+    g.add_argument("--screen-steps", type=_nonnegative_int, default=None,
+                   help="FIRE steps of the screen that settles most basin checks without a full quench, with "
+                        f"the same decisions (docs/science.md 5.2a); 0: quench every check fully [{d.screen_steps}]")
     g.add_argument("--seeds", type=_positive_int, default=None, help=f"thermostat seeds per potential [{d.n_seeds}]")
     g.add_argument("--dtype", choices=("float64", "float32"), default=None, help=f"MD precision [{d.dtype}]")
     g = p.add_argument_group("reference data")

@@ -30,12 +30,14 @@ from jaxiap.inference.metrics import fit_errors, parity_data
 from jaxiap.inference.posterior import load_posterior
 from jaxiap.inference.solvers import get_solver
 from jaxiap.md.ensemble import run_frt_ensemble
+from jaxiap.md.frt_settings import FRTSettings
 from jaxiap.md.qoi import evaporated
+from jaxiap.md.sizing import auto_chunk_size
 from jaxiap.potentials.linear import LinearBasis, LinearPotential, design_matrix, energy_fn
 from jaxiap.runfolder import ensure_dir, open_run_folder, write_json
 from jaxiap.systems.lj import lj13_dataset, lj13_minimum, lj_energy
 from jaxiap.uq.frt import compare_frt
-from jaxiap.workflows.lj13_attempts import attempt_figures, run_attempts
+from jaxiap.workflows.lj13_attempts import attempt_figures, parse_attempts, run_attempts
 from jaxiap.workflows.lj13_config import LJ13Config
 from jaxiap.workflows.lj13_report import write_figures, write_report
 from jaxiap.workflows.timing import StageTimer
@@ -104,6 +106,23 @@ def evaluate_fit(basis, coefficients, dataset):
     return fit_errors(dataset, e, f), parity_data(dataset, e, f)
 
 
+def study_chunk_size(config: LJ13Config) -> int:
+    """One chunk shape for every FRT ensemble of the study: ``config.chunk_size``, else the automatic
+    size of the largest ensemble. The runner compiles one program per energy function and chunk
+    shape, so the fitted run and the attempts (one energy function) share one compilation; smaller
+    ensembles only pad their chunk (padding rows are not simulated)."""
+    if config.chunk_size is not None:
+        return int(config.chunk_size)
+    names = parse_attempts(config.attempts)
+    n_rep = [config.n_seeds]
+    if "subsets" in names:
+        n_rep.append(config.n_subsets * config.attempt_seeds)
+    if "posterior" in names:
+        n_rep.append(config.n_posterior_samples * config.attempt_seeds)
+    itemsize = np.dtype(config.dtype).itemsize
+    return auto_chunk_size(max(n_rep), 13, config.basis_size, int(FRTSettings.energy_bins[2]), itemsize)[0]
+
+
 def run_lj13(config: LJ13Config = LJ13Config(), out_dir="runs/lj13", overwrite: bool = False,
              progress: bool = True) -> dict:
     """Run the whole study into ``out_dir``; returns the summary dict (also in summary.json)."""
@@ -120,7 +139,8 @@ def run_lj13(config: LJ13Config = LJ13Config(), out_dir="runs/lj13", overwrite: 
     settings = config.frt_settings()
     seeds = np.arange(config.n_seeds)
     start = lj13_minimum()
-    common = dict(base_seed=config.seed, chunk_size=config.chunk_size, progress=progress)
+    chunk_size = study_chunk_size(config)
+    common = dict(base_seed=config.seed, chunk_size=chunk_size, progress=progress)
     with timer("frt_true"):
         true_res = run_frt_ensemble(true_lj_energy, np.zeros((1, 1)), seeds, start, settings,
                                     run_dir=out / "frt_true", **common)
@@ -129,7 +149,8 @@ def run_lj13(config: LJ13Config = LJ13Config(), out_dir="runs/lj13", overwrite: 
         fit_res = run_frt_ensemble(fitted_energy, coef[None], seeds, start, settings,
                                    run_dir=out / "frt_fitted", **common)
     attempts, attempt_results = run_attempts(config, out, design, posterior, fitted_energy, true_res,
-                                             progress=progress, mle_result=fit_res, timer=timer)
+                                             progress=progress, mle_result=fit_res, timer=timer,
+                                             chunk_size=chunk_size)
     with timer("report"):
         true_sum, fit_sum = true_res.summary()["all"], fit_res.summary()["all"]
         summary = {

@@ -159,11 +159,12 @@ def attempt_coefficients(name: str, config, design, fitted_posterior, *, key, sa
 
 
 def run_attempts(config, out, design, fitted_posterior, energy_fn, true_res, *, progress=True,
-                 mle_result=None, timer=None) -> tuple:
+                 mle_result=None, timer=None, chunk_size=None) -> tuple:
     """Run every configured attempt; returns ({name: summary dict}, {name: FRTEnsembleResult}).
 
     The ``mle`` attempt reuses ``mle_result`` (the main fitted run) when given.
-    Results go to ``out/frt_<name>`` (chunked, resumable).
+    Results go to ``out/frt_<name>`` (chunked, resumable). chunk_size: of every
+    ensemble (None: ``config.chunk_size``).
     """
     names = parse_attempts(config.attempts)
     settings = config.frt_settings()
@@ -184,7 +185,9 @@ def run_attempts(config, out, design, fitted_posterior, energy_fn, true_res, *, 
             else:
                 res = run_frt_ensemble(energy_fn, coef, seeds if name != "mle" else np.arange(config.n_seeds),
                                        lj13_minimum(), settings, run_dir=out / f"frt_{name}",
-                                       base_seed=config.seed, chunk_size=config.chunk_size, progress=progress)
+                                       base_seed=config.seed,
+                                       chunk_size=config.chunk_size if chunk_size is None else chunk_size,
+                                       progress=progress)
             s = attempt_summary(res, true_res)
             if name == "posterior" and post is not None and coef.shape[0] >= 4:
                 ref = posterior_coefficients(post, 4096, key=jax.random.fold_in(key, 3))

@@ -44,7 +44,7 @@ PRESETS = {
 #: options to config fields with this table
 CLI_FLAGS = {
     "seed": "--seed", "kT": "--kT", "gamma": "--gamma", "dt": "--dt", "n_q": "--n-q", "t_max": "--t-max",
-    "r_b": "--r-b", "criterion": "--criterion", "n_seeds": "--seeds", "dtype": "--dtype",
+    "r_b": "--r-b", "criterion": "--criterion", "screen_steps": "--screen-steps", "n_seeds": "--seeds", "dtype": "--dtype",
     "n_trajectories": "--train-trajectories", "n_samples": "--samples-per-trajectory",
     "sample_every": "--sample-every", "basis": "--basis", "basis_size": "--basis-size", "r_min": "--r-min",
     "r_cut": "--r-cut", "energy_weight": "--energy-weight", "force_weight": "--force-weight",
@@ -107,6 +107,7 @@ class LJ13Config:
     t_max: float = FRT_DEFAULTS.t_max
     r_b: float = FRT_DEFAULTS.r_b
     criterion: str = FRT_DEFAULTS.criterion
+    screen_steps: int = FRT_DEFAULTS.screen_steps
     n_seeds: int = 256
     dtype: str = FRT_DEFAULTS.dtype
     # reference data
@@ -182,7 +183,7 @@ class LJ13Config:
         # the FRT settings of every ensemble of the study, validated once here
         object.__setattr__(self, "_frt_settings", validated_frt_settings(
             self, CLI_FLAGS, kT=self.kT, gamma=self.gamma, dt=self.dt, n_q=self.n_q, t_max=self.t_max,
-            r_b=self.r_b, criterion=self.criterion, dtype=self.dtype))
+            r_b=self.r_b, criterion=self.criterion, screen_steps=self.screen_steps, dtype=self.dtype))
 
         # data: the train / test split of generate_data (jaxiap.data.split) must leave both non-empty
         n_total = self.n_trajectories * self.n_samples
