@@ -7,7 +7,8 @@ compare its labelled bond graph (r_b = 1.35) with the start basin; stop at the
 first change or at t_max.
 
 - ``jaxiap``: :func:`jaxiap.md.ensemble.run_frt_ensemble` over R seeds
-  (jax-md BAOAB + FIRE, lanes recycled, sharded over the CPU devices). The
+  (BAOAB with block noise, screened FIRE checks, lanes recycled, sharded
+  over the CPU devices). The
   number of CPU devices is fixed when JAX starts
   (``XLA_FLAGS=--xla_force_host_platform_device_count=N``), so each entry of
   ``--devices`` runs in its own subprocess of this script, one after another,
@@ -32,6 +33,12 @@ cores kept busy), each side's mean FRT (censored-exponential MLE) as a physics
 check, the ratios to ASE, and the ratio of the 2-device to the 1-device
 simulated tau/s (medians) from the same run.
 
+Screened vs full quench: the first device count's worker also runs one pass
+of the full-quench protocol (``screen_steps=0``) on the same seeds; the
+script prints how many replicas have the same FRT and outcome, whether the
+energy histograms are identical, the FIRE steps and the speed-up, and draws
+the two protocols' FRTs against each other (``--figure``).
+
 Usage: ``python bench/frt_ensemble.py [--seeds 256] [--ase-seeds 12] [--t-max 100] [--devices 1 2]
 [--repeats 5] [--quick]``
 """
@@ -39,6 +46,7 @@ Usage: ``python bench/frt_ensemble.py [--seeds 256] [--ase-seeds 12] [--t-max 10
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -63,6 +71,10 @@ def parse(argv=None):
                    help="CPU device counts for jaxiap, each in its own subprocess (default: 1 2)")
     p.add_argument("--repeats", type=int, default=5, help="timed jaxiap passes per device count")
     p.add_argument("--float32", action="store_true", help="jaxiap MD in float32")
+    p.add_argument("--figure", default=str(Path(__file__).resolve().parent / "figures" / "frt_screen_vs_full.png"),
+                   help="where to draw the screened-vs-full-quench FRT comparison (first device count), "
+                        "'none' to skip that comparison")
+    p.add_argument("--full-quench", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--quick", action="store_true",
                    help="tiny smoke run: 16 seeds, 1 ASE seed, t_max 5 tau, 2 repeats")
     p.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
@@ -101,10 +113,21 @@ def worker(args) -> dict:
         walls.append(time.perf_counter() - t0)
         cpus.append((time.process_time() - c0) / walls[-1])
     s = res.summary()["all"]
-    return dict(devices=len(jax.devices()), dtype=settings.dtype, n=args.seeds, walls=walls, cpu=cpus,
-                first=first, mean=s["frt_mean"], events=int(s["n_events"]),
-                simulated=float(np.sum(res.time)), lanes=int(res.lanes_per_device), chunk=int(res.chunk_size),
-                time=np.asarray(res.time).ravel().tolist(), code=np.asarray(res.code).ravel().tolist())
+    out = dict(devices=len(jax.devices()), dtype=settings.dtype, n=args.seeds, walls=walls, cpu=cpus,
+               first=first, mean=s["frt_mean"], events=int(s["n_events"]),
+               simulated=float(np.sum(res.time)), lanes=int(res.lanes_per_device), chunk=int(res.chunk_size),
+               time=np.asarray(res.time).ravel().tolist(), code=np.asarray(res.code).ravel().tolist(),
+               quench_steps=int(np.sum(res.quench_steps)))
+    if args.full_quench:
+        # the full-quench protocol (every check quenched to fmax, all lanes together) on the same seeds
+        full = dataclasses.replace(settings, screen_steps=0)
+        run_frt_ensemble(true_lj_energy, coef, np.arange(10_000, 10_008), start, full, **common)  # compile
+        t0 = time.perf_counter()
+        ref = run_frt_ensemble(true_lj_energy, coef, np.arange(args.seeds), start, full, base_seed=1, **common)
+        out["full"] = dict(wall=time.perf_counter() - t0, time=np.asarray(ref.time).ravel().tolist(),
+                           code=np.asarray(ref.code).ravel().tolist(), quench_steps=int(np.sum(ref.quench_steps)),
+                           hist_equal=bool(np.array_equal(ref.energy_hist, res.energy_hist)))
+    return out
 
 
 def run_worker(n_dev: int, args) -> dict:
@@ -113,6 +136,8 @@ def run_worker(n_dev: int, args) -> dict:
     env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n_dev}".strip()
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", str(n_dev), "--seeds", str(args.seeds),
            "--t-max", str(args.t_max), "--repeats", str(args.repeats)] + (["--float32"] if args.float32 else [])
+    if n_dev == args.devices[0] and args.figure != "none":
+        cmd.append("--full-quench")
     before = load()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode:
@@ -181,6 +206,41 @@ def bench_ase(args) -> dict:
     return out
 
 
+def screen_vs_full(r: dict, args) -> None:
+    """Print and draw the screened protocol's FRTs against the full-quench protocol's (same seeds)."""
+    import numpy as np
+
+    f = r["full"]
+    t_s, t_f = np.asarray(r["time"]), np.asarray(f["time"])
+    c_s, c_f = np.asarray(r["code"]), np.asarray(f["code"])
+    same = int(np.sum((t_s == t_f) & (c_s == c_f)))
+    print(f"\nScreened checks (default, screen_steps=40) vs the full-quench protocol (screen_steps=0), "
+          f"{r['devices']} device(s), the same {r['n']} seeds: {same} of {r['n']} replicas with the same FRT and "
+          f"outcome; energy histograms {'identical' if f['hist_equal'] else 'DIFFERENT'}; FIRE steps "
+          f"{r['quench_steps']} vs {f['quench_steps']} ({r['quench_steps'] / f['quench_steps']:.2f}x); "
+          f"pass wall {med(r['walls']):.1f} s vs {f['wall']:.1f} s ({f['wall'] / med(r['walls']):.2f}x faster)")
+    if args.figure == "none":
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.2, 4.0))
+    ev = c_f == 1
+    ax.plot([0, args.t_max], [0, args.t_max], color="0.7", lw=1, zorder=0)
+    ax.scatter(t_f[ev], t_s[ev], s=10, label="event")
+    ax.scatter(t_f[~ev], t_s[~ev], s=10, marker="x", label="censored / other")
+    ax.set_xlabel("FRT, full quench at every check (tau)")
+    ax.set_ylabel("FRT, screened checks (tau)")
+    ax.set_title(f"LJ13 kT={KT}: {same}/{r['n']} identical", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    Path(args.figure).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.figure, dpi=110)
+    print(f"figure: {args.figure}")
+
+
 def main(argv=None):
     args = parse(argv)
     if args.worker is not None:
@@ -222,6 +282,8 @@ def main(argv=None):
                   f"{same} of {args.seeds} replicas with the same FRT and outcome (the partitioned program "
                   "rounds differently, about 1 ulp, and chaotic MD amplifies that over long runs, so the "
                   "work differs slightly: compare tau/s)")
+    if "full" in jx[0]:
+        screen_vs_full(jx[0], args)
     print()
     for r in jx:
         print(f"load average around jaxiap {r['devices']}-device worker: {r['load'][0]} -> {r['load'][1]}")

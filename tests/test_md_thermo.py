@@ -1,4 +1,4 @@
-"""Thermodynamic checks of the FRT ensemble's MD (jax-md BAOAB Langevin, float64) on LJ13 at kT = 0.15.
+"""Thermodynamic checks of the FRT ensemble's MD (BAOAB Langevin with block noise, float64) on LJ13 at kT = 0.15.
 
 * Equipartition: the mean kinetic energy of the integrator the ensemble uses
   is 3N kT / 2 (all 3N momenta are thermalised, see below), and that of the
@@ -16,15 +16,14 @@ made the mean potential energy of a test-sized run jump by several SE.
 
 Which integrator. ``run_frt_ensemble`` records potential energies only, so the
 kinetic checks run the ensemble's MD engine through the public functions it
-is built from, with the same arguments: :func:`jaxiap.md.integrators.free_langevin`
-(jax-md ``simulate.nvt_langevin`` in ``space.free()``, BAOAB) with dt, gamma
+is built from, with the same arguments: :func:`jaxiap.md.integrators.block_langevin`
+(jax-md's BAOAB scheme, free cluster, noise drawn per block) with dt, gamma
 and kT from the :class:`FRTSettings` used below, ``init_fn(key, start,
-mass=ones(()), coefficients=c)``, keys ``replica_key(0, seed)``, and
-:func:`jaxiap.md.integrators.sample_every`. The ensemble's own potential
+coefficients=c)``, keys ``replica_key(0, seed)``. The ensemble's own potential
 energies are checked in :func:`test_ensemble_mean_energy_matches_ase_reference`.
 
-3N, not 3N - 3. jax-md's ``initialize_momenta`` removes the mean momentum,
-but its O step draws independent noise per atom, ``p_i <- c1 p_i + c2 xi_i``
+3N, not 3N - 3. The initial momenta have their mean removed (as jax-md's
+``initialize_momenta``), but the O step draws independent noise per atom, ``p_i <- c1 p_i + c2 xi_i``
 (c1 = exp(-gamma dt), c2 = sqrt(kT (1 - c1^2))), while the B steps leave the
 total momentum P unchanged (LJ forces sum to zero). P is then an
 Ornstein-Uhlenbeck process with stationary variance N m kT per component:
@@ -117,7 +116,7 @@ def series():
     def energy(positions, coefficients):  # as the ensemble wraps energy_fn
         return _scaled_lj(coefficients, positions)
 
-    init_fn, step_fn = integrators.free_langevin(energy, dt=s.dt, gamma=s.gamma, kT=s.kT)
+    init_fn, run_md = integrators.block_langevin(energy, dt=s.dt, gamma=s.gamma, kT=s.kT)
 
     def observe(st):
         p = st.momentum  # unit masses: p = v
@@ -125,9 +124,9 @@ def series():
                 energy(st.position, coef))
 
     def trajectory(key):
-        state = init_fn(key, x0, mass=jnp.ones((), x0.dtype), coefficients=coef)
-        state = integrators.run_steps(step_fn, state, N_EQUIL, coefficients=coef)
-        state, out = integrators.sample_every(step_fn, state, N_SAMPLES, SAMPLE_EVERY, observe, coefficients=coef)
+        state = init_fn(key, x0, coefficients=coef)
+        state, _ = run_md(state, 1, N_EQUIL, lambda st: (), coefficients=coef)
+        state, out = run_md(state, N_SAMPLES, SAMPLE_EVERY, observe, coefficients=coef)
         return out, state.position
 
     keys = jax.vmap(lambda sd: replica_key(0, sd))(SERIES_SEEDS)

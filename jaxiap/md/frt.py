@@ -11,11 +11,11 @@ Algorithm of one replica (docs/science.md section 5.2):
 1. ``prepare``: quench the reference structure (default: the start
    structure) with FIRE under the replica's own potential: E0 and the
    reference basin (bond graph, n12; :func:`jaxiap.md.qoi.basin_reference`).
-2. ``init``: BAOAB Langevin MD (:func:`jaxiap.md.integrators.free_langevin`,
-   jax-md ``nvt_langevin`` in ``space.free()``) from the start positions with
-   Maxwell-Boltzmann momenta at kT; jax-md subtracts the mean momentum, so
-   the centre-of-mass momentum is exactly zero at t = 0 (the Langevin noise
-   does not conserve it afterwards; it need not).
+2. ``init``: BAOAB Langevin MD (:func:`jaxiap.md.integrators.block_langevin`:
+   jax-md's BAOAB scheme, free cluster, the noise of each block drawn in one
+   call) from the start positions with Maxwell-Boltzmann momenta at kT minus
+   their mean, so the centre-of-mass momentum is exactly zero at t = 0 (the
+   Langevin noise does not conserve it afterwards; it need not).
 3. ``step``: one block of ``n_q`` MD steps (``n_q * dt`` tau), sampling the
    potential energy every ``sample_every`` steps, then a quench of a copy of
    the positions and a classification with precedence FAILED > EVAPORATED >
@@ -96,7 +96,7 @@ def frt_program(energy_fn: Callable, settings: FRTSettings = FRTSettings()) -> P
         # constants are float64 (e.g. a fitted basis) must not promote the state
         return jnp.asarray(energy_fn(coefficients, positions)).astype(positions.dtype)
 
-    init_fn, step_fn = integrators.free_langevin(energy, dt=s.dt, gamma=s.gamma, kT=s.kT)
+    init_fn, run_md = integrators.block_langevin(energy, dt=s.dt, gamma=s.gamma, kT=s.kT)
     fire = dict(fmax=s.fmax, dt_start=s.fire_dt_start, dt_max=s.fire_dt_max)
     quench_ref = fire_quench_fn(energy, max_steps=10 * s.quench_max_steps, **fire)
     quench = fire_quench_fn(energy, max_steps=s.quench_max_steps, **fire)
@@ -110,7 +110,7 @@ def frt_program(energy_fn: Callable, settings: FRTSettings = FRTSettings()) -> P
         start = shared["start"]
         zero_i = jnp.zeros((), jnp.int32)
         return dict(
-            state=init_fn(key, start, mass=jnp.ones((), start.dtype), coefficients=coefficients),
+            state=init_fn(key, start, coefficients=coefficients),
             ref=ref,
             block=zero_i,
             code=zero_i,
@@ -131,8 +131,8 @@ def frt_program(energy_fn: Callable, settings: FRTSettings = FRTSettings()) -> P
 
     def md_block(c, coefficients):
         """n_q MD steps of one lane: (state, (n_inner,) sampled energies)."""
-        return integrators.sample_every(step_fn, c["state"], n_inner, s.sample_every,
-                                        lambda st: energy(st.position, coefficients), coefficients=coefficients)
+        return run_md(c["state"], n_inner, s.sample_every, lambda st: energy(st.position, coefficients),
+                      coefficients=coefficients)
 
     def classify(c, coefficients, state, es, rq, fq, nq, settled):
         """One lane's check: the carry after a block, from the MD and the check quench (rq, fq, nq).

@@ -29,12 +29,13 @@ in epsilon, lengths in sigma, times in tau); masses 1 unless given.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-__all__ = ["langevin", "free_langevin", "run_steps", "sample_every", "baoab_step", "initial_momenta"]
+__all__ = ["langevin", "free_langevin", "run_steps", "sample_every", "baoab_step", "initial_momenta",
+           "BlockState", "block_langevin"]
 
 
 # ---------------------------------------------------------------------------
@@ -127,3 +128,72 @@ def initial_momenta(key, positions, kT, mass=1.0):
     if positions.ndim == 2 and positions.shape[0] > 1:
         p = p - jnp.mean(p, axis=0, keepdims=True)
     return p
+
+
+# ---------------------------------------------------------------------------
+# block-noise engine (the FRT program's MD)
+# ---------------------------------------------------------------------------
+
+
+class BlockState(NamedTuple):
+    """State of :func:`block_langevin`: positions, momenta, forces (N, 3) and the PRNG key."""
+
+    position: jnp.ndarray
+    momentum: jnp.ndarray
+    force: jnp.ndarray
+    key: jnp.ndarray
+
+
+def block_langevin(energy_fn: Callable, *, dt: float, gamma: float, kT: float, mass: float = 1.0,
+                   noise_dtype="float32"):
+    """``(init, run)``: BAOAB Langevin MD of a free cluster whose noise is drawn once per block.
+
+    The scheme is :func:`baoab_step` (the same BAOAB as jax-md's
+    ``nvt_langevin``; forces carried, one evaluation per step). Drawing the
+    Gaussian noise is most of the cost of a small cluster's step (3N normals
+    per step against N (N - 1) / 2 pair terms), so ``run`` draws the noise of
+    a whole block in one call, from a key split once per block, with JAX's
+    non-partitionable threefry (``jax.threefry_partitionable(False)``, 2-7x
+    faster on CPU than the partitionable default; the replicas are
+    independent, so nothing needs sharding-invariant random bits), as
+    normals of ``noise_dtype`` (float32: 24-bit normals, 1.5-2x cheaper than
+    float64 ones, far finer than any thermostat needs) cast to the state's
+    dtype. A trajectory is fixed by its start key and its block lengths.
+
+    energy_fn(positions (N, 3), **kwargs) -> scalar; the keyword arguments
+    of ``init``/``run`` (e.g. ``coefficients=``) are passed on to it.
+    ``init(key, positions, **kwargs) -> BlockState``: Maxwell-Boltzmann
+    momenta with zero mean (:func:`initial_momenta`).
+    ``run(state, n_samples, every, observe, **kwargs) -> (state, samples)``:
+    ``n_samples * every`` steps, ``observe(state)`` after every ``every``
+    steps (leading axis n_samples on every leaf of samples).
+    Units: those of energy_fn; dt time, gamma 1/time, kT energy, mass.
+    """
+
+    def force(x, **kwargs):
+        return -jax.grad(lambda y: energy_fn(y, **kwargs))(x)
+
+    def init(key, positions, **kwargs):
+        with jax.threefry_partitionable(False):
+            k_p, k_run = jax.random.split(key)
+            p = initial_momenta(k_p, positions, kT, mass)
+        return BlockState(positions, p, force(positions, **kwargs), k_run)
+
+    def run(state, n_samples: int, every: int, observe: Callable, **kwargs):
+        x = state.position
+        with jax.threefry_partitionable(False):
+            key, sub = jax.random.split(state.key)
+            xi = jax.random.normal(sub, (n_samples, every) + x.shape, noise_dtype).astype(x.dtype)
+        f_fn = lambda _, y: force(y, **kwargs)  # noqa: E731
+
+        def step(c, xi_n):
+            return baoab_step(f_fn, None, *c, xi_n, dt=dt, gamma=gamma, kT=kT, mass=mass), None
+
+        def sample(c, xi_block):
+            c, _ = jax.lax.scan(step, c, xi_block)
+            return c, observe(BlockState(*c, key))
+
+        (x, p, f), samples = jax.lax.scan(sample, (x, state.momentum, state.force), xi)
+        return BlockState(x, p, f, key), samples
+
+    return init, run
