@@ -97,13 +97,13 @@ def steps(gpu: bool, out_dir: str) -> list[tuple[str, list[str], bool, int]]:
     ]
 
 
-def md_rows(text: str) -> list[tuple[int, float]]:
-    """(R, atom-steps/s) of the jax-md rows of md_throughput's table."""
+def md_rows(text: str) -> list[tuple[str, int, float]]:
+    """(engine, R, atom-steps/s) of the jax-md and jaxiap rows of md_throughput's table."""
     rows = []
     for line in text.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) > 4 and cells[0] == "jax-md" and cells[1].isdigit():
-            rows.append((int(cells[1]), float(cells[4].split()[0])))
+        if len(cells) > 4 and cells[0] in ("jax-md", "jaxiap") and cells[1].isdigit():
+            rows.append((cells[0], int(cells[1]), float(cells[4].split()[0])))
     return rows
 
 
@@ -149,8 +149,8 @@ def main(argv=None) -> int:
             print("\n".join(r["output"].splitlines()[-25:]))
             if name == "md_throughput":
                 bound = bandwidth_bound(bandwidth, itemsize=4)
-                for reps, rate in md_rows(r["output"]):
-                    print(f"MD R={reps}: {rate:.3g} atom-steps/s = {rate / bound:.3f} of the float32 bandwidth "
+                for engine, reps, rate in md_rows(r["output"]):
+                    print(f"MD {engine} R={reps}: {rate:.3g} atom-steps/s = {rate / bound:.3f} of the float32 bandwidth "
                           f"bound {bound:.3g} (21 x 4 bytes per atom-step at {bandwidth:.3g} B/s)")
     total = time.perf_counter() - t0
     bad = [r["name"] for r in results if r["rc"] != 0]

@@ -7,11 +7,16 @@ LJ units (sigma = epsilon = mass = 1): kT = 0.30, gamma = 1.0 / tau,
 dt = 0.005 tau, every cluster starting from the quenched icosahedron
 (``jaxiap.systems.lj.lj13_minimum``) with Maxwell-Boltzmann velocities.
 
-* ``jax-md``: ``jaxiap.systems.lj.lj_energy`` (all pairs, no cutoff) with
+* ``jax-md``: ``jaxiap.systems.lj.lj_energy`` (each unique pair once, forces
+  from its custom JVP, no cutoff) with
   ``jax_md.simulate.nvt_langevin`` on ``space.free()``; init and step are
   vmapped over R replicas and ``steps`` steps run inside one ``lax.scan``
   under ``jit``. Float32 unless ``--x64``. One CPU device.
-* ``jax-md xN dev``: the same, with the replica axis sharded over N host CPU
+* ``jaxiap``: the same potential in the FRT ensembles' engine,
+  ``jaxiap.md.integrators.block_langevin`` (the same BAOAB scheme; the
+  Gaussian noise of a whole call drawn at once, float32 normals,
+  non-partitionable threefry).
+* ``jax-md xN dev`` / ``jaxiap xN dev``: the same, with the replica axis sharded over N host CPU
   devices (``XLA_FLAGS=--xla_force_host_platform_device_count=N``,
   ``NamedSharding`` over a 1-D mesh). Only for R divisible by N.
 * ``ASE``: ``ase.md.langevin.Langevin`` with ``LennardJones(rc=50)``, one
@@ -107,6 +112,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--x64", action="store_true", help="run jax-md in float64 (default float32)")
     p.add_argument("--devices", type=int, default=min(2, os.cpu_count() or 1),
                    help="also run jax-md sharded over this many host CPU devices (1: no sharded rows)")
+    p.add_argument("--engines", nargs="+", default=["jax-md", "jaxiap"], choices=["jax-md", "jaxiap"],
+                   help="jax-md: jax_md.simulate.nvt_langevin (noise drawn every step); jaxiap: the FRT "
+                        "ensembles' engine jaxiap.md.integrators.block_langevin (noise drawn once per call)")
     p.add_argument("--skip-lammps", action="store_true")
     p.add_argument("--skip-ase", action="store_true")
     p.add_argument("--seed", type=int, default=0)
@@ -169,6 +177,28 @@ def steady_state(advance, repeats: int) -> tuple[float, float, list, tuple]:
 # --------------------------------------------------------------------------- jax-md
 
 
+def make_jaxiap_md(replicas: int, steps: int):
+    """The FRT ensembles' engine, ``jaxiap.md.integrators.block_langevin`` (noise drawn once per call):
+    jitted (init(key, positions) -> state, run(state) -> (state, mean kinetic T per replica))."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxiap.md.integrators import block_langevin
+    from jaxiap.systems.lj import lj_energy
+
+    init_fn, run_fn = block_langevin(lj_energy, dt=DT, kT=KT, gamma=GAMMA)
+
+    def init(key, positions):
+        keys = jax.random.split(key, replicas)
+        return jax.vmap(init_fn, in_axes=(0, None))(keys, positions)
+
+    def one(state):
+        state, temps = run_fn(state, steps, 1, lambda st: jnp.sum(st.momentum**2) / (3 * N_ATOMS))
+        return state, jnp.mean(temps)
+
+    return jax.jit(init), jax.jit(jax.vmap(one))
+
+
 def make_jaxmd_md(replicas: int, steps: int):
     """jitted (init(key, positions) -> state, run(state) -> (state, mean kinetic T per replica))."""
     import jax
@@ -212,11 +242,12 @@ def shard_replicas(state, n_devices: int):
     return jax.device_put(state, NamedSharding(mesh, PartitionSpec("replica")))
 
 
-def bench_jaxmd(replicas: int, steps: int, repeats: int, positions, seed: int, n_devices=1) -> Row:
+def bench_jaxmd(replicas: int, steps: int, repeats: int, positions, seed: int, n_devices=1,
+                engine: str = "jax-md") -> Row:
     import jax
     import jax.numpy as jnp
 
-    init, run = make_jaxmd_md(replicas, steps)
+    init, run = (make_jaxmd_md if engine == "jax-md" else make_jaxiap_md)(replicas, steps)
     dtype = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
     state = init(jax.random.key(seed), jnp.asarray(positions, dtype))
     if n_devices > 1:
@@ -238,7 +269,7 @@ def bench_jaxmd(replicas: int, steps: int, repeats: int, positions, seed: int, n
         return float(jnp.mean(temps))
 
     seconds, cpu_load, temps, extremes = steady_state(advance, repeats)
-    name = "jax-md" if n_devices == 1 else f"jax-md x{n_devices} dev"
+    name = engine if n_devices == 1 else f"{engine} x{n_devices} dev"
     return Row(name, replicas, steps, seconds, extremes, float(np.mean(temps)), cpu_load, compile_s, first_call_s)
 
 
@@ -400,9 +431,10 @@ def run_all(args: argparse.Namespace) -> list[Row]:
         record(bench_ase(args.ase_steps, args.repeats, positions, args.seed))
     for replicas in args.replicas:
         steps = args.steps or default_steps(replicas)
-        record(bench_jaxmd(replicas, steps, args.repeats, positions, args.seed))
-        if args.devices > 1 and replicas % args.devices == 0:
-            record(bench_jaxmd(replicas, steps, args.repeats, positions, args.seed, args.devices))
+        for engine in args.engines:
+            record(bench_jaxmd(replicas, steps, args.repeats, positions, args.seed, engine=engine))
+            if args.devices > 1 and replicas % args.devices == 0:
+                record(bench_jaxmd(replicas, steps, args.repeats, positions, args.seed, args.devices, engine))
         if lammps is not None:
             record(bench_lammps(lammps, replicas, steps, args.repeats, positions, args.seed))
     return rows
