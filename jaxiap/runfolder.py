@@ -136,6 +136,23 @@ def _register(folder: Path, name: str) -> None:
         _write_manifest(folder, names + [name])
 
 
+def register_names(folder, names) -> None:
+    """List ``names`` in run folder ``folder``'s manifest before they are written (one manifest write).
+
+    For parallel writers into one folder (Dask tasks writing chunk files):
+    each atomic write lists its name by rewriting the manifest, so two
+    writers at once could each drop the other's name; names listed
+    beforehand are never rewritten.
+    """
+    folder = Path(folder)
+    if not is_run_folder(folder):
+        raise JaxiapInputError(f"{folder} is not a jaxiap run folder (no {MANIFEST}); open it first")
+    have = written_names(folder)
+    new = [n for n in dict.fromkeys(names) if n not in have]
+    if new:
+        _write_manifest(folder, have + new)
+
+
 def _check_target(path: Path) -> None:
     """In a run folder, refuse to write over a file jaxiap did not write."""
     if path.exists() and is_run_folder(path.parent) and path.name not in written_names(path.parent):

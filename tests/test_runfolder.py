@@ -77,6 +77,20 @@ def test_overwrite_removes_only_what_jaxiap_wrote(tmp_path, capsys):
     assert runfolder.read_json(out / "config.json")["seed"] == 1
 
 
+def test_names_registered_up_front(tmp_path, monkeypatch):
+    """Parallel writers (Dask tasks) list their files first: a later write does not rewrite the manifest."""
+    out = runfolder.open_run_folder(tmp_path / "run", {"seed": 0}, kind="test")
+    runfolder.register_names(out, ["chunk_00000.npz", "chunk_00001.npz", "chunk_00000.npz"])
+    assert runfolder.written_names(out) == ["config.json", "chunk_00000.npz", "chunk_00001.npz"]
+    monkeypatch.setattr(runfolder, "_write_manifest", lambda *a: pytest.fail("manifest rewritten"))
+    runfolder.savez(out / "chunk_00001.npz", a=np.zeros(2))
+    monkeypatch.undo()
+    runfolder.open_run_folder(out, {"seed": 1}, kind="test", overwrite=True)  # a listed name never written is fine
+    assert sorted(os.listdir(out)) == [".jaxiap-files", "config.json"]
+    with pytest.raises(JaxiapInputError, match="not a jaxiap run folder"):
+        runfolder.register_names(tmp_path, ["x.npz"])
+
+
 def test_never_overwrites_a_foreign_file(tmp_path):
     out = _make_run(tmp_path)
     (out / "report.md").write_text("my own report")

@@ -12,6 +12,16 @@ affected. With ``run_dir`` every finished chunk is written as
 and computes the rest (:mod:`jaxiap.runfolder`: atomic writes; a corrupt
 chunk is recomputed with a warning).
 
+The per-chunk work is public for other drivers: :func:`plan_sweep` checks
+and sizes a sweep (:class:`SweepPlan`), :class:`ChunkComputer` holds its
+compiled program on some devices, and :func:`run_chunk` loads or computes
+and writes one chunk (the Dask driver :mod:`jaxiap.md.dask_sweep` runs it as
+one task per chunk). ``devices`` may span several processes after
+:func:`jaxiap.md.distributed.initialize`: every process then runs the same
+sweep, inputs become global arrays, results are gathered to every process,
+and only process 0 writes the run folder and shows the bar
+(docs/distributed.md).
+
 Randomness: replica (m, r) gets the key :func:`replica_key` ``(base_seed,
 seeds[r])``, the same for every sample m (common random numbers), and
 independent of chunking and device count. With the same lanes_per_device
@@ -37,11 +47,14 @@ from tqdm.auto import tqdm
 
 from jaxiap import runfolder
 from jaxiap.errors import JaxiapInputError
+from jaxiap.md import distributed
 from jaxiap.md.lanes import lane_chunk_fn
 from jaxiap.md.program import Program, check_program
 from jaxiap.md.sizing import choose_chunking, program_bytes
 
-__all__ = ["replica_key", "run_program", "ProgramRun", "RESERVED_NAMES", "META_NAME", "CHUNK_FMT"]
+__all__ = ["replica_key", "run_program", "ProgramRun", "RESERVED_NAMES", "META_NAME", "CHUNK_FMT", "SweepPlan",
+           "plan_sweep", "ChunkComputer", "run_chunk", "load_chunk", "save_chunk", "chunk_rows", "chunk_path",
+           "result_spec", "open_sweep_folder", "collect_chunk", "program_run"]
 
 META_NAME = "ensemble_meta.json"
 CHUNK_FMT = "chunk_{:05d}.npz"
@@ -187,8 +200,236 @@ def _load_chunk(path, fingerprint, idx, spec, where):
                                        f"{res[k].dtype}, not {(idx.size,) + tuple(s.shape)} {s.dtype}")
         return res, failed.astype(bool)
     except JaxiapInputError as exc:
-        warnings.warn(f"{where}: {exc}; recomputing that chunk", RuntimeWarning, stacklevel=4)
+        warnings.warn(f"{where}: {exc}; recomputing that chunk", RuntimeWarning, stacklevel=6)
         return None
+
+
+# ---------------------------------------------------------------------------
+# One sweep, chunk by chunk (shared by run_program and jaxiap.md.dask_sweep)
+# ---------------------------------------------------------------------------
+
+
+class SweepPlan(NamedTuple):
+    """A checked and sized sweep: what :func:`plan_sweep` returns.
+
+    program: the :class:`Program`; treedef, leaves: the params structure and
+    its (M, ...) numpy leaves; seeds: (R,) uint32; shared: PyTree or None;
+    base_seed: int; chunk_size: replicas per chunk (a multiple of the device
+    count); lanes_per_device: int; m_samples: M; n_rep: M * R; n_chunks:
+    int; parts: the run-folder identity (JSON-able); fingerprint: hash of
+    parts and of the seeds, params and shared bytes (None when not asked
+    for); where: how errors name the caller.
+    """
+
+    program: Program
+    treedef: Any
+    leaves: list
+    seeds: np.ndarray
+    shared: Any
+    base_seed: int
+    chunk_size: int
+    lanes_per_device: int
+    m_samples: int
+    n_rep: int
+    n_chunks: int
+    parts: dict
+    fingerprint: str | None
+    where: str
+
+
+def plan_sweep(program: Program, params: Any, seeds, shared: Any = None, *, base_seed: int = 0,
+               chunk_size: int | None = None, lanes_per_device: int | None = None, devices=None,
+               identity: dict | None = None, fingerprint: bool = False, where: str = "run_program") -> SweepPlan:
+    """Check a sweep's inputs and fix its chunking; returns a :class:`SweepPlan` (nothing runs).
+
+    Arguments as in :func:`run_program`, except ``devices``: a tuple of
+    devices, or an int device count (then chunk_size and lanes_per_device
+    must be given); chunk_size is rounded up to a multiple of its length.
+    fingerprint: compute the run-folder fingerprint (hashes every input byte).
+    """
+    program = check_program(program, where)
+    leaves, treedef, m_samples = _check_params(params)
+    seeds = check_seeds(seeds, where)
+    if not 0 <= int(base_seed) < 2**32:
+        raise JaxiapInputError(f"{where}: base_seed must lie in [0, 2**32), got {base_seed}")
+    for name, v in (("chunk_size", chunk_size), ("lanes_per_device", lanes_per_device)):
+        if v is not None and int(v) < 1:
+            raise JaxiapInputError(f"{where}: {name} must be >= 1 (or None for automatic), got {v}")
+    devices = tuple(jax.devices()) if devices is None else devices
+    nd = devices if isinstance(devices, int) else len(devices)
+    if nd < 1:
+        raise JaxiapInputError(f"{where}: devices is empty; pass None (all of jax.devices()) or a list")
+    r_seeds = seeds.shape[0]
+    n_rep = m_samples * r_seeds
+    if chunk_size is None or lanes_per_device is None:
+        if isinstance(devices, int):
+            raise JaxiapInputError(f"{where}: chunk_size and lanes_per_device must be given (automatic sizing "
+                                   "needs the devices that run the chunks)")
+        row = jax.tree_util.tree_unflatten(treedef, [x[0] for x in leaves])
+        auto_cs, lanes_per_device = choose_chunking(n_rep, *program_bytes(program, row, shared), devices,
+                                                    lanes_per_device)
+    chunk_size = auto_cs if chunk_size is None else -(-int(chunk_size) // nd) * nd
+    parts = dict(identity or {}, runner_format=_RUNNER_FORMAT, treedef=str(treedef), M=m_samples,
+                 R=r_seeds, base_seed=int(base_seed), chunk_size=chunk_size)
+    fp = None
+    if fingerprint:
+        shared_leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves(shared)]
+        fp = _fingerprint(parts, [seeds, *leaves, *shared_leaves])
+    return SweepPlan(program, treedef, leaves, seeds, shared, int(base_seed), chunk_size, int(lanes_per_device),
+                     m_samples, n_rep, -(-n_rep // chunk_size), parts, fp, where)
+
+
+def chunk_rows(plan: SweepPlan, c: int) -> np.ndarray:
+    """Flat replica indices (m * R + r) of chunk ``c``: (<= chunk_size,) int."""
+    return np.arange(c * plan.chunk_size, min((c + 1) * plan.chunk_size, plan.n_rep))
+
+
+def chunk_path(run_dir, c: int) -> str:
+    """The file of chunk ``c`` in ``run_dir``."""
+    return os.path.join(os.fspath(run_dir), CHUNK_FMT.format(c))
+
+
+def open_sweep_folder(plan: SweepPlan, run_dir, *, kind: str | None = None, overwrite: bool = False,
+                      extra: dict) -> str:
+    """Create or resume ``run_dir`` for ``plan`` (:func:`jaxiap.runfolder.open_run_folder`); returns its path.
+
+    extra: what is recorded but not compared (n_chunks, lanes_per_device,
+    n_devices, devices); every writer uses these four keys.
+    """
+    run_dir = os.fspath(run_dir)
+    runfolder.open_run_folder(run_dir, dict(plan.parts, fingerprint=plan.fingerprint),
+                              kind=kind or plan.program.name, overwrite=overwrite, meta_name=META_NAME,
+                              extra=extra, option="run_dir")
+    return run_dir
+
+
+def load_chunk(plan: SweepPlan, run_dir, c: int, spec: dict | None = None):
+    """Chunk ``c``'s (results dict of (n, ...) arrays, failed (n,) bool) from ``run_dir``, or None.
+
+    None when the file is missing, holds other inputs, or is unreadable (then
+    with a warning). spec: :func:`result_spec` (computed when None).
+    """
+    spec = result_spec(plan) if spec is None else spec
+    return _load_chunk(chunk_path(run_dir, c), plan.fingerprint, chunk_rows(plan, c), spec, plan.where)
+
+
+def result_spec(plan: SweepPlan) -> dict:
+    """name -> ShapeDtypeStruct of one replica's result (``jax.eval_shape``; nothing runs)."""
+    return _result_spec(plan.program, plan.leaves, plan.treedef, plan.shared)
+
+
+def save_chunk(plan: SweepPlan, run_dir, c: int, res: dict, failed) -> None:
+    """Write chunk ``c`` atomically as ``chunk_XXXXX.npz`` (with its replica indices and fingerprint)."""
+    runfolder.savez(chunk_path(run_dir, c), **res, failed=failed, replica_index=chunk_rows(plan, c),
+                    fingerprint=np.asarray(plan.fingerprint))
+
+
+class ChunkComputer:
+    """Computes chunks of a :class:`SweepPlan` on ``devices``: ``computer(c, bar=None) -> (results, failed)``.
+
+    Holds the compiled program and the device copies of base_seed and
+    shared. When ``devices`` span several processes (``jax.distributed``),
+    inputs become global arrays and results are gathered to every process
+    (:mod:`jaxiap.md.distributed`); every process must then make the same calls.
+    """
+
+    def __init__(self, plan: SweepPlan, devices):
+        devices = tuple(devices)
+        if plan.chunk_size % len(devices):
+            raise JaxiapInputError(f"{plan.where}: chunk_size {plan.chunk_size} is not a multiple of the "
+                                   f"{len(devices)} devices; pick a chunk_size that is")
+        self.plan, self.devices = plan, devices
+        self.multi = distributed.spans_processes(devices)
+        if self.multi:  # every process must run the same sweep, or the collectives would not match
+            distributed.check_devices(devices, plan.where)
+            shared_leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves(plan.shared)]
+            digest = _fingerprint(dict(plan.parts, lanes_per_device=plan.lanes_per_device,
+                                       devices=[str(d) for d in devices]), [plan.seeds, *plan.leaves, *shared_leaves])
+            distributed.check_same(digest, "inputs (params, seeds, shared, chunking or devices)", plan.where)
+        self.fn, self.rep_sharding, full_sharding, self.bar_holder = _compiled(plan.program, devices,
+                                                                                plan.lanes_per_device)
+        self.put = distributed.global_array if self.multi else jax.device_put
+        self.base = self.put(np.asarray(plan.base_seed, np.uint32), full_sharding)
+        self.shared = jax.tree_util.tree_map(lambda x: self.put(np.asarray(x), full_sharding), plan.shared)
+
+    def __call__(self, c: int, bar=None):
+        plan, nd, put = self.plan, len(self.devices), self.put
+        idx = chunk_rows(plan, c)
+        r_seeds = plan.seeds.shape[0]
+        # replica j of the chunk goes to device j % nd, row j // nd of its block, so
+        # that every device gets the same share and its valid rows come first
+        j = np.arange(idx.size)
+        pos = (j % nd) * (plan.chunk_size // nd) + j // nd
+        rows = np.full(plan.chunk_size, idx[-1])
+        rows[pos] = idx
+        n_valid = np.array([np.count_nonzero(j % nd == d) for d in range(nd)], np.int32)
+        m_idx, r_idx = rows // r_seeds, rows % r_seeds
+        p = jax.tree_util.tree_unflatten(plan.treedef, [put(x[m_idx], self.rep_sharding) for x in plan.leaves])
+        sd = put(plan.seeds[r_idx], self.rep_sharding)
+        nv = put(n_valid, self.rep_sharding)
+        self.bar_holder.bar = bar
+        try:
+            out = self.fn(p, sd, nv, self.base, self.shared)
+            res, failed = distributed.gather(out) if self.multi else jax.device_get(out)
+            jax.effects_barrier()
+        finally:
+            self.bar_holder.bar = None
+        bad = sorted(set(res) & set(RESERVED_NAMES))
+        if bad:
+            raise JaxiapInputError(f"{plan.where}: program.result returns reserved names {bad}; rename them")
+        return {k: np.asarray(v)[pos] for k, v in res.items()}, np.asarray(failed)[pos]
+
+
+def run_chunk(plan: SweepPlan, c: int, computer: ChunkComputer, *, run_dir=None, spec: dict | None = None,
+              bar=None):
+    """Chunk ``c`` of ``plan``: ``(results, failed, loaded)``, loaded from ``run_dir`` or computed and written.
+
+    results: dict of (n, ...) arrays, failed: (n,) bool for the replicas
+    :func:`chunk_rows` ``(plan, c)``; loaded: True when read from a finished
+    chunk file. spec: :func:`result_spec`; None skips loading (no chunk
+    file exists yet). The same numbers whoever runs it (run_program's loop,
+    a Dask task): for a given device count and lanes_per_device they do not
+    depend on which chunks were computed before. In a multi-process sweep
+    process 0 reads and writes the file and the others receive its copy.
+    """
+    main = not computer.multi or distributed.is_main_process()
+    got = None
+    if run_dir is not None and spec is not None:
+        if main:
+            got = load_chunk(plan, run_dir, c, spec)
+        if computer.multi:
+            got = _share_loaded(got, spec, chunk_rows(plan, c).size)
+    if got is not None:
+        return got[0], got[1], True
+    res, failed = computer(c, bar)
+    if run_dir is not None and main:
+        save_chunk(plan, run_dir, c, res, failed)
+    return res, failed, False
+
+
+def _share_loaded(got, spec: dict, n: int):
+    """Process 0's loaded chunk (or None) in every process of a multi-process sweep."""
+    if not bool(distributed.from_main(np.asarray(got is not None))):
+        return None
+    if got is None:
+        got = ({k: np.zeros((n,) + tuple(s.shape), s.dtype) for k, s in spec.items()}, np.zeros(n, bool))
+    return distributed.from_main(got)
+
+
+def collect_chunk(out: dict, out_failed: np.ndarray, n_rep: int, idx, res: dict, failed) -> None:
+    """Put a chunk's rows ``idx`` into the flat (n_rep, ...) arrays ``out`` (created as needed) and ``out_failed``."""
+    for k, v in res.items():
+        if k not in out:
+            out[k] = np.empty((n_rep,) + v.shape[1:], v.dtype)
+        out[k][idx] = v
+    out_failed[idx] = failed
+
+
+def program_run(plan: SweepPlan, out: dict, out_failed: np.ndarray) -> ProgramRun:
+    """The :class:`ProgramRun` of the flat arrays filled by :func:`collect_chunk`."""
+    m, r = plan.m_samples, plan.seeds.shape[0]
+    shaped = {k: v.reshape((m, r) + v.shape[1:]) for k, v in out.items()}
+    return ProgramRun(shaped, out_failed.reshape(m, r), plan.chunk_size, plan.lanes_per_device)
 
 
 # ---------------------------------------------------------------------------
@@ -220,6 +461,10 @@ def run_program(program: Program, params: Any, seeds, shared: Any = None, *, bas
         differently (see the module docstring). None: the platform default of
         :data:`jaxiap.md.sizing.LANES_PER_DEVICE`, bounded by memory.
     devices: devices to shard each chunk over (default ``jax.devices()``).
+        After :func:`jaxiap.md.distributed.initialize` they may span several
+        processes: every process then calls run_program with the same
+        inputs, gets the whole result, and only process 0 writes ``run_dir``
+        and shows the bar (docs/distributed.md).
     run_dir: None or a folder for ``chunk_XXXXX.npz`` files and
         ``ensemble_meta.json`` (its identity: ``identity``, the params tree
         structure, M, R, base_seed, chunk_size, and a fingerprint of those
@@ -234,100 +479,59 @@ def run_program(program: Program, params: Any, seeds, shared: Any = None, *, bas
     kind: run-folder kind (default ``program.name``); desc: bar label.
     where: how error messages name the caller.
     """
-    program = check_program(program, where)
-    leaves, treedef, m_samples = _check_params(params)
-    seeds = check_seeds(seeds, where)
-    if not 0 <= int(base_seed) < 2**32:
-        raise JaxiapInputError(f"{where}: base_seed must lie in [0, 2**32), got {base_seed}")
-    for name, v in (("chunk_size", chunk_size), ("lanes_per_device", lanes_per_device)):
-        if v is not None and int(v) < 1:
-            raise JaxiapInputError(f"{where}: {name} must be >= 1 (or None for automatic), got {v}")
     devices = tuple(devices) if devices is not None else tuple(jax.devices())
     if not devices:
         raise JaxiapInputError(f"{where}: devices is empty; pass None (all of jax.devices()) or a list")
-    nd = len(devices)
-    r_seeds = seeds.shape[0]
-    n_rep = m_samples * r_seeds
-    if chunk_size is None or lanes_per_device is None:
-        row = jax.tree_util.tree_unflatten(treedef, [x[0] for x in leaves])
-        auto_cs, lanes_per_device = choose_chunking(n_rep, *program_bytes(program, row, shared), devices,
-                                                    lanes_per_device)
-    chunk_size = auto_cs if chunk_size is None else -(-int(chunk_size) // nd) * nd
-    lanes_per_device = int(lanes_per_device)
-    n_chunks = -(-n_rep // chunk_size)
-    c_dev = chunk_size // nd
-    shared_leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves(shared)]
+    plan = plan_sweep(program, params, seeds, shared, base_seed=base_seed, chunk_size=chunk_size,
+                      lanes_per_device=lanes_per_device, devices=devices, identity=identity,
+                      fingerprint=run_dir is not None, where=where)
+    computer = ChunkComputer(plan, devices)
+    main = not computer.multi or distributed.is_main_process()
 
-    fn, rep_sharding, full_sharding, bar_holder = _compiled(program, devices, lanes_per_device)
-
-    fingerprint = spec = None
+    spec = None
     if run_dir is not None:
-        run_dir = os.fspath(run_dir)
-        parts = dict(identity or {}, runner_format=_RUNNER_FORMAT, treedef=str(treedef), M=m_samples,
-                     R=r_seeds, base_seed=int(base_seed), chunk_size=chunk_size)
-        fingerprint = _fingerprint(parts, [seeds, *leaves, *shared_leaves])
-        extra = dict(n_chunks=n_chunks, lanes_per_device=lanes_per_device, n_devices=nd,
+        extra = dict(n_chunks=plan.n_chunks, lanes_per_device=plan.lanes_per_device, n_devices=len(devices),
                      devices=[str(d) for d in devices])
-        runfolder.open_run_folder(run_dir, dict(parts, fingerprint=fingerprint), kind=kind or program.name,
-                                  overwrite=overwrite, meta_name=META_NAME, extra=extra, option="run_dir")
-        if any(os.path.exists(os.path.join(run_dir, CHUNK_FMT.format(c))) for c in range(n_chunks)):
-            spec = _result_spec(program, leaves, treedef, shared)
+        if computer.multi:  # process 0 opens the folder; the others learn whether it could
+            error = None
+            if main:
+                try:
+                    open_sweep_folder(plan, run_dir, kind=kind, overwrite=overwrite, extra=extra)
+                except JaxiapInputError as exc:
+                    error = exc
+            opened = bool(distributed.from_main(np.asarray(error is None)))
+            if error is not None:
+                raise error
+            if not opened:
+                raise JaxiapInputError(f"{where}: process 0 could not open run_dir {os.fspath(run_dir)} "
+                                       "(its error says why)")
+            spec = result_spec(plan)
+        else:
+            open_sweep_folder(plan, run_dir, kind=kind, overwrite=overwrite, extra=extra)
+            if any(os.path.exists(chunk_path(run_dir, c)) for c in range(plan.n_chunks)):
+                spec = result_spec(plan)
 
-    base = jax.device_put(np.asarray(base_seed, np.uint32), full_sharding)
-    shared_d = jax.tree_util.tree_map(lambda x: jax.device_put(np.asarray(x), full_sharding), shared)
-    out, out_failed = {}, np.zeros(n_rep, bool)
-    bar = tqdm(total=n_rep, desc=desc or program.name, unit="replica", file=sys.stderr, disable=not progress,
+    show = bool(progress) and main
+    out, out_failed = {}, np.zeros(plan.n_rep, bool)
+    bar = tqdm(total=plan.n_rep, desc=desc or plan.program.name, unit="replica", file=sys.stderr, disable=not show,
                dynamic_ncols=True)
     n_done = 0
     try:
-        for c in range(n_chunks):
-            idx = np.arange(c * chunk_size, min((c + 1) * chunk_size, n_rep))
-            path = os.path.join(run_dir, CHUNK_FMT.format(c)) if run_dir is not None else None
-            got = _load_chunk(path, fingerprint, idx, spec, where) if spec is not None else None
-            if got is None:
-                # replica j of the chunk goes to device j % nd, row j // nd of its block, so
-                # that every device gets the same share and its valid rows come first
-                j = np.arange(idx.size)
-                pos = (j % nd) * c_dev + j // nd
-                rows = np.full(chunk_size, idx[-1])
-                rows[pos] = idx
-                n_valid = np.array([np.count_nonzero(j % nd == d) for d in range(nd)], np.int32)
-                m_idx, r_idx = rows // r_seeds, rows % r_seeds
-                p = jax.tree_util.tree_unflatten(treedef, [jax.device_put(x[m_idx], rep_sharding) for x in leaves])
-                sd = jax.device_put(seeds[r_idx], rep_sharding)
-                nv = jax.device_put(n_valid, rep_sharding)
-                bar_holder.bar = bar if progress else None
-                try:
-                    res, failed = jax.device_get(fn(p, sd, nv, base, shared_d))
-                    jax.effects_barrier()
-                finally:
-                    bar_holder.bar = None
-                bad = sorted(set(res) & set(RESERVED_NAMES))
-                if bad:
-                    raise JaxiapInputError(f"{where}: program.result returns reserved names {bad}; rename them")
-                res = {k: np.asarray(v)[pos] for k, v in res.items()}
-                failed = np.asarray(failed)[pos]
-                if path is not None:
-                    runfolder.savez(path, **res, failed=failed, replica_index=idx,
-                                    fingerprint=np.asarray(fingerprint))
-                got = res, failed
-            res, failed = got
-            for k, v in res.items():
-                if k not in out:
-                    out[k] = np.empty((n_rep,) + v.shape[1:], v.dtype)
-                out[k][idx] = v
-            out_failed[idx] = failed
+        for c in range(plan.n_chunks):
+            idx = chunk_rows(plan, c)
+            res, failed, _ = run_chunk(plan, c, computer, run_dir=run_dir, spec=spec, bar=bar if show else None)
+            collect_chunk(out, out_failed, plan.n_rep, idx, res, failed)
             n_done += idx.size
             bar.n = n_done
-            if progress:
-                info = dict(chunk=f"{c + 1}/{n_chunks}")
-                if program.postfix is not None:
-                    info.update(program.postfix({k: v[:n_done] for k, v in out.items()}))
+            if show:
+                info = dict(chunk=f"{c + 1}/{plan.n_chunks}")
+                if plan.program.postfix is not None:
+                    info.update(plan.program.postfix({k: v[:n_done] for k, v in out.items()}))
                 info["failed"] = int(np.sum(out_failed[:n_done]))
                 bar.set_postfix(**info, refresh=False)
                 bar.refresh()
     finally:
         bar.close()
-
-    shaped = {k: v.reshape((m_samples, r_seeds) + v.shape[1:]) for k, v in out.items()}
-    return ProgramRun(shaped, out_failed.reshape(m_samples, r_seeds), chunk_size, lanes_per_device)
+    if computer.multi:  # nobody leaves before process 0 has written the last chunk
+        distributed.barrier("jaxiap.md.runner.run_program")
+    return program_run(plan, out, out_failed)

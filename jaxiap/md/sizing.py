@@ -6,6 +6,7 @@ processes and one checkpoint file holds (their parameters, prepared data and
 result rows stay on the device for the whole call). Both are bounded by a
 fraction of the free memory of the first device: accelerator
 ``memory_stats`` on GPU/TPU, host RAM (psutil, /proc/meminfo, sysconf) on CPU.
+When the devices span several processes, process 0's figure holds for all.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import os
 
 import jax
 import numpy as np
+
+from jaxiap.md import distributed
 
 __all__ = ["LANES_PER_DEVICE", "REPLICAS_PER_LANE", "choose_chunking", "program_bytes", "auto_chunk_size"]
 
@@ -55,6 +58,15 @@ def _available_bytes(device) -> int:
         return 2**31
 
 
+def _free_bytes(devices) -> int:
+    """Free memory of the first device. Devices of several processes (:mod:`jaxiap.md.distributed`):
+    process 0's figure for its own first device, in every process, so that all size alike."""
+    if not distributed.spans_processes(devices):
+        return _available_bytes(devices[0])
+    local = [d for d in devices if d.process_index == jax.process_index()] or list(devices[:1])
+    return int(distributed.from_main(np.asarray(_available_bytes(local[0]), np.int64)))
+
+
 def choose_chunking(n_replicas: int, lane_bytes: int, replica_bytes: int, devices=None,
                     lanes_per_device: int | None = None, memory_fraction: float = 0.25) -> tuple[int, int]:
     """Choose (chunk_size, lanes_per_device) from per-lane and per-replica byte estimates.
@@ -70,7 +82,7 @@ def choose_chunking(n_replicas: int, lane_bytes: int, replica_bytes: int, device
     """
     devices = list(devices) if devices is not None else jax.devices()
     nd = len(devices)
-    free = memory_fraction * _available_bytes(devices[0])
+    free = memory_fraction * _free_bytes(devices)
     if lanes_per_device is None:
         by_mem = int(free // 2 // lane_bytes)
         lanes_per_device = max(1, min(by_mem, LANES_PER_DEVICE.get(devices[0].platform, 4096)))
