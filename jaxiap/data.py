@@ -20,7 +20,7 @@ import numpy as np
 
 from jaxiap import runfolder
 from jaxiap.errors import JaxiapInputError
-from jaxiap.structures import Structures, from_atoms, to_atoms
+from jaxiap.structures import Structures, from_atoms, take_rows, to_atoms
 
 
 def _check_finite(name: str, value) -> None:
@@ -75,8 +75,8 @@ class Dataset(eqx.Module):
     def __getitem__(self, idx) -> "Dataset":
         idx = np.atleast_1d(np.arange(len(self))[idx])
         return Dataset(
-            self.structures[idx], self.energy[idx], self.forces[idx],
-            self.energy_weight[idx], self.force_weight[idx],
+            self.structures[idx], take_rows(self.energy, idx), take_rows(self.forces, idx),
+            take_rows(self.energy_weight, idx), take_rows(self.force_weight, idx),
         )
 
     @property
@@ -108,12 +108,15 @@ def concatenate(datasets) -> Dataset:
                    cat(lambda d: d.energy_weight), cat(lambda d: d.force_weight))
 
 
+_permutation = jax.jit(jax.random.permutation, static_argnums=1)  # one compile, not one per eager op
+
+
 def split(key, dataset: Dataset, fractions=(0.8, 0.2)) -> list[Dataset]:
     """Random split into parts with the given fractions (which must sum to 1)."""
     fractions = np.asarray(fractions, float)
     if (fractions < 0).any() or not np.isclose(fractions.sum(), 1.0):
         raise JaxiapInputError(f"fractions must be non-negative and sum to 1, got {fractions.tolist()}")
-    perm = np.asarray(jax.random.permutation(key, len(dataset)))
+    perm = np.asarray(_permutation(key, len(dataset)))
     bounds = np.round(np.cumsum(fractions) * len(dataset)).astype(int)
     parts, start = [], 0
     for stop in bounds:

@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -75,12 +76,20 @@ class Structures(eqx.Module):
         """Select structures by index array or slice (keeps the batch axis)."""
         idx = np.atleast_1d(np.arange(self.n_structures)[idx])
         return Structures(
-            positions=self.positions[idx],
-            species=self.species[idx],
-            mask=self.mask[idx],
-            box=None if self.box is None else self.box[idx],
+            positions=take_rows(self.positions, idx),
+            species=take_rows(self.species, idx),
+            mask=take_rows(self.mask, idx),
+            box=None if self.box is None else take_rows(self.box, idx),
             species_names=self.species_names,
         )
+
+
+def take_rows(a, idx):
+    """a[idx] for a host index array: numpy indexing of concrete arrays (no per-shape gather compile),
+    JAX indexing of traced ones; the values are the same."""
+    if isinstance(a, jax.core.Tracer):
+        return a[idx]
+    return jnp.asarray(np.asarray(a)[idx])
 
 
 def from_positions(positions, species_names: Sequence[str] = ("X",), box=None) -> Structures:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -52,10 +53,18 @@ def make_basis(config: LJ13Config):
     return LinearBasis(RadialBasis(config.basis, config.basis_size, config.r_min, config.r_cut))
 
 
+_evaporated_batch = jax.jit(jax.vmap(evaporated))
+
+
+@eqx.filter_jit
+def _batch_energy_and_forces(potential, structures):
+    return potential.batch_energy_and_forces(structures)
+
+
 def _check_reference_data(ds, config) -> None:
     """Refuse reference data from an MD run that blew up or evaporated (e.g. --dt far too large)."""
     finite = np.isfinite(np.asarray(ds.energy)) & np.all(np.isfinite(np.asarray(ds.forces)), axis=(1, 2))
-    gone = np.asarray(jax.vmap(evaporated)(jnp.asarray(ds.structures.positions)))
+    gone = np.asarray(_evaporated_batch(jnp.asarray(ds.structures.positions)))
     n_bad = int(np.sum(~finite | gone))
     if not finite.all() or n_bad > len(finite) // 2:
         raise JaxiapInputError(
@@ -102,7 +111,7 @@ def fit_potential(config: LJ13Config, train, saved=None):
 
 
 def evaluate_fit(basis, coefficients, dataset):
-    e, f = LinearPotential(basis, jnp.asarray(coefficients)).batch_energy_and_forces(dataset.structures)
+    e, f = _batch_energy_and_forces(LinearPotential(basis, jnp.asarray(coefficients)), dataset.structures)
     return fit_errors(dataset, e, f), parity_data(dataset, e, f)
 
 
