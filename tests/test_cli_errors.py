@@ -34,6 +34,7 @@ CLI_CASES = [
     ("lj13", "--seeds", "--seeds 0"),
     ("lj13", "--seeds", "--seeds 1"),
     ("lj13", "--n-q", "--n-q 7"),
+    ("lj13", "--screen-steps", "--screen-steps -1"),
     ("lj13", "--t-max", "--t-max 1e12"),
     ("lj13", "--train-trajectories", "--train-trajectories 1 --samples-per-trajectory 2"),
     ("lj13", "--basis-size", "--basis-size 1000 --force-weight 0"),
@@ -95,6 +96,7 @@ def _call(name):
         "load_posterior(kind)": _load_unknown_kind,
         "FRTSettings(n_q)": lambda v: FRTSettings(n_q=v),
         "FRTSettings(t_max)": lambda v: FRTSettings(t_max=v),
+        "FRTSettings(screen_steps)": lambda v: FRTSettings(screen_steps=v),
     }[name]
 
 
@@ -140,6 +142,7 @@ FUNCTION_CASES = [
     ("load_posterior(kind)", "'weird'"),
     ("FRTSettings(n_q)", "7"),
     ("FRTSettings(t_max)", "1e12"),
+    ("FRTSettings(screen_steps)", "-1"),
 ]
 
 
