@@ -134,7 +134,10 @@ def run_replica(program: Program, params, key, shared=None):
     The definition of a replica's computation, without lanes or chunks
     (pure, jittable, vmappable). The runner computes the same arithmetic on
     a batch of lanes; with a batch as wide as its lanes the numbers agree
-    bitwise.
+    bitwise for a program without ``step_lanes``. A program with
+    ``step_lanes`` runs it here on a batch of one, which may round its
+    shared work differently (ulps; the FRT program's decisions and times
+    agree, see :mod:`jaxiap.md.frt_screen`).
     """
     prep = program.prepare(params, shared) if program.prepare is not None else None
     carry = program.init(params, key, prep, shared)
