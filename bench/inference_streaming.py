@@ -269,12 +269,7 @@ def main_scale(args) -> None:
                          f"{mm['jax_gflops']:.1f} GFLOP/s")
             print(f"  matmul rate, {peaks[-1]}; load {load()}", flush=True)
         res = {"stream": run_worker("stream", rows, sub), "numpy_ne": run_worker("numpy_ne", rows, sub)}
-        t_stream = _stream_seconds(res)
-        for name, r in res.items():
-            if "error" in r:
-                lines.append(f"| {k} | {rows:.0e} | {name} | failed: {r['error']} | | | | | | | | | |")
-                continue
-            label, ratio = _label_and_ratio(name, r, t_stream)
+        for name, r, label, ratio in _engine_rows(res, f"{k} | {rows:.0e} | ", 9, lines):
             t = med(r["seconds"])
             gf = 2.0 * rows * k**2 / t / 1e9
             other = res["numpy_ne" if name == "stream" else "stream"]
@@ -291,15 +286,16 @@ def main_scale(args) -> None:
     footer(time.perf_counter() - t_all)
 
 
-def _stream_seconds(res: dict) -> float:
-    """Median seconds of the jaxiap stream's runs (NaN when it failed)."""
-    return med(res["stream"]["seconds"]) if "error" not in res["stream"] else float("nan")
-
-
-def _label_and_ratio(name: str, r: dict, t_stream: float) -> tuple[str, str]:
-    """Table label of engine ``name`` and its median time over the stream's (blank for the stream)."""
-    label = f"jaxiap stream ({r['devices']} dev)" if name == "stream" else LABELS[name]
-    return label, ("" if name == "stream" else f"{med(r['seconds']) / t_stream:.2f}")
+def _engine_rows(res: dict, prefix: str, n_blank: int, lines: list):
+    """Yield (name, result, label, time ratio to the stream) of each engine that ran; append a
+    failure row (``prefix``, then ``n_blank`` empty cells) to ``lines`` for each that did not."""
+    t_stream = med(res["stream"]["seconds"]) if "error" not in res["stream"] else float("nan")
+    for name, r in res.items():
+        if "error" in r:
+            lines.append(f"| {prefix}{name} | failed: {r['error']} |" + " |" * n_blank)
+            continue
+        label = f"jaxiap stream ({r['devices']} dev)" if name == "stream" else LABELS[name]
+        yield name, r, label, ("" if name == "stream" else f"{med(r['seconds']) / t_stream:.2f}")
 
 
 def main():
@@ -356,12 +352,7 @@ def main():
         if rows <= args.peer_max:
             res["numpy"] = run_worker("numpy", rows, args)
         ref = res.get("numpy")
-        t_stream = _stream_seconds(res)
-        for name, r in res.items():
-            if "error" in r:
-                lines.append(f"| {rows:.0e} | {name} | failed: {r['error']} | | | | | | |")
-                continue
-            label, ratio = _label_and_ratio(name, r, t_stream)
+        for name, r, label, ratio in _engine_rows(res, f"{rows:.0e} | ", 6, lines):
             dc = (f"{np.max(np.abs(np.subtract(r['coef'], ref['coef']))):.1e}"
                   if ref is not None and "error" not in ref and name != "numpy" else "")
             lines.append(f"| {rows:.0e} | {label} | {spread(r['seconds'])} | {rows / med(r['seconds']):.3g} | "
