@@ -192,12 +192,12 @@ def _chunk_task(program, params, seeds, shared, base_seed, chunk_size, lanes_per
         raise JaxiapInputError(f"{where}: devices_per_worker={n_devices} but this worker has {len(devices)} "
                                "local devices; lower devices_per_worker or give each worker more devices")
     if prog.cache_key is None:  # compiled afresh, as the Program says
-        computer, spec = ChunkComputer(plan, devices), result_spec(plan)
+        computer, spec = ChunkComputer(plan, devices, progress=False), result_spec(plan)
     else:  # one per sweep and worker process: the compiled program, device copies of shared, result shapes
         key = (fingerprint, prog.cache_key, devices)
         if key not in _COMPUTERS:
             _COMPUTERS.clear()
-            _COMPUTERS[key] = ChunkComputer(plan, devices), result_spec(plan)
+            _COMPUTERS[key] = ChunkComputer(plan, devices, progress=False), result_spec(plan)
         computer, spec = _COMPUTERS[key]
     run_chunk(plan, c, computer, run_dir=run_dir, spec=spec)
     return c

@@ -108,13 +108,18 @@ _COMPILED: dict = {}
 _COMPILED_MAX = 16
 
 
-def _compiled(program: Program, devices: tuple, lanes_per_device: int):
-    """(jit(shard_map(chunk)), replica sharding, replicated sharding, progress holder), cached by cache_key."""
-    cache_key = None if program.cache_key is None else (program.cache_key, devices, lanes_per_device)
+def _compiled(program: Program, devices: tuple, lanes_per_device: int, with_progress: bool = True):
+    """(jit(shard_map(chunk)), replica sharding, replicated sharding, progress holder), cached by cache_key.
+
+    with_progress False compiles the program without its progress callback: the same arithmetic,
+    and (unlike a program with a host callback) JAX's persistent compilation cache can keep it.
+    """
+    cache_key = None if program.cache_key is None else (program.cache_key, devices, lanes_per_device,
+                                                        bool(with_progress))
     if cache_key in _COMPILED:
         return _COMPILED[cache_key]
     progress = _Progress()
-    chunk = lane_chunk_fn(program, lanes_per_device, progress_fn=progress)
+    chunk = lane_chunk_fn(program, lanes_per_device, progress_fn=progress if with_progress else None)
     mesh = Mesh(np.asarray(devices, dtype=object), ("replica",), axis_types=(jax.sharding.AxisType.Auto,))
 
     def local(params, seeds, n_valid, base_seed, shared):
@@ -331,9 +336,11 @@ class ChunkComputer:
     shared. When ``devices`` span several processes (``jax.distributed``),
     inputs become global arrays and results are gathered to every process
     (:mod:`jaxiap.md.distributed`); every process must then make the same calls.
+    progress: compile the program with its progress callback (needed for a
+    bar); without it, the same numbers and a persistently cacheable program.
     """
 
-    def __init__(self, plan: SweepPlan, devices):
+    def __init__(self, plan: SweepPlan, devices, progress: bool = True):
         devices = tuple(devices)
         if plan.chunk_size % len(devices):
             raise JaxiapInputError(f"{plan.where}: chunk_size {plan.chunk_size} is not a multiple of the "
@@ -347,7 +354,7 @@ class ChunkComputer:
                                        devices=[str(d) for d in devices]), [plan.seeds, *plan.leaves, *shared_leaves])
             distributed.check_same(digest, "inputs (params, seeds, shared, chunking or devices)", plan.where)
         self.fn, self.rep_sharding, full_sharding, self.bar_holder = _compiled(plan.program, devices,
-                                                                                plan.lanes_per_device)
+                                                                                plan.lanes_per_device, progress)
         self.put = distributed.global_array if self.multi else jax.device_put
         self.base = self.put(np.asarray(plan.base_seed, np.uint32), full_sharding)
         self.shared = jax.tree_util.tree_map(lambda x: self.put(np.asarray(x), full_sharding), plan.shared)
@@ -485,7 +492,7 @@ def run_program(program: Program, params: Any, seeds, shared: Any = None, *, bas
     plan = plan_sweep(program, params, seeds, shared, base_seed=base_seed, chunk_size=chunk_size,
                       lanes_per_device=lanes_per_device, devices=devices, identity=identity,
                       fingerprint=run_dir is not None, where=where)
-    computer = ChunkComputer(plan, devices)
+    computer = ChunkComputer(plan, devices, progress=progress)
     main = not computer.multi or distributed.is_main_process()
 
     spec = None
