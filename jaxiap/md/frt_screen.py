@@ -33,14 +33,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxiap.geometry import pair_distances
+from jaxiap.md.lanes import select_lanes
 
 __all__ = ["screen_passes", "screened_quench_lanes"]
-
-
-def _where_tree(mask, new, old):
-    """Per-lane select over a batched PyTree (mask (L,))."""
-    return jax.tree_util.tree_map(lambda a, b: jnp.where(mask.reshape(mask.shape + (1,) * (a.ndim - 1)), a, b),
-                                  new, old)
 
 
 def screen_passes(positions, graph_ref, r_b: float, margin: float):
@@ -84,7 +79,7 @@ def screened_quench_lanes(fire_init: Callable, fire_apply: Callable, positions, 
     def screen_step(_, carry):
         state, n = carry
         go = going(state, n)
-        return _where_tree(go, apply(state, coefficients), state), n + go.astype(jnp.int32)
+        return select_lanes(go, apply(state, coefficients), state), n + go.astype(jnp.int32)
 
     state = init(positions, coefficients)
     n = jnp.zeros(n_lanes, jnp.int32)
@@ -109,7 +104,7 @@ def screened_quench_lanes(fire_init: Callable, fire_apply: Callable, positions, 
         def body(c):
             s, k = c
             go = going(s, k)
-            return _where_tree(go, apply(s, c_sub), s), k + go.astype(jnp.int32)
+            return select_lanes(go, apply(s, c_sub), s), k + go.astype(jnp.int32)
 
         sub, n_sub = jax.lax.while_loop(cond, body, (sub, n_sub))
         state = jax.tree_util.tree_map(lambda a, b: a.at[idx].set(b, mode="drop"), state, sub)

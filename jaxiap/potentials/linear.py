@@ -170,12 +170,9 @@ def energy_fn(basis: LinearBasis):
     (:func:`~jaxiap.potentials.pair_sum.cluster_pair_sum`: pair energy
     c . g(r), forces at about the cost of one energy).
     """
-    pair = _cluster_pair_fn(basis)
 
     def energy(coefficients, positions, **kwargs):
-        if pair is not None and jnp.ndim(coefficients) == 1:
-            return cluster_pair_sum(pair, (basis.descriptor.radial, coefficients), positions)
-        return coefficients @ basis(positions)
+        return LinearPotential(basis, coefficients).energy(positions)
 
     return energy
 
