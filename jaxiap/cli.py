@@ -203,7 +203,7 @@ def _strategy_list(text):
 
 def _add_lj13_al(sub):
     # lazy: keeps import jaxiap.cli light (see the module docstring)
-    from jaxiap.workflows.lj13_al_config import PRESET_CHOICES, STRATEGY_NAMES, DEFAULTS as d
+    from jaxiap.workflows.lj13_al_config import GENERATOR_NAMES, PRESET_CHOICES, STRATEGY_NAMES, DEFAULTS as d
 
     p = sub.add_parser(
         "lj13-al",
@@ -222,6 +222,12 @@ def _add_lj13_al(sub):
     g = p.add_argument_group("active learning")
     g.add_argument("--strategies", type=_strategy_list, default=None,
                    help=f"comma list of strategies [{','.join(STRATEGY_NAMES)}]")
+    g.add_argument("--generator", choices=GENERATOR_NAMES, default=None,
+                   help="where candidates come from: the fixed pool, or generated from the current posterior at "
+                        "every iteration by Langevin, Stein, UDD, HAL or metadynamics MD on the surrogate, or by "
+                        f"adversarial attacks (docs/generation.md) [{d.generator}]")
+    g.add_argument("--candidates", type=_positive_int, default=None,
+                   help=f"generated candidates per iteration, a multiple of 4 [{d.n_candidates}]")
     g.add_argument("--repetitions", type=_positive_int, default=None,
                    help=f"repetitions with different initial sets [{d.repetitions}]")
     g.add_argument("--initial", type=_positive_int, default=None, help=f"initial labelled configurations [{d.n_initial}]")

@@ -41,6 +41,7 @@ the stages.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import zlib
 from pathlib import Path
 
@@ -50,6 +51,8 @@ import numpy as np
 
 from jaxiap import runfolder
 from jaxiap.active.design import candidate_rows
+from jaxiap.active.generator_loop import run_generator_loop
+from jaxiap.active.generators import GeneratorSettings, make_generator
 from jaxiap.active.loop import run_pool_loop
 from jaxiap.active.strategies import mean_energy_gradient_from_samples, pool_features
 from jaxiap.data import load_npz, save_npz
@@ -57,7 +60,7 @@ from jaxiap.descriptors.radial import RadialBasis
 from jaxiap.inference.linear import optimize_hyperparameters, reweight
 from jaxiap.inference.solvers import get_solver
 from jaxiap.md.ensemble import run_frt_ensemble
-from jaxiap.md.qoi import FAILED
+from jaxiap.md.qoi import FAILED, evaporated
 from jaxiap.potentials.linear import LinearBasis, design_from_rows, energy_fn
 from jaxiap.structures import from_positions
 from jaxiap.systems.lj import lj13_minimum, lj_energy
@@ -149,6 +152,22 @@ def force_errors(test_rows, test, coefficients) -> dict:
             "energy_rmse_per_atom": float(np.sqrt(np.mean(de**2)))}
 
 
+# ----------------------------------------------------------------------------- generated candidates
+
+
+def generator_settings(config: LJ13ALConfig) -> GeneratorSettings:
+    """The generators' settings: the study's temperature, time step and friction, the other defaults."""
+    return GeneratorSettings(kT=config.kT, dt=config.dt, gamma=config.gamma)
+
+
+def valid_candidate(positions, r_min: float) -> bool:
+    """A generated LJ13 candidate the oracle may label: no pair closer than the basis's r_min and no atom
+    evaporated (farther than 3 sigma from every other atom): the surrogate is not trusted outside."""
+    x = np.asarray(positions)
+    d = np.linalg.norm(x[:, None] - x[None], axis=-1) + np.eye(len(x)) * 1e9
+    return bool(np.isfinite(x).all() and d.min() > r_min and not bool(evaporated(x)))
+
+
 # ----------------------------------------------------------------------------- study
 
 
@@ -190,9 +209,24 @@ def run_lj13_al(config: LJ13ALConfig = LJ13ALConfig(), out_dir="runs/lj13-al", o
     oracle = JaxOracle(lj_energy)
     inits = initial_sets(config, len(pool))
     loops = {}
+    generate = None
+    if config.generator != "pool":
+        generate = make_generator(config.generator, basis, generator_settings(config))
     with timer("loops"):
         for name in config.strategies:
             for rep, init in enumerate(inits):
+                if generate is not None:
+                    loops[name, rep] = run_generator_loop(
+                        name, generate, label(oracle, pool[np.asarray(init)]), oracle, fit=fit, basis=basis,
+                        batch_size=config.batch_size, n_iterations=config.n_iterations,
+                        n_candidates=config.n_candidates, key=_strategy_key(config.seed, rep, name),
+                        valid=functools.partial(valid_candidate, r_min=config.r_min), evaluate=evaluate,
+                        run_dir=out / "loops" / name / f"rep{rep}", progress=progress,
+                        energy_weight=config.energy_weight, force_weight=config.force_weight,
+                        qoi_gradient=qoi_gradient if name == "qoi" else None, committee_size=config.committee_size,
+                        settings={"hyper": hyper, "oracle": "true LJ",
+                                  "generator": dataclasses.asdict(generator_settings(config))})
+                    continue
                 res = run_pool_loop(
                     name, pool, oracle, fit=fit, basis=basis, initial=init, batch_size=config.batch_size,
                     n_iterations=config.n_iterations, key=_strategy_key(config.seed, rep, name), evaluate=evaluate,
@@ -208,9 +242,13 @@ def run_lj13_al(config: LJ13ALConfig = LJ13ALConfig(), out_dir="runs/lj13-al", o
     e_test = np.asarray(test.energy)
     qoi_curves = {name: np.array([np.abs((loops[name, rep].coefficients @ test_rows[:, 0, :].T - e_test).mean(axis=1))
                                   / 13.0 for rep in range(config.repetitions)]) for name in config.strategies}
-    picks_kT = {name: np.mean([pool_kT[loops[name, rep].order[config.n_initial:]]
-                               for rep in range(config.repetitions)], axis=0).tolist()
+    picks_kT = {name: None if generate is not None else
+                np.mean([pool_kT[loops[name, rep].order[config.n_initial:]]
+                         for rep in range(config.repetitions)], axis=0).tolist()
                 for name in config.strategies}
+    force_evals = None if generate is None else {
+        name: np.mean([[r["n_force_evals"] for r in loops[name, rep].records] for rep in range(config.repetitions)],
+                      axis=0).tolist() for name in config.strategies}
 
     frt = None
     if config.frt:
@@ -223,6 +261,9 @@ def run_lj13_al(config: LJ13ALConfig = LJ13ALConfig(), out_dir="runs/lj13-al", o
         full_err["qoi_error"] = abs(float(np.mean(test_rows[:, 0, :] @ np.asarray(full_post.mean) - e_test))) / 13.0
         summary = build_summary(config, n_lab, curves, qoi_curves, full_err, hyper, frt, picks_kT, len(pool),
                                 len(test))
+        summary["generator"] = {"name": config.generator, "n_candidates": config.n_candidates,
+                                "settings": None if generate is None else dataclasses.asdict(generator_settings(config)),
+                                "surrogate_force_evals": force_evals}
         write_figures(out, config, n_lab, curves, qoi_curves, full_err, frt, basis, series, summary)
         summary["wall_time_s"] = dict(timer.times)  # this call (a resumed call reuses finished stages)
     summary["wall_time_s"] = dict(timer.times)

@@ -18,6 +18,9 @@ from jaxiap.errors import JaxiapInputError
 from jaxiap.workflows.lj13_config import FRT_DEFAULTS, SEED_LIMIT, check_seed, field_text, validated_frt_settings
 
 STRATEGY_NAMES = ("random", "dpp-sample", "dpp-greedy", "d-optimal", "a-optimal", "qbc", "uncertainty", "qoi")
+#: candidate sources: "pool" = the fixed pool of MD snapshots; the others generate candidates from the
+#: current posterior at every iteration (jaxiap.active.generators; kept in sync by tests/test_generation.py)
+GENERATOR_NAMES = ("pool", "langevin", "stein", "udd", "hal", "metad", "adversarial")
 
 PRESETS = {
     # defaults: a few minutes on 2 CPU cores
@@ -38,6 +41,7 @@ CLI_FLAGS = {
     "seed": "--seed", "strategies": "--strategies", "repetitions": "--repetitions", "n_initial": "--initial",
     "batch_size": "--batch-size", "n_iterations": "--iterations", "labels": "--labels", "basis_size": "--basis-size",
     "threshold_factor": "--threshold-factor", "n_seeds": "--seeds", "t_max": "--t-max", "frt": "--no-frt",
+    "generator": "--generator", "n_candidates": "--candidates",
 }
 
 
@@ -70,6 +74,9 @@ class LJ13ALConfig:
     n_iterations: int = 12
     committee_size: int = 8
     threshold_factor: float = 3.0
+    # candidates: the fixed pool, or generated from the current posterior at every iteration
+    generator: str = "pool"
+    n_candidates: int = 32  # generated candidates per iteration (a multiple of 4, the MD starts)
     extra_threshold_factors: tuple = (1.5, 2.0, 5.0)
     # FRT evaluation
     frt: bool = True
@@ -107,7 +114,7 @@ class LJ13ALConfig:
             bad("pool_kTs", "must be positive temperatures")
         for name in ("pool_trajectories", "pool_samples", "sample_every", "test_trajectories",
                      "basis_size", "repetitions", "n_initial", "batch_size", "n_iterations", "committee_size",
-                     "n_seeds", "n_q", "series_frames", "series_every"):
+                     "n_seeds", "n_q", "series_frames", "series_every", "n_candidates"):
             if not (isinstance(getattr(self, name), (int, np.integer)) and getattr(self, name) >= 1):
                 bad(name, "must be a positive integer")
         if self.n_seeds > SEED_LIMIT:
@@ -141,6 +148,11 @@ class LJ13ALConfig:
         reachable = {self.n_initial + self.batch_size * i for i in range(self.n_iterations + 1)}
         if any(c not in reachable for c in self.frt_checkpoints):
             bad("frt_checkpoints", f"labelled-set sizes must be among {sorted(reachable)}")
+        if self.generator not in GENERATOR_NAMES:
+            bad("generator", f"choose one of {GENERATOR_NAMES}")
+        if self.generator != "pool" and (self.n_candidates % 4 or self.n_candidates < self.batch_size):
+            bad("n_candidates", f"must be a multiple of 4 (the MD starts) and at least {field('batch_size')}="
+                                f"{self.batch_size}, e.g. --candidates {max(4, 4 * math.ceil(self.batch_size / 4))}")
         if self.dtype not in ("float64", "float32"):
             bad("dtype", "choose float64 or float32")
         if self.basis not in ("chebyshev", "bessel", "gaussian"):

@@ -163,6 +163,22 @@ def _fmt(x, spec=".3g"):
     return format(x, spec)
 
 
+def _picks(kTs) -> str:
+    return "n/a (generated)" if kTs is None else ", ".join(f"{v:.2f}" for v in kTs[:6])
+
+
+def _generator_text(s: dict) -> str:
+    g = s.get("generator") or {"name": "pool"}
+    if g["name"] == "pool":
+        return "Candidates: the fixed pool."
+    evals = g.get("surrogate_force_evals") or {}
+    per = ", ".join(f"{k} {v[-1]:.3g}" for k, v in evals.items())
+    return (f"Candidates: {g['n_candidates']} generated per iteration by `{g['name']}` on the current surrogate "
+            f"(docs/generation.md), from labelled configurations; surrogate force evaluations by the end "
+            f"(mean over repetitions): {per}. The pool is used only for the initial sets and the full-pool "
+            "reference fit.")
+
+
 def write_report(out: Path, s: dict) -> None:
     """report.md in ``out`` from the summary ``s`` of :func:`jaxiap.workflows.lj13_al.run_lj13_al`."""
     rows = []
@@ -174,7 +190,7 @@ def write_report(out: Path, s: dict) -> None:
                     f"{_fmt(d['frt_ks']['mean'][-1]) if 'frt_ks' in d else 'n/a'} | "
                     f"{_fmt(d['qoi_md_error']['mean'][-1]) if 'qoi_md_error' in d else 'n/a'} | "
                     f"{_fmt(d.get('n_to_frt_threshold'), 'd')} | {_fmt(d.get('relative_to_random_frt'), '.2f')} | "
-                    f"{', '.join(f'{v:.2f}' for v in d['mean_pool_kT_of_picks'][:6])} |")
+                    f"{_picks(d['mean_pool_kT_of_picks'])} |")
     n = s["n_labelled"]
     frt_text = "FRT evaluation was switched off (--no-frt)."
     if "frt" in s:
@@ -195,6 +211,7 @@ Potential: {s['fit']['basis']} pair basis, {s['fit']['basis_size']} functions on
 {s['fit']['posterior']} (sigma_E = {s['fit']['sigma_energy']:.3g}, prior scale = {s['fit']['prior_scale']:.3g}).
 Loop: {s['loop']['n_initial']} random initial configurations, {s['loop']['batch_size']} per iteration,
 {s['loop']['n_iterations']} iterations, {s['loop']['repetitions']} repetitions (n_labelled {n[0]}..{n[-1]}).
+{_generator_text(s)}
 
 Full-pool fit: held-out force RMSE / std = {s['full_pool']['force_rmse_relative']:.4g}; threshold = {s['force_threshold']:.4g}
 ({s['threshold_factor']} x the full-pool error).
