@@ -118,3 +118,24 @@ def test_generator_loop_resumes_and_replaces_invalid_candidates(al_setup, tmp_pa
                                   np.asarray(full.dataset.structures.positions))
     with pytest.raises(JaxiapInputError, match="n_candidates"):
         run_generator_loop("random", generate, initial, oracle, **{**kw, "n_candidates": 1}, n_iterations=1)
+
+
+def test_generation_notebook_runs_tiny(monkeypatch):
+    """notebooks/generation.ipynb at tiny size: every cell runs, the figures are drawn, and its numbers hold
+    (quadrature to 1e-6, the UDD committee error falling with N_M, the mixture near its moments)."""
+    import json
+
+    from notebooks import execute_notebook, outputs_text  # tests/notebooks.py
+
+    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")  # figures as outputs
+    nb = execute_notebook("generation.ipynb", size="tiny", timeout=600)
+    line = next(s for s in outputs_text(nb).splitlines() if s.startswith("GENERATION_JSON "))
+    got = json.loads(line[len("GENERATION_JSON "):])
+    assert got["size"] == "tiny"
+    assert got["quadrature"]["mean_error"] < 1e-6 and got["quadrature"]["cov_error"] < 1e-6
+    assert abs(got["mixture"]["mean"] - 2 / 3) < 0.15 and abs(got["mixture"]["variance"] - 4.556) < 0.7
+    assert got["udd_slope"] < -0.3
+    assert set(got["muller_brown"]) == {"langevin", "stein", "udd", "metad"}
+    assert set(got["lj13"]) == {"langevin", "stein", "metad"} and all(v >= 1 for v in got["lj13"].values())
+    images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(images) == 4  # mixture, Müller–Brown trajectories, LJ13 discovery, UDD convergence

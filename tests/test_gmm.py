@@ -10,7 +10,9 @@ from jaxiap.descriptors.radial import RadialBasis, RadialDescriptor
 from jaxiap.errors import JaxiapInputError
 from jaxiap.systems.lj import icosahedron
 from jaxiap.structures import from_positions
-from jaxiap.uq.gmm import GaussianMixture, fit_gmm, structure_uncertainty, training_features
+from jaxiap.active.generate import adversarial_attack, metad_bias, partition_log_z, run_metad
+from jaxiap.systems.lj import lj_energy
+from jaxiap.uq.gmm import GaussianMixture, fit_gmm, gmm_uncertainty_fn, structure_uncertainty, training_features
 
 sklearn_mixture = pytest.importorskip("sklearn.mixture")
 
@@ -50,14 +52,20 @@ def test_fit_gmm_reaches_sklearn_log_likelihood():
         fit_gmm(jax.random.key(0), X[:2], 3)
 
 
-def test_structure_uncertainty_gradient_and_reductions():
+@pytest.fixture(scope="module")
+def lj_gmm():
+    """A 2-component GMM on the per-atom radial features of 10 near-icosahedron LJ13 structures."""
     rng = np.random.default_rng(2)
     x0 = icosahedron()
     desc = RadialDescriptor(RadialBasis("chebyshev", 4, 0.8, 3.0))
-    train = from_positions(x0[None] + 0.05 * rng.normal(size=(10, 13, 3)))
-    h = training_features(desc, train)
+    train_x = x0[None] + 0.05 * rng.normal(size=(10, 13, 3))
+    h = training_features(desc, from_positions(train_x))
     assert h.shape == (130, 4)
-    gmm = fit_gmm(jax.random.key(0), h, 2, standardize=True)
+    return desc, fit_gmm(jax.random.key(0), h, 2, standardize=True), x0, train_x, rng
+
+
+def test_structure_uncertainty_gradient_and_reductions(lj_gmm):
+    desc, gmm, x0, _, rng = lj_gmm
     x = jnp.asarray(x0 + 0.1 * rng.normal(size=(13, 3)))
     xp = jnp.concatenate([x, jnp.full((1, 3), 50.0)])  # with a padded atom
     mask = jnp.arange(14) < 13
@@ -83,3 +91,36 @@ def test_structure_uncertainty_gradient_and_reductions():
     assert rel < 1e-6, rel
     with pytest.raises(JaxiapInputError, match="reduce"):
         structure_uncertainty(gmm, desc, x, "median")
+
+
+def test_gmm_uncertainty_as_metad_cv_and_attack_sigma(lj_gmm):
+    """The GMM uncertainty as the sigma of biased sampling: the CV of well-tempered metadynamics and
+    (as exp(u), a positive 'variance') the objective of an adversarial attack on LJ13."""
+    desc, gmm, x0, train_x, _ = lj_gmm
+    u = gmm_uncertainty_fn(gmm, desc, "mean")
+    x = jnp.asarray(train_x[0])
+    np.testing.assert_allclose(u(x), structure_uncertainty(gmm, desc, x, "mean"), rtol=1e-12)
+    np.testing.assert_allclose(gmm_uncertainty_fn(gmm, desc, "mean", as_variance=True)(x), np.exp(u(x)), rtol=1e-12)
+    # (a) metadynamics along u: hills sit at the CV of each block's last frame, tempered by the bias there
+    kT, height, width, bf = 0.3, 0.05, 0.5, 5.0
+    res = run_metad(jax.random.key(0), lj_energy, u, jnp.asarray(x0), kT=kT, dt=0.005, gamma=1.0, n_blocks=8,
+                    block_steps=20, height=height, width=width, bias_factor=bf)
+    frames, cv = np.asarray(res.frames), np.asarray(res.cv)
+    assert frames.shape == (8, 13, 3) and np.all(np.isfinite(frames)) and np.all(np.isfinite(cv))
+    np.testing.assert_allclose(np.asarray(jax.jit(jax.vmap(u))(frames)), cv, rtol=1e-10)
+    np.testing.assert_allclose(res.hill_centers, cv, rtol=0, atol=0)
+    prev = np.asarray([metad_bias(cv[t], res.hill_centers[:t], res.hill_heights[:t], width) for t in range(8)])
+    np.testing.assert_allclose(res.hill_heights, height * np.exp(-prev / ((bf - 1) * kT)), rtol=1e-10)
+    assert res.hill_heights[0] == height and np.all(res.hill_heights <= height)
+    print("metad on GMM u: cv", np.round(cv, 3), "heights", np.round(np.asarray(res.hill_heights), 4))
+    # (b) attack with variance_fn = exp(u): log objective u - E / kT (kT = 1), from the icosahedron (+ 0.01
+    # jitter, energy near its minimum); u rises for >= 90% of the structures, E within 3 kT of the start
+    starts = jnp.asarray(x0[None] + 0.01 * np.random.default_rng(4).normal(size=(8, 13, 3)))
+    kT = 1.0
+    att = adversarial_attack(lj_energy, gmm_uncertainty_fn(gmm, desc, "mean", as_variance=True), starts, kT=kT,
+                             log_Z=partition_log_z(jax.vmap(lj_energy)(starts), kT), n_steps=40, learning_rate=0.01)
+    du = np.log(np.asarray(att.variance_end)) - np.log(np.asarray(att.variance_start))
+    de = np.asarray(att.energy_end - att.energy_start) / kT
+    print("attack on GMM u: du", np.round(du, 3), "dE/kT", np.round(de, 3))
+    assert np.mean(du > 0) >= 0.9
+    assert np.all(np.abs(de) < 3.0)

@@ -50,9 +50,12 @@ def numpy_svgd_1d(x, n_iter, step, score):
 def test_mixture_matches_svgd_py_and_target_moments():
     """Liu's 1-D toy: 100 particles from N(-10, 1), RBF median bandwidth, AdaGrad 0.25, 500 iterations.
 
-    The iteration is chaotic (round-off grows ~1e-6 by 200 steps), so single sets land at means 0.54-0.80;
-    the target moments (2/3, 4.556) are checked on the mean over 5 sets, the arithmetic against svgd.py's
-    formulas over 20 steps.
+    The arithmetic is checked against svgd.py's formulas over 20 steps. The iteration is chaotic (round-off
+    grows to ~1e-6 by 200 steps), so single sets land at means 0.56-0.85; the issue's acceptance (mean within
+    0.05 of 2/3, variance within 10% of 4.556) is checked on the AVERAGE over 10 independent sets (start seeds
+    0-9, vmapped) of each set's particle mean and particle variance (1/N). Measured over seeds 0-19: set means
+    average 0.684 (standard error 0.015), variances 4.50 (SE 0.05), fraction of particles > 0 0.63-0.70 per
+    set (average 0.666); seeds 0-9: mean 0.682 (SE about 0.02).
     """
 
     def np_score(x):
@@ -62,14 +65,43 @@ def test_mixture_matches_svgd_py_and_target_moments():
     x0 = np.random.RandomState(0).normal(-10, 1, (100, 1))
     short = stein.run_svgd(MIX_SCORE, x0, RBF, n_steps=20, optimizer=ADAGRAD)
     np.testing.assert_allclose(short.positions, numpy_svgd_1d(x0, 20, 0.25, np_score), rtol=0, atol=1e-11)
-    x0s = np.stack([np.random.RandomState(seed).normal(-10, 1, (100, 1)) for seed in range(5)])
+    n_sets = 10
+    x0s = np.stack([np.random.RandomState(seed).normal(-10, 1, (100, 1)) for seed in range(n_sets)])
     r = jax.vmap(lambda x: stein.run_svgd(MIX_SCORE, x, RBF, n_steps=500, optimizer=ADAGRAD))(x0s)
-    x = np.asarray(r.positions)[..., 0]  # (5 sets, 100)
+    x = np.asarray(r.positions)[..., 0]  # (20 sets, 100)
     assert np.all(r.n_steps_done == 500) and np.all(r.n_force_evals == 500 * 100) and not np.any(r.stopped)
-    assert np.all((np.mean(x > 0, axis=1) >= 0.6) & (np.mean(x > 0, axis=1) <= 0.72))
-    assert np.all(np.abs(x.var(axis=1) - 4.556) < 0.1 * 4.556), x.var(axis=1)
-    # measured: set means 0.683 0.599 0.845 0.663 0.725 (average 0.703), variances 4.29-4.82 (average 4.59)
-    assert abs(x.mean(axis=1).mean() - 2 / 3) < 0.05, x.mean(axis=1)
+    means, variances, frac = x.mean(axis=1), x.var(axis=1), np.mean(x > 0, axis=1)
+    se = means.std(ddof=1) / np.sqrt(n_sets)
+    assert abs(means.mean() - 2 / 3) < 0.05 and se < 0.035, (means.mean(), se)
+    assert abs(variances.mean() - 4.556) < 0.1 * 4.556, variances
+    assert abs(frac.mean() - 2 / 3) < 0.03 and np.all((frac > 0.55) & (frac < 0.78)), frac
+
+
+def test_liu_gaussian_toy_mean():
+    """Liu's 2-D Gaussian toy (svgd.py's example): 10 particles from N(0, I), RBF median bandwidth, AdaGrad 0.01,
+    1000 iterations; the particle mean is within 0.005 of mu (measured 0.0013-0.0030 over start seeds 0-4)."""
+    x0 = np.random.RandomState(0).normal(0, 1, (10, 2))
+    r = stein.run_svgd(gauss_score, x0, RBF, n_steps=1000, optimizer=stein.liu_adagrad(0.01))
+    assert np.linalg.norm(np.asarray(r.positions).mean(axis=0) - np.asarray(MU)) < 0.005
+
+
+def test_rbf_variance_collapse_closed_form():
+    """SVGD's variance collapse with fewer particles than dimensions, in closed form.
+
+    Target N(0, I_20). N <= d + 1 particles at an SVGD fixed point with the median-rule RBF form a regular
+    simplex around the mean: all off-diagonal k = 1/(N+1) (the median of the full squared-distance matrix is
+    the common edge r^2, h^2 = r^2 / (2 log(N+1))), and phi_i = 0 gives h^2 = 1, so r^2 = 2 log(N+1) and the
+    per-coordinate variance is (N-1) log(N+1) / (N d): 0.0717 for N = 5 in d = 20, a 14-fold underestimate.
+    """
+    d, n = 20, 5
+    x0 = np.random.RandomState(0).normal(0, 1, (n, d))
+    r = stein.run_svgd(lambda x: -x, x0, RBF, n_steps=1000, step_size=0.1)
+    x = np.asarray(r.positions)
+    want = (n - 1) * np.log(n + 1) / (n * d)
+    np.testing.assert_allclose(x.var(axis=0).mean(), want, rtol=1e-8)
+    d2 = np.sum((x[:, None] - x[None]) ** 2, axis=-1)[np.triu_indices(n, 1)]
+    np.testing.assert_allclose(d2, 2 * np.log(n + 1), rtol=1e-8)
+    np.testing.assert_allclose(x.mean(axis=0), 0.0, atol=1e-10)
 
 
 def test_linear_kernel_fixed_point_is_exact_quadrature():
@@ -90,6 +122,23 @@ def test_stop_drift_stops_early():
     assert int(r.n_force_evals) == 10 * (n + 1)
     _, info = stein.stein_drift(r.positions, jax.vmap(gauss_score)(r.positions), stein.SteinKernel(kind="linear"))
     np.testing.assert_allclose(info["drift_norm"], r.drift_norm[n], rtol=0, atol=1e-14)
+
+
+def test_stop_kernel_max_stops_when_spread():
+    """10 particles start within 0.01 of each other (all k ~ 1, fixed bandwidth 0.5) and spread on the 2-D
+    Gaussian; the run stops at the first iteration whose positions have every off-diagonal k below 0.5,
+    leaving them unmoved and equal to a run of exactly that many steps."""
+    x0 = np.asarray(MU) + 0.01 * np.random.RandomState(6).normal(0, 1, (10, 2))
+    kernel = stein.SteinKernel(bandwidth=0.5)
+    r = stein.run_svgd(gauss_score, x0, kernel, n_steps=2000, step_size=0.05, stop_kernel_max=0.5)
+    n = int(r.n_steps_done)
+    assert bool(r.stopped) and 0 < n < 2000
+    assert r.kernel_max[0] > 0.99 and r.kernel_max[n] < 0.5 and np.all(r.kernel_max[:n] >= 0.5)
+    assert np.all(np.isnan(r.kernel_max[n + 1:])) and int(r.n_force_evals) == 10 * (n + 1)
+    _, info = stein.stein_drift(r.positions, jax.vmap(gauss_score)(r.positions), kernel)
+    np.testing.assert_allclose(info["kernel_max"], r.kernel_max[n], rtol=1e-13)
+    plain = stein.run_svgd(gauss_score, x0, kernel, n_steps=n, step_size=0.05)
+    np.testing.assert_allclose(r.positions, plain.positions, rtol=0, atol=1e-14)
 
 
 def test_one_step_equals_blackjax():
@@ -204,14 +253,17 @@ def test_kernels_and_bandwidth():
 
 @pytest.mark.slow
 def test_lj13_stein_energy_histogram_matches_langevin():
-    """Stochastic Stein MD (kernel noise, 8 configurations) of LJ13 at kT 0.25: energies agree with Langevin (~4 min)."""
+    """Stochastic Stein MD (kernel noise, SVGD drift, fixed bandwidth; 16 sets of 8 LJ13 configurations) at
+    kT 0.25: the potential energies, thinned to one sample per 2 integrated autocorrelation times, pass a
+    two-sample KS test against BAOAB Langevin (p > 0.01) (~11 min on 2 cores at load 8; bench/stein_step.py --check;
+    measured KS 0.075, p 0.31, ESS 322 and 776, variance ratio 0.95)."""
     path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "stein_step.py")
     spec = importlib.util.spec_from_file_location("stein_step", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    out = mod.lj13_stein_energy_check()
-    # the samples are correlated (Langevin trajectories' mean energies spread by ~0.7), so the KS p value is
-    # only reported; measured: KS statistic 0.035 (p 8e-6), mean -38.12 vs -38.03, variance ratio 1.02
-    assert out["ks_stat"] < 0.08, out
-    assert abs(out["mean_stein"] - out["mean_lang"]) < 0.5, out
-    assert 0.8 < out["variance_ratio"] < 1.25, out
+    out = mod.lj13_stein_energy_check(verbose=False)
+    assert out["n_thin_stein"] >= 200 and out["n_thin_lang"] >= 200, out
+    assert out["ks_p"] > 0.01, out
+    se = np.hypot(out["se_mean_stein"], out["se_mean_lang"])
+    assert abs(out["mean_stein"] - out["mean_lang"]) < 4 * se, out
+    assert 0.65 < out["variance_ratio"] < 1.5, out

@@ -61,7 +61,7 @@ class GeneratorSettings:
     n_starts: int = 4
     every: int = 100
     n_equilibrate: int = 100
-    stein_dt: float = 5e-4
+    stein_dt: float = 1e-4
     stein_steps: int = 400
     udd_A: float = 2.0
     udd_ratio: float = 0.36

@@ -44,7 +44,7 @@ import numpy as np
 from jaxiap.errors import JaxiapInputError
 
 __all__ = ["GaussianMixture", "fit_gmm", "kmeans", "structure_uncertainty", "atomic_uncertainty",
-           "training_features"]
+           "training_features", "gmm_uncertainty_fn"]
 
 _REDUCTIONS = ("sum", "mean", "max")
 
@@ -273,6 +273,29 @@ def structure_uncertainty(gmm: GaussianMixture, descriptor, positions, reduce: s
     if reduce == "mean":
         return jnp.sum(jnp.where(m, u, 0.0)) / jnp.maximum(jnp.sum(m), 1)
     return jnp.max(jnp.where(m, u, -jnp.inf))
+
+
+def gmm_uncertainty_fn(gmm: GaussianMixture, descriptor, reduce: str = "sum", as_variance: bool = False,
+                       **descriptor_kwargs):
+    """``fn(positions (N, 3), mask=None) -> scalar``: :func:`structure_uncertainty` as a closure of
+    positions alone, the form the samplers take (the CV of
+    :func:`jaxiap.active.generate.metad.run_metad`, the ``uncertainty_fn`` of
+    :func:`jaxiap.active.generate.biased_md.run_biased_langevin`).
+
+    ``as_variance=True`` returns exp(u) instead of u: a positive stand-in for the
+    VARIANCE that :func:`jaxiap.active.generate.attacks.adversarial_attack` takes
+    (its log objective then optimises log exp(u) - E / kT = u - E / kT, the
+    GMM negative log-likelihood itself). exp overflows for u > ~700: use
+    ``reduce="mean"`` (or "max") for structures far from the training data.
+    """
+    if reduce not in _REDUCTIONS:
+        raise JaxiapInputError(f"gmm_uncertainty_fn: reduce={reduce!r} must be one of {_REDUCTIONS}")
+
+    def fn(positions, mask=None):
+        u = structure_uncertainty(gmm, descriptor, positions, reduce, mask, **descriptor_kwargs)
+        return jnp.exp(u) if as_variance else u
+
+    return fn
 
 
 def training_features(descriptor, structures) -> jnp.ndarray:

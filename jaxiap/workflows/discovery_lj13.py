@@ -61,14 +61,14 @@ class LJ13DiscoveryConfig:
     kT: float = 0.20
     dt: float = 0.005
     gamma: float = 1.0
-    budget: int = 16_000  # force evaluations per run
-    record_every: int = 200  # steps between quenched frames (Stein: steps between recorded particle sets)
+    budget: int = 96_000  # force evaluations per run
+    record_every: int = 500  # steps between quenched frames (Stein: steps between recorded particle sets)
     repetitions: int = 2
     seed: int = 0
     n_train: int = 16
     basis_size: int = 8
     stein_particles: int = 8
-    stein_dt: float = 5e-4
+    stein_dt: float = 1e-4  # overdamped units (diffusion coefficient 1); 5e-4 runs hot at kT 0.2
     udd_A: float = 5.0
     udd_ratio: float = 0.36
     hal_tau_rel: float = 0.2

@@ -67,10 +67,11 @@ class MBDiscoveryConfig:
     seed: int = 0
     n_train: int = 16
     n_labels: int = 32
-    grid: int = 8
-    width: float = 0.3
+    grid: int = 12
+    width: float = 0.2
     prior_scale: float = 100.0
-    noise_std: float = 1.0
+    noise_std: float = 1.0  # energy label noise (energy)
+    force_noise_std: float = 10.0  # force label noise (energy / length)
     stein_particles: int = 16
     stein_dt: float = 2e-3
     udd_A: float = 100.0
@@ -98,7 +99,7 @@ class MBDiscoveryConfig:
 # ----------------------------------------------------------------------------- surrogate
 
 
-def _design(basis: SurfaceBasis, points, noise_std: float) -> DesignMatrix:
+def _design(basis: SurfaceBasis, points, force_weight: float) -> DesignMatrix:
     """Energy and force rows (3 per point) of the surrogate at points (P, 2), labelled by the true surface."""
     pts = jnp.asarray(points).reshape(-1, 2)
     b = jax.vmap(basis)(pts)  # (P, K)
@@ -108,14 +109,15 @@ def _design(basis: SurfaceBasis, points, noise_std: float) -> DesignMatrix:
     y = jnp.concatenate([e[:, None], -g], axis=1).reshape(-1)
     p = pts.shape[0]
     kind = jnp.tile(jnp.array([ENERGY_ROW, FORCE_ROW, FORCE_ROW]), p)
-    return DesignMatrix(A, y, jnp.ones_like(y), kind, jnp.repeat(jnp.arange(p), 3), jnp.ones(3 * p, jnp.int32))
+    w = jnp.tile(jnp.array([1.0, force_weight, force_weight]), p)  # precisions relative to the energy noise
+    return DesignMatrix(A, y, w, kind, jnp.repeat(jnp.arange(p), 3), jnp.ones(3 * p, jnp.int32))
 
 
 def fit_surface(config: MBDiscoveryConfig, points):
     """(basis, GaussianPosterior) of the surrogate fitted on energy + force labels at points (P, 2)."""
     basis = SurfaceBasis(jnp.asarray(grid_centers(config.grid)), config.width)
-    post = fit_blr(_design(basis, points, config.noise_std), prior_precision=1.0 / config.prior_scale**2,
-                   noise_var=config.noise_std**2)
+    design = _design(basis, points, (config.noise_std / config.force_noise_std) ** 2)
+    post = fit_blr(design, prior_precision=1.0 / config.prior_scale**2, noise_var=config.noise_std**2)
     return basis, post
 
 
@@ -204,8 +206,13 @@ def _labels_from(frames, n: int) -> np.ndarray:
     return f[np.linspace(0, len(f) - 1, n).round().astype(int)]
 
 
-def run_mb_discovery(config: MBDiscoveryConfig = MBDiscoveryConfig(), progress: bool = True) -> dict:
-    """Discovery and surrogate-error comparison of the samplers (module docstring); a JSON-able dict."""
+def run_mb_discovery(config: MBDiscoveryConfig = MBDiscoveryConfig(), progress: bool = True,
+                     keep_frames: bool = False) -> dict:
+    """Discovery and surrogate-error comparison of the samplers (module docstring); a JSON-able dict.
+
+    keep_frames: also return ``frames`` {method: (T, 2) configurations of the first repetition}
+    (numpy arrays, for figures).
+    """
     out = {"config": dataclasses.asdict(config), "methods": {}}
     grid = test_grid()
     base_err = []
@@ -221,6 +228,8 @@ def run_mb_discovery(config: MBDiscoveryConfig = MBDiscoveryConfig(), progress: 
             frames, evals = _run_method(m, config, jax.random.fold_in(key, 100 + i), basis, post, train)
             d = out["methods"][m]
             d["wall_s"] += time.perf_counter() - t0
+            if keep_frames and rep == 0:
+                out.setdefault("frames", {})[m] = frames
             d["evals_to_all_minima"].append(evals_to_all_minima(frames, evals))
             d["visited"].append(sorted({int(v) for v in nearest_minimum(frames) if v >= 0}))
             _, refit = fit_surface(config, np.concatenate([train, _labels_from(frames, config.n_labels)]))
