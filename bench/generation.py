@@ -19,7 +19,6 @@ tables on stdout, figures ``bench/figures/generation_*.png``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time

@@ -59,6 +59,8 @@ CLI_CASES = [
     ("lj13-al", "--strategies", "--strategies random,random"),
     ("lj13-al", "--threshold-factor", "--threshold-factor 0"),
     ("lj13-al", "--seeds", "--seeds 0"),
+    ("lj13-al", "--generator", "--generator bogus"),
+    ("lj13-al", "--candidates", "--generator stein --candidates 6"),
     ("lj13-al", "--t-max", "--t-max 1e12"),
     ("lj13-al", "--labels", "--labels forces"),
 ]

@@ -151,8 +151,8 @@ class LJ13ALConfig:
         if self.generator not in GENERATOR_NAMES:
             bad("generator", f"choose one of {GENERATOR_NAMES}")
         if self.generator != "pool" and (self.n_candidates % 4 or self.n_candidates < self.batch_size):
-            bad("n_candidates", f"must be a multiple of 4 (the MD starts) and at least {field('batch_size')}="
-                                f"{self.batch_size}, e.g. --candidates {max(4, 4 * math.ceil(self.batch_size / 4))}")
+            bad("n_candidates", f"must be a multiple of 4 (the MD starts) and at least {field('batch_size')}, "
+                                f"e.g. --candidates {max(4, 4 * math.ceil(self.batch_size / 4))}")
         if self.dtype not in ("float64", "float32"):
             bad("dtype", "choose float64 or float32")
         if self.basis not in ("chebyshev", "bessel", "gaussian"):
