@@ -8,6 +8,7 @@ from jaxiap.errors import JaxiapInputError
 from jaxiap.workflows.attack_study import AttackStudyConfig, attack_vs_random
 
 
+@pytest.mark.slow  # a bench workflow (bench/attack_study.py); its pieces are tested in tests/test_biased.py
 def test_attack_study_tiny():
     c = AttackStudyConfig(repetitions=1, n_train=6, n_test=6, n_attack=4, attack_steps=40, sample_every=50,
                           burn_in=0)
