@@ -23,14 +23,13 @@ of :func:`jaxiap.active.loop.run_pool_loop`, no generator).
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxiap.active.generator_loop import Generated, GeneratorContext
-from jaxiap.errors import JaxiapInputError
+from jaxiap.errors import JaxiapInputError, check_positive_fields
 from jaxiap.md.integrators import block_langevin
 from jaxiap.potentials.linear import LinearPotential
 
@@ -73,10 +72,7 @@ class GeneratorSettings:
     attack_lr: float = 0.01
 
     def __post_init__(self):
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            if not (math.isfinite(v) and v > 0):
-                raise JaxiapInputError(f"GeneratorSettings.{f.name}={v!r} must be a positive finite number")
+        check_positive_fields(self)
 
 
 def pick_starts(key, ctx: GeneratorContext, n: int):

@@ -23,7 +23,6 @@ Protocol (docs/generation.md, "LJ13 minima discovery"):
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 
 import jax
@@ -37,7 +36,7 @@ from jaxiap.active.generate.metad import run_metad
 from jaxiap.active.generate.udd import calibrate_udd_B, udd_bias_energy_fn
 from jaxiap.active.generate.uncertainty import linear_energy_std, linear_energy_variance
 from jaxiap.descriptors.radial import RadialBasis
-from jaxiap.errors import JaxiapInputError
+from jaxiap.errors import JaxiapInputError, check_positive_fields
 from jaxiap.inference.linear import reweight
 from jaxiap.inference.solvers import get_solver
 from jaxiap.md.integrators import block_langevin
@@ -83,10 +82,7 @@ class LJ13DiscoveryConfig:
         unknown = [m for m in self.methods if m not in LJ13_METHODS]
         if unknown or not self.methods:
             raise JaxiapInputError(f"LJ13DiscoveryConfig.methods: unknown {unknown}; choose from {LJ13_METHODS}")
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            if f.name not in ("methods", "seed") and not (math.isfinite(v) and v > 0):
-                raise JaxiapInputError(f"LJ13DiscoveryConfig.{f.name}={v!r} must be a positive finite number")
+        check_positive_fields(self, skip=("methods", "seed"))
         if self.budget % (self.record_every * self.stein_particles) or self.budget % self.attack_structures:
             raise JaxiapInputError("LJ13DiscoveryConfig.budget must be a multiple of record_every x stein_particles "
                                    "and of attack_structures")

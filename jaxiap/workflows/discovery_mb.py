@@ -41,7 +41,7 @@ from jaxiap.active.generate.hal import hal_adapt, hal_components, hal_energy_fn
 from jaxiap.active.generate.metad import run_metad
 from jaxiap.active.generate.udd import calibrate_udd_B, udd_bias_energy_fn
 from jaxiap.active.generate.uncertainty import linear_energy_std
-from jaxiap.errors import JaxiapInputError
+from jaxiap.errors import JaxiapInputError, check_positive_fields
 from jaxiap.inference.linear import fit_blr
 from jaxiap.md.integrators import block_langevin
 from jaxiap.md.stein import energy_score_fn, run_stein_langevin
@@ -87,10 +87,7 @@ class MBDiscoveryConfig:
         unknown = [m for m in self.methods if m not in MB_METHODS]
         if unknown or not self.methods:
             raise JaxiapInputError(f"MBDiscoveryConfig.methods: unknown {unknown}; choose from {MB_METHODS}")
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            if f.name != "methods" and f.name != "seed" and not (math.isfinite(v) and v > 0):
-                raise JaxiapInputError(f"MBDiscoveryConfig.{f.name}={v!r} must be a positive finite number")
+        check_positive_fields(self, skip=("methods", "seed"))
         if self.budget % (self.record_every * self.stein_particles) or self.budget % self.metad_pace:
             raise JaxiapInputError("MBDiscoveryConfig.budget must be a multiple of record_every x stein_particles "
                                    "and of metad_pace")
