@@ -59,7 +59,9 @@ def al_setup(lj13_data):
 SMALL = GeneratorSettings(every=10, n_equilibrate=10, stein_steps=20, attack_steps=10, n_starts=4)
 
 
-@pytest.mark.parametrize("name", [n for n in GENERATOR_NAMES if n != "pool"])
+# langevin, hal and metad share their MD driver with udd (biased_md / block_langevin): slow, to keep CI short
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in ("langevin", "hal", "metad") else n
+                                  for n in GENERATOR_NAMES if n != "pool"])
 def test_generators_give_finite_candidates_and_count_force_evaluations(al_setup, name):
     basis, fit, oracle, initial = al_setup
     from jaxiap.active.generator_loop import GeneratorContext
@@ -120,6 +122,7 @@ def test_generator_loop_resumes_and_replaces_invalid_candidates(al_setup, tmp_pa
         run_generator_loop("random", generate, initial, oracle, **{**kw, "n_candidates": 1}, n_iterations=1)
 
 
+@pytest.mark.slow  # about 40 s (a kernel, two discovery studies' compilations): kept out of the 15-minute CI run
 def test_generation_notebook_runs_tiny(monkeypatch):
     """notebooks/generation.ipynb at tiny size: every cell runs, the figures are drawn, and its numbers hold
     (quadrature to 1e-6, the UDD committee error falling with N_M, the mixture near its moments)."""

@@ -47,6 +47,7 @@ def numpy_svgd_1d(x, n_iter, step, score):
     return x
 
 
+@pytest.mark.slow  # 13 s of SVGD iterations; the arithmetic check below runs in the default suite
 def test_mixture_matches_svgd_py_and_target_moments():
     """Liu's 1-D toy: 100 particles from N(-10, 1), RBF median bandwidth, AdaGrad 0.25, 500 iterations.
 
@@ -75,6 +76,19 @@ def test_mixture_matches_svgd_py_and_target_moments():
     assert abs(means.mean() - 2 / 3) < 0.05 and se < 0.035, (means.mean(), se)
     assert abs(variances.mean() - 4.556) < 0.1 * 4.556, variances
     assert abs(frac.mean() - 2 / 3) < 0.03 and np.all((frac > 0.55) & (frac < 0.78)), frac
+
+
+def test_mixture_steps_match_svgd_py():
+    """Liu's 1-D toy, 20 steps from N(-10, 1): jaxiap's RBF median-bandwidth SVGD with liu_adagrad equals a NumPy
+    transcription of svgd.py's update to 1e-11 (the moments after 500 steps: the slow test above)."""
+
+    def np_score(x):
+        a, b = np.exp(-0.5 * (x + 2) ** 2) / 3, 2 * np.exp(-0.5 * (x - 2) ** 2) / 3
+        return (-(x + 2) * a - (x - 2) * b) / (a + b)
+
+    x0 = np.random.RandomState(0).normal(-10, 1, (100, 1))
+    short = stein.run_svgd(MIX_SCORE, x0, RBF, n_steps=20, optimizer=ADAGRAD)
+    np.testing.assert_allclose(short.positions, numpy_svgd_1d(x0, 20, 0.25, np_score), rtol=0, atol=1e-11)
 
 
 def test_liu_gaussian_toy_mean():
