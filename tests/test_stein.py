@@ -51,25 +51,18 @@ def numpy_svgd_1d(x, n_iter, step, score):
 def test_mixture_matches_svgd_py_and_target_moments():
     """Liu's 1-D toy: 100 particles from N(-10, 1), RBF median bandwidth, AdaGrad 0.25, 500 iterations.
 
-    The arithmetic is checked against svgd.py's formulas over 20 steps. The iteration is chaotic (round-off
+    The iteration is chaotic (round-off
     grows to ~1e-6 by 200 steps), so single sets land at means 0.56-0.85; the issue's acceptance (mean within
     0.05 of 2/3, variance within 10% of 4.556) is checked on the AVERAGE over 10 independent sets (start seeds
     0-9, vmapped) of each set's particle mean and particle variance (1/N). Measured over seeds 0-19: set means
     average 0.684 (standard error 0.015), variances 4.50 (SE 0.05), fraction of particles > 0 0.63-0.70 per
     set (average 0.666); seeds 0-9: mean 0.682 (SE about 0.02).
+    The arithmetic itself is checked against svgd.py by test_mixture_steps_match_svgd_py.
     """
-
-    def np_score(x):
-        a, b = np.exp(-0.5 * (x + 2) ** 2) / 3, 2 * np.exp(-0.5 * (x - 2) ** 2) / 3
-        return (-(x + 2) * a - (x - 2) * b) / (a + b)
-
-    x0 = np.random.RandomState(0).normal(-10, 1, (100, 1))
-    short = stein.run_svgd(MIX_SCORE, x0, RBF, n_steps=20, optimizer=ADAGRAD)
-    np.testing.assert_allclose(short.positions, numpy_svgd_1d(x0, 20, 0.25, np_score), rtol=0, atol=1e-11)
     n_sets = 10
     x0s = np.stack([np.random.RandomState(seed).normal(-10, 1, (100, 1)) for seed in range(n_sets)])
     r = jax.vmap(lambda x: stein.run_svgd(MIX_SCORE, x, RBF, n_steps=500, optimizer=ADAGRAD))(x0s)
-    x = np.asarray(r.positions)[..., 0]  # (20 sets, 100)
+    x = np.asarray(r.positions)[..., 0]  # (n_sets, 100)
     assert np.all(r.n_steps_done == 500) and np.all(r.n_force_evals == 500 * 100) and not np.any(r.stopped)
     means, variances, frac = x.mean(axis=1), x.var(axis=1), np.mean(x > 0, axis=1)
     se = means.std(ddof=1) / np.sqrt(n_sets)
