@@ -140,3 +140,22 @@ def check_environments(env: Environments, where: str = "environments") -> None:
             f"{env.mask.shape[-1]}, largest count kept {n_in}; triplet slots {env.triplet_mask.shape[-1]}, "
             f"largest count kept {n_t}); raise max_neighbors / max_triplet_neighbors / max_triplets of the GPSettings"
         )
+
+
+def used_capacities(env: Environments, multiple: int = 8) -> tuple[int, int]:
+    """(neighbour slots, triplet slots) actually used by concrete environments, rounded up to ``multiple``."""
+    k = int(np.asarray(env.mask).sum(axis=-1).max(initial=1))
+    t = int(np.asarray(env.triplet_mask).sum(axis=-1).max(initial=1))
+    k_cap, t_cap = env.mask.shape[-1], env.triplet_mask.shape[-1]
+    round_up = lambda v, cap: int(min(cap, max(multiple, -(-v // multiple) * multiple)))  # noqa: E731
+    return round_up(k, k_cap), round_up(t, t_cap)
+
+
+def compact(env: Environments, k: int, t: int) -> Environments:
+    """Environments cut to the first ``k`` neighbour and ``t`` triplet slots (valid slots come first).
+
+    Triplets index the nearest ``max_triplet_neighbors`` slots, so ``k`` must
+    cover those (the caller keeps k >= the slots any triplet uses).
+    """
+    return Environments(env.vectors[..., :k, :], env.mask[..., :k], env.species[..., :k], env.center_species,
+                        env.triplets[..., :t, :], env.triplet_mask[..., :t], env.overflow)

@@ -33,7 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.linalg
 
-from jaxiap.descriptors.environments import Environments, check_environments, environments, image_shifts
+from jaxiap.descriptors.environments import (Environments, check_environments, compact, environments, image_shifts,
+                                             used_capacities)
 from jaxiap.errors import JaxiapInputError
 from jaxiap.potentials.base import Potential
 from jaxiap.potentials.gp_blocks import Elements, pair_elements, se_blocks, triplet_elements
@@ -57,8 +58,8 @@ class GPSettings:
     r_cut: float = 5.4
     r_cut_3: float | None = 3.2
     max_neighbors: int = 64
-    max_triplet_neighbors: int = 16
-    max_triplets: int = 40
+    max_triplet_neighbors: int = 24
+    max_triplets: int = 96
     stress: bool = False
 
     def __post_init__(self):
@@ -195,6 +196,7 @@ class GaussianProcess:
         self._alpha = None
         self._template = None
         self._device_cache = None
+        self._query_slots = (0, 0)
 
     # ----------------------------------------------------------------- data
     @property
@@ -237,11 +239,7 @@ class GaussianProcess:
             raise JaxiapInputError("GaussianProcess.add: stress labels need GPSettings(stress=True)")
         if stress is not None and cell is None:
             raise JaxiapInputError("GaussianProcess.add: a stress label needs the cell")
-        env = structure_environments(positions, cell, species, self.settings)
-        s = self._n_structures
-        self._n_structures += 1
-        q = 1 + self.settings.n_p
-        added = 0
+        # validate every label before changing anything (a failed add leaves the GP as it was)
         if forces is not None:
             forces = np.asarray(forces, float)
             if forces.shape != (n, 3):
@@ -250,6 +248,19 @@ class GaussianProcess:
             for i in idx:
                 if not 0 <= i < n:
                     raise JaxiapInputError(f"GaussianProcess.add: atom index {i} out of range for {n} atoms")
+        if stress is not None:
+            stress = np.asarray(stress, float)
+            if stress.shape == (3, 3):
+                stress = np.array([stress[a, b] for a, b in VOIGT])
+            if stress.shape != (6,):
+                raise JaxiapInputError(f"GaussianProcess.add: stress must be (6,) Voigt or (3, 3); got {stress.shape}")
+        env = structure_environments(positions, cell, species, self.settings)
+        s = self._n_structures
+        self._n_structures += 1
+        q = 1 + self.settings.n_p
+        added = 0
+        if forces is not None:
+            for i in idx:
                 e = self._env_id((s, i), env, i)
                 for a in range(3):
                     comp = np.zeros(q)
@@ -264,11 +275,6 @@ class GaussianProcess:
                 self._rows.append(_Row(ENERGY, ids, 1.0, comp, float(energy)))
                 added += 1
             if stress is not None:
-                stress = np.asarray(stress, float)
-                if stress.shape == (3, 3):
-                    stress = np.array([stress[a, b] for a, b in VOIGT])
-                if stress.shape != (6,):
-                    raise JaxiapInputError(f"GaussianProcess.add: stress must be (6,) Voigt or (3, 3); got {stress.shape}")
                 volume = abs(np.linalg.det(np.asarray(cell, float)))
                 for v, (a, b) in enumerate(VOIGT):
                     comp = np.zeros(q)
@@ -418,10 +424,27 @@ class GaussianProcess:
         hyp = self.hyperparameters
         sig = np.array([hyp.sig2, hyp.sig3]) ** 2
         weights = np.einsum("crmq,r->cmq", phi, alpha) * sig[:, None, None]
-        self._device_cache = GPState(self._all_envs(m_cap), jnp.asarray(phi * sig[:, None, None, None]),
+        train_envs = self._all_envs(m_cap)
+        k_used, t_used = self._slots(train_envs)
+        train_envs = compact(train_envs, k_used, t_used)
+        self._device_cache = GPState(train_envs, jnp.asarray(phi * sig[:, None, None, None]),
                                      jnp.asarray(chol), jnp.asarray(weights), jnp.asarray([hyp.l2, hyp.l3]),
                                      jnp.asarray(sig))
         return self._device_cache
+
+    def _slots(self, env: Environments, sticky: bool = False) -> tuple[int, int]:
+        """Slots to keep: those used (rounded up to 8), never fewer neighbours than the triplet search uses.
+
+        ``sticky``: never fewer than the largest query so far, so repeated
+        predictions (an MD run) recompile only when an environment grows.
+        """
+        k, t = used_capacities(env)
+        if self.settings.three_body:
+            k = max(k, min(self.settings.max_triplet_neighbors, env.mask.shape[-1]))
+        if sticky:
+            k, t = max(k, self._query_slots[0]), max(t, self._query_slots[1])
+            self._query_slots = (k, t)
+        return k, t
 
     def predict(self, positions, cell=None, species=None, *, energy_std: bool = True, stress: bool = False):
         """Posterior mean and epistemic std of one structure.
@@ -434,6 +457,7 @@ class GaussianProcess:
         if stress and not self.settings.stress:
             raise JaxiapInputError("GaussianProcess.predict: stress=True needs GPSettings(stress=True)")
         env = structure_environments(positions, cell, species, self.settings)
+        env = compact(env, *self._slots(env, sticky=True))
         state = self._device_state()
         volume = 1.0 if cell is None else abs(float(np.linalg.det(np.asarray(cell, float))))
         out = _predict_jit(env, state, self.settings, energy_std, stress, volume)

@@ -1,0 +1,270 @@
+"""FLARE's on-the-fly learning: MD on the GP mean, the oracle called when the predicted force std is too large.
+
+Algorithm (Vandermause et al. 2020; docs/otf.md):
+
+1. Step 0 calls the oracle and trains the GP on ``init_atoms`` atoms.
+2. Every step predicts forces and their epistemic std (no noise) with the GP.
+3. The threshold is ``std_tolerance * sigma_n`` (the GP's force noise) for a
+   positive tolerance, ``|std_tolerance|`` eV/Å for a negative one; 0 never
+   calls the oracle after step 0.
+4. When the largest std component exceeds it, the oracle (any ASE
+   calculator) labels the frame, the ``max_atoms_added`` atoms of largest
+   std are added, the hyperparameters are re-optimised for the first
+   ``freeze_hyps`` updates (then frozen, and the Cholesky factor is extended
+   incrementally), and the step is taken with the oracle's forces.
+5. Velocity rescaling events (the melt) set the instantaneous temperature at
+   a given step.
+
+Integrator: velocity Verlet (NVE between rescalings), ASE units (Å, eV,
+amu; dt in fs). Every oracle call is logged; the run checkpoints to a folder
+(atomically) every ``checkpoint_every`` steps and after each oracle call,
+and resumes from it: the GP is rebuilt from the stored oracle frames and
+hyperparameters (a refit, so the continuation agrees with an uninterrupted
+run to rounding, not bit for bit).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from jaxiap.errors import JaxiapInputError
+from jaxiap.potentials.gp import GaussianProcess
+from jaxiap.potentials.gp_train import free_hyperparameters, optimize_hyperparameters
+from jaxiap.runfolder import read_npz, savez
+
+#: Boltzmann constant in eV/K (ase.units.kB)
+KB = 8.617330337217213e-05
+#: ASE time unit per fs (ase.units.fs)
+FS = 0.09822694788464063
+
+
+@dataclasses.dataclass(frozen=True)
+class OTFSettings:
+    """Settings of the on-the-fly loop (see the module docstring)."""
+
+    n_steps: int = 2000
+    dt_fs: float = 5.0
+    std_tolerance: float = 1.0
+    max_atoms_added: int = 1
+    init_atoms: int = 4
+    freeze_hyps: int = 10
+    hyp_max_iterations: int = 30
+    refresh_noise: bool = True     # after the freeze: re-optimise signal variances and noise (blocks unchanged)
+    min_noise: float = 0.0         # lower bound of the force noise sigma_n (eV/Å)
+    rescale: tuple = ()            # ((step, temperature K), ...)
+    checkpoint_every: int = 100
+
+    def __post_init__(self):
+        for name in ("n_steps", "max_atoms_added", "init_atoms", "hyp_max_iterations", "checkpoint_every"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, np.integer)) and v >= 1):
+                raise JaxiapInputError(f"OTFSettings: {name}={v!r} must be a positive integer")
+        if not (isinstance(self.freeze_hyps, (int, np.integer)) and self.freeze_hyps >= 0):
+            raise JaxiapInputError(f"OTFSettings: freeze_hyps={self.freeze_hyps!r} must be an integer >= 0")
+        if not (math.isfinite(self.dt_fs) and self.dt_fs > 0):
+            raise JaxiapInputError(f"OTFSettings: dt_fs={self.dt_fs!r} must be a positive time step (fs)")
+        if not math.isfinite(self.std_tolerance):
+            raise JaxiapInputError(f"OTFSettings: std_tolerance={self.std_tolerance!r} must be finite")
+        rescale = tuple((int(s), float(t)) for s, t in self.rescale)
+        for s, t in rescale:
+            if not (0 <= s < self.n_steps and t > 0):
+                raise JaxiapInputError(f"OTFSettings: rescale event ({s}, {t}) needs 0 <= step < n_steps and T > 0 K")
+        object.__setattr__(self, "rescale", rescale)
+
+
+def temperature(velocities, masses) -> float:
+    """Instantaneous temperature (K) = 2 KE / (3 N k_B), velocities in Å per ASE time unit, masses amu."""
+    ke = 0.5 * float(np.sum(masses[:, None] * velocities**2))
+    return 2.0 * ke / (3 * len(masses) * KB)
+
+
+def maxwell_boltzmann(masses, temperature_k: float, rng) -> np.ndarray:
+    """Velocities (N, 3) at ``temperature_k`` with zero total momentum, rescaled to the exact temperature."""
+    v = rng.normal(size=(len(masses), 3)) * np.sqrt(KB * temperature_k / masses)[:, None]
+    v -= np.sum(masses[:, None] * v, axis=0) / np.sum(masses)
+    t = temperature(v, masses)
+    return v * math.sqrt(temperature_k / t) if t > 0 else v
+
+
+class OTFResult(dict):
+    """Logs of an on-the-fly run (a dict): per-step arrays and the list of oracle calls."""
+
+
+def _threshold(gp: GaussianProcess, tol: float) -> float:
+    if tol > 0:
+        return tol * gp.hyperparameters.noise
+    if tol < 0:
+        return -tol
+    return math.inf
+
+
+def run_otf(atoms, gp: GaussianProcess, settings: OTFSettings, *, velocities=None, temperature_k: float = 300.0,
+            seed: int = 0, folder=None, progress: bool = True, on_call: Callable | None = None) -> OTFResult:
+    """On-the-fly MD of ``atoms`` (ASE Atoms whose ``calc`` is the oracle) with the GaussianProcess ``gp``.
+
+    velocities: (N, 3) Å per ASE time unit, or None to draw them at
+    ``temperature_k`` from ``seed``. folder: checkpoint folder (resumed when
+    it holds a checkpoint of this run). on_call(record): called after each
+    oracle call. Returns an :class:`OTFResult` with per-step arrays
+    ``time_ps``, ``temperature``, ``max_std``, ``threshold``, ``oracle``
+    (bool), ``n_train_atoms``, ``noise`` and the list ``calls`` (step, time,
+    atoms added, max std, hyperparameters, wall time).
+    """
+    if atoms.calc is None:
+        raise JaxiapInputError("run_otf: atoms.calc is None; attach the oracle, e.g. atoms.calc = EMT()")
+    calc = atoms.calc
+    atoms = atoms.copy()
+    atoms.calc = calc
+    oracle = _oracle_of(atoms)
+    n = len(atoms)
+    if settings.init_atoms > n or settings.max_atoms_added > n:
+        raise JaxiapInputError(f"run_otf: init_atoms={settings.init_atoms} and max_atoms_added="
+                               f"{settings.max_atoms_added} must not exceed the {n} atoms")
+    masses = atoms.get_masses()
+    cell = np.asarray(atoms.cell) if atoms.pbc.any() else None
+    numbers = atoms.numbers
+    dt = settings.dt_fs * FS
+    rng = np.random.default_rng(seed)
+    rescale = dict(settings.rescale)
+    ckpt = None if folder is None else Path(folder) / "otf_checkpoint.npz"
+
+    state = _resume(ckpt, gp, n, cell, numbers) if ckpt is not None and ckpt.exists() else None
+    if state is None:
+        x = atoms.positions.copy()
+        # v: the full-step velocity at step 0, afterwards the half-step velocity v(t - dt/2) awaiting F(x(t))
+        v = maxwell_boltzmann(masses, temperature_k, rng) if velocities is None else np.asarray(velocities, float)
+        logs = {k: [] for k in LOG_KEYS}
+        frames, calls, step, n_updates = [], [], 0, 0
+    else:
+        x, v, logs, frames, calls, step, n_updates = state
+    bar = _bar(settings.n_steps, step, progress)
+    t_wall = time.perf_counter()
+    try:
+        while step < settings.n_steps:
+            if gp.n_rows:
+                pred = gp.predict(x, cell, numbers, energy_std=False)
+                f_gp, std = pred["forces"], pred["forces_std"]
+            else:
+                f_gp, std = np.zeros((n, 3)), np.full((n, 3), np.inf)
+            thr = _threshold(gp, settings.std_tolerance)
+            call = step == 0 or float(std.max()) > thr
+            forces = f_gp
+            if call:
+                e_ref, f_ref = oracle(x)
+                forces = f_ref
+                per_atom = std.max(axis=1)
+                k = settings.init_atoms if not gp.n_rows else settings.max_atoms_added
+                if np.all(np.isinf(per_atom)):
+                    chosen = np.sort(rng.choice(n, size=k, replace=False))
+                else:
+                    chosen = np.sort(np.argsort(-per_atom, kind="stable")[:k])
+                gp.add(x, cell, numbers, forces=f_ref, atoms=chosen)
+                frames.append((x.copy(), f_ref, e_ref, chosen))
+                t0 = time.perf_counter()
+                bounds = {"noise": (max(settings.min_noise, 1e-4), 10.0)}
+                if n_updates < settings.freeze_hyps:
+                    optimize_hyperparameters(gp, max_iterations=settings.hyp_max_iterations, bounds=bounds)
+                elif settings.refresh_noise:
+                    names = tuple(n for n in free_hyperparameters(gp) if n not in ("l2", "l3"))
+                    optimize_hyperparameters(gp, names=names, max_iterations=settings.hyp_max_iterations,
+                                             bounds=bounds)
+                else:
+                    gp.update()
+                n_updates += 1
+                record = {"step": step, "time_ps": step * settings.dt_fs / 1000.0, "atoms": chosen.tolist(),
+                          "max_std": float(std.max()) if np.isfinite(std.max()) else None, "threshold": thr,
+                          "n_train_atoms": gp.n_force_atoms, "hyperparameters": gp.hyperparameters._asdict(),
+                          "train_seconds": time.perf_counter() - t0}
+                calls.append(record)
+                if on_call is not None:
+                    on_call(record)
+            if step > 0:  # complete the velocity Verlet step: v(t) = v(t - dt/2) + F(t) dt / 2m
+                v = v + 0.5 * dt * forces / masses[:, None]
+            if step in rescale:
+                t_now = temperature(v, masses)
+                v = v * math.sqrt(rescale[step] / t_now) if t_now > 0 else maxwell_boltzmann(masses, rescale[step], rng)
+            logs["time_ps"].append(step * settings.dt_fs / 1000.0)
+            logs["temperature"].append(temperature(v, masses))
+            logs["max_std"].append(float(std.max()) if np.isfinite(std.max()) else np.nan)
+            logs["threshold"].append(thr if np.isfinite(thr) else np.nan)
+            logs["oracle"].append(bool(call))
+            logs["n_train_atoms"].append(gp.n_force_atoms)
+            logs["noise"].append(gp.hyperparameters.noise)
+            v = v + 0.5 * dt * forces / masses[:, None]      # v(t + dt/2)
+            x = x + dt * v
+            step += 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(calls=len(calls), atoms=gp.n_force_atoms, T=f"{logs['temperature'][-1]:.0f}K")
+            if ckpt is not None and (call or step % settings.checkpoint_every == 0 or step == settings.n_steps):
+                _checkpoint(ckpt, x, v, logs, frames, calls, step, n_updates, gp)
+    finally:
+        if bar is not None:
+            bar.close()
+    result = OTFResult({k: np.asarray(val) for k, val in logs.items()})
+    result["calls"] = calls
+    result["frames"] = frames
+    result["final_positions"] = x
+    result["wall_seconds"] = time.perf_counter() - t_wall
+    return result
+
+
+LOG_KEYS = ("time_ps", "temperature", "max_std", "threshold", "oracle", "n_train_atoms", "noise")
+
+
+def _oracle_of(atoms):
+    def oracle(x):
+        a = atoms.copy()
+        a.positions = x
+        a.calc = atoms.calc
+        return float(a.get_potential_energy()), np.asarray(a.get_forces())
+    return oracle
+
+
+def _bar(total, initial, progress):
+    if not progress:
+        return None
+    from tqdm.auto import tqdm  # lazy: only when a bar is shown
+
+    return tqdm(total=total, initial=initial, desc="otf MD", unit="step", leave=False)
+
+
+def _checkpoint(path: Path, x, v, logs, frames, calls, step, n_updates, gp):
+    import json
+
+    savez(path, x=x, v=v, step=step, n_updates=n_updates,
+          frame_x=np.array([f[0] for f in frames]), frame_f=np.array([f[1] for f in frames]),
+          frame_e=np.array([f[2] for f in frames]),
+          frame_atoms=np.array(json.dumps([list(map(int, f[3])) for f in frames])),
+          calls=np.array(json.dumps(calls)), hyperparameters=np.array(list(gp.hyperparameters)),
+          **{f"log_{k}": np.asarray(val) for k, val in logs.items()})
+
+
+def _resume(path: Path, gp: GaussianProcess, n: int, cell, numbers):
+    """(x, v, logs, frames, calls, step, n_updates) from a checkpoint; rebuilds ``gp`` from its oracle frames."""
+    import json
+
+    from jaxiap.potentials.gp import GPHyperparameters
+
+    z = read_npz(path, "on-the-fly checkpoint")
+    x = np.asarray(z["x"])
+    if x.shape != (n, 3):
+        raise JaxiapInputError(f"{path} holds a run of {x.shape[0]} atoms, not {n}; choose another folder")
+    if gp.n_rows:
+        raise JaxiapInputError("run_otf: resuming needs an empty GaussianProcess (it is rebuilt from the checkpoint)")
+    frames = []
+    atoms_lists = json.loads(str(z["frame_atoms"]))
+    for fx, ff, fe, fa in zip(z["frame_x"], z["frame_f"], z["frame_e"], atoms_lists):
+        frames.append((np.asarray(fx), np.asarray(ff), float(fe), np.asarray(fa, int)))
+        gp.add(frames[-1][0], cell, numbers, forces=frames[-1][1], atoms=frames[-1][3])
+    gp.set_hyperparameters(GPHyperparameters(*np.asarray(z["hyperparameters"]).tolist()))
+    if frames:
+        gp.refit()
+    logs = {k: list(np.asarray(z["log_" + k])) for k in LOG_KEYS}
+    return x, np.asarray(z["v"]), logs, frames, json.loads(str(z["calls"])), int(z["step"]), int(z["n_updates"])

@@ -1,0 +1,114 @@
+"""Configuration of the on-the-fly aluminium study (``jaxiap otf``): presets, checks, CLI options.
+
+:class:`OTFConfig` holds every setting and checks them all when it is made,
+naming the config field and its ``jaxiap otf`` option (:data:`CLI_FLAGS`,
+the one table the CLI builds its option-to-field map from). Units: Å, eV,
+fs, ps, K.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from jaxiap.errors import JaxiapInputError
+from jaxiap.workflows.lj13_config import check_seed, field_text
+
+PRESETS = {
+    # the FLARE protocol: 10 ps, melt at 5 ps; about 25 minutes on 2 CPU cores (README)
+    "cpu": {},
+    # seconds-long smoke runs for tests and notebooks
+    "tiny": dict(repeat=1, n_steps=40, melt_ps=0.1, dt_fs=5.0, r_cut=4.2, r_cut_3=3.0, n_test=4,
+                 test_spacing_ps=0.02, test_equilibrate_ps=0.05, init_atoms=2, freeze_hyps=2,
+                 hyp_max_iterations=8, max_neighbors=64, max_triplet_neighbors=16, max_triplets=48),
+}
+PRESET_CHOICES = tuple(PRESETS)
+
+#: the ``jaxiap otf`` option of each config field
+CLI_FLAGS = {
+    "seed": "--seed", "calculator": "--calculator", "n_steps": "--steps", "dt_fs": "--dt-fs",
+    "temperature": "--temperature", "melt_ps": "--melt-ps", "melt_temperature": "--melt-temperature",
+    "r_cut": "--r-cut", "r_cut_3": "--r-cut-3", "std_tolerance": "--std-tolerance",
+    "max_atoms_added": "--max-atoms-added", "init_atoms": "--init-atoms", "freeze_hyps": "--freeze-hyps",
+    "min_noise": "--min-noise", "n_test": "--test-frames",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class OTFConfig:
+    """Every setting of the study: FCC Al, EMT oracle, FLARE's melt protocol."""
+
+    seed: int = 0
+    calculator: str = "emt"          # "emt" or "module:Class" of any ASE calculator (no arguments)
+    repeat: int = 2                  # cubic FCC cell repeated: 2 -> 32 atoms
+    lattice: float = 4.046           # Å
+    n_steps: int = 2000
+    dt_fs: float = 5.0
+    temperature: float = 600.0       # K, initial velocities (the solid equilibrates near half of it)
+    melt_ps: float = 5.0             # velocity rescaling time (ps)
+    melt_temperature: float = 1.0e4  # K
+    # GP
+    r_cut: float = 5.4
+    r_cut_3: float | None = 3.2
+    max_neighbors: int = 64
+    max_triplet_neighbors: int = 24
+    max_triplets: int = 96
+    # on-the-fly rule
+    std_tolerance: float = 1.0
+    max_atoms_added: int = 2
+    init_atoms: int = 4
+    freeze_hyps: int = 10
+    hyp_max_iterations: int = 30
+    min_noise: float = 0.01          # eV/Å
+    # held-out test frames: EMT MD at the run's mean solid / liquid temperatures
+    n_test: int = 100
+    test_spacing_ps: float = 0.1
+    test_equilibrate_ps: float = 2.0
+
+    def __post_init__(self):
+        def bad(name, why):
+            raise JaxiapInputError(f"{field_text(self, name, CLI_FLAGS)}: {why}")
+
+        check_seed(self, CLI_FLAGS, "it draws the initial velocities, the first training atoms and the test runs")
+        for name in ("lattice", "dt_fs", "temperature", "melt_ps", "melt_temperature", "r_cut", "test_spacing_ps",
+                     "test_equilibrate_ps"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                bad(name, "must be a positive finite number")
+        for name in ("repeat", "n_steps", "max_neighbors", "max_triplet_neighbors", "max_triplets",
+                     "max_atoms_added", "init_atoms", "hyp_max_iterations", "n_test"):
+            if not (isinstance(getattr(self, name), (int, np.integer)) and getattr(self, name) >= 1):
+                bad(name, "must be a positive integer")
+        if not (isinstance(self.freeze_hyps, (int, np.integer)) and self.freeze_hyps >= 0):
+            bad("freeze_hyps", "must be an integer >= 0")
+        if not (math.isfinite(self.min_noise) and self.min_noise >= 0):
+            bad("min_noise", "must be a number >= 0 (eV/Å)")
+        if not math.isfinite(self.std_tolerance):
+            bad("std_tolerance", "must be finite: > 0 a multiple of the noise, < 0 an absolute eV/Å, 0 never")
+        if self.r_cut_3 is not None and not (0 < self.r_cut_3 <= self.r_cut):
+            bad("r_cut_3", f"must be in (0, r_cut={self.r_cut}] Å")
+        n_atoms = 4 * self.repeat**3
+        if self.init_atoms > n_atoms or self.max_atoms_added > n_atoms:
+            bad("init_atoms" if self.init_atoms > n_atoms else "max_atoms_added",
+                f"the cell has only {n_atoms} atoms")
+        if not self.melt_step < self.n_steps:
+            bad("melt_ps", f"the run lasts {self.n_steps * self.dt_fs / 1000:g} ps ({field_text(self, 'n_steps', CLI_FLAGS)}"
+                           f" x {self.dt_fs} fs); melt before its end")
+        if self.calculator != "emt" and ":" not in self.calculator:
+            bad("calculator", "use 'emt' or 'module:Class' (an ASE calculator class taking no arguments), "
+                              "e.g. ase.calculators.emt:EMT")
+
+    @property
+    def melt_step(self) -> int:
+        return int(round(self.melt_ps * 1000.0 / self.dt_fs))
+
+    @classmethod
+    def from_preset(cls, preset: str = "cpu", **overrides) -> "OTFConfig":
+        if preset not in PRESETS:
+            raise JaxiapInputError(f"unknown preset {preset!r}; choose one of {PRESET_CHOICES}")
+        return cls(**{**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}})
+
+
+DEFAULTS = OTFConfig()
