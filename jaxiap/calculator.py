@@ -153,3 +153,36 @@ class JaxiapCalculator(Calculator):
         self.results["forces"] = np.asarray(f)
         if periodic and self.with_stress:
             self.results["stress"] = full_3x3_to_voigt_6_stress(np.asarray(s))
+
+
+class GPCalculator(Calculator):
+    """ASE calculator of a :class:`~jaxiap.potentials.gp.GaussianProcess`: the posterior mean and its stds.
+
+    Properties: ``energy``, ``forces`` and (with ``GPSettings(stress=True)``
+    and a periodic cell) ``stress``; ``results`` also holds ``energy_std``
+    (eV), ``forces_std`` (N, 3) eV/Å and ``stress_std`` (6,), epistemic
+    (no noise). Species are the atomic numbers, as in training.
+    """
+
+    implemented_properties = ["energy", "free_energy", "forces", "stress"]
+
+    def __init__(self, gp, **kwargs):
+        super().__init__(**kwargs)
+        self.gp = gp
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        periodic = bool(self.atoms.pbc.any())
+        if periodic and not self.atoms.pbc.all():
+            raise JaxiapInputError("GPCalculator: mixed periodicity is not supported; use pbc all True or all False")
+        cell = np.asarray(self.atoms.cell) if periodic else None
+        want_stress = "stress" in properties
+        if want_stress and (cell is None or not self.gp.settings.stress):
+            raise JaxiapInputError("GPCalculator: stress needs a periodic cell and GPSettings(stress=True)")
+        p = self.gp.predict(self.atoms.positions, cell, self.atoms.numbers, stress=want_stress)
+        self.results = {"energy": float(p["energy"]), "free_energy": float(p["energy"]),
+                        "forces": np.asarray(p["forces"]), "energy_std": float(p["energy_std"]),
+                        "forces_std": np.asarray(p["forces_std"])}
+        if want_stress:
+            self.results["stress"] = np.asarray(p["stress"])
+            self.results["stress_std"] = np.asarray(p["stress_std"])

@@ -320,6 +320,9 @@ def _add_otf(sub):
     g.add_argument("--freeze-hyps", type=_nonnegative_int, default=None,
                    help="updates with full hyperparameter optimisation; later updates keep the length scales and "
                         f"re-optimise only the signal variances and the noise [{d.freeze_hyps}]")
+    g.add_argument("--reoptimize-every", type=_nonnegative_int, default=None,
+                   help="after the first --freeze-hyps updates, a full hyperparameter optimisation every this many "
+                        f"updates (0: never) [{d.reoptimize_every}]")
     g.add_argument("--min-noise", type=_nonneg_float, default=None,
                    help=f"lower bound of the force noise sigma_n (eV/Å) [{d.min_noise}]")
     g.add_argument("--test-frames", type=_positive_int, default=None,

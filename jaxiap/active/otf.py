@@ -9,9 +9,15 @@ Algorithm (Vandermause et al. 2020; docs/otf.md):
    calls the oracle after step 0.
 4. When the largest std component exceeds it, the oracle (any ASE
    calculator) labels the frame, the ``max_atoms_added`` atoms of largest
-   std are added, the hyperparameters are re-optimised for the first
-   ``freeze_hyps`` updates (then frozen, and the Cholesky factor is extended
-   incrementally), and the step is taken with the oracle's forces.
+   std are added, and the step is taken with the oracle's forces.
+   Hyperparameters (the freeze rule): all are optimised at each of the
+   first ``freeze_hyps`` updates; afterwards the length scales stay fixed
+   except for a full optimisation every ``reoptimize_every`` updates (0:
+   never), and with ``refresh_noise`` the signal variances and the noise
+   are re-optimised at every update (cheap: the kernel blocks do not
+   change, only their weights). With ``refresh_noise=False`` and
+   ``reoptimize_every=0`` the hyperparameters are frozen and each update
+   extends the Cholesky factor incrementally (O(n^2) per added row block).
 5. Velocity rescaling events (the melt) set the instantaneous temperature at
    a given step.
 
@@ -56,6 +62,7 @@ class OTFSettings:
     freeze_hyps: int = 10
     hyp_max_iterations: int = 30
     refresh_noise: bool = True     # after the freeze: re-optimise signal variances and noise (blocks unchanged)
+    reoptimize_every: int = 10     # after the freeze: a full optimisation every this many updates (0: never)
     min_noise: float = 0.0         # lower bound of the force noise sigma_n (eV/Å)
     rescale: tuple = ()            # ((step, temperature K), ...)
     checkpoint_every: int = 100
@@ -65,8 +72,10 @@ class OTFSettings:
             v = getattr(self, name)
             if not (isinstance(v, (int, np.integer)) and v >= 1):
                 raise JaxiapInputError(f"OTFSettings: {name}={v!r} must be a positive integer")
-        if not (isinstance(self.freeze_hyps, (int, np.integer)) and self.freeze_hyps >= 0):
-            raise JaxiapInputError(f"OTFSettings: freeze_hyps={self.freeze_hyps!r} must be an integer >= 0")
+        for name in ("freeze_hyps", "reoptimize_every"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, np.integer)) and v >= 0):
+                raise JaxiapInputError(f"OTFSettings: {name}={v!r} must be an integer >= 0")
         if not (math.isfinite(self.dt_fs) and self.dt_fs > 0):
             raise JaxiapInputError(f"OTFSettings: dt_fs={self.dt_fs!r} must be a positive time step (fs)")
         if not math.isfinite(self.std_tolerance):
@@ -168,7 +177,9 @@ def run_otf(atoms, gp: GaussianProcess, settings: OTFSettings, *, velocities=Non
                 frames.append((x.copy(), f_ref, e_ref, chosen))
                 t0 = time.perf_counter()
                 bounds = {"noise": (max(settings.min_noise, 1e-4), 10.0)}
-                if n_updates < settings.freeze_hyps:
+                full = n_updates < settings.freeze_hyps or (
+                    settings.reoptimize_every > 0 and (n_updates - settings.freeze_hyps + 1) % settings.reoptimize_every == 0)
+                if full:
                     optimize_hyperparameters(gp, max_iterations=settings.hyp_max_iterations, bounds=bounds)
                 elif settings.refresh_noise:
                     names = tuple(n for n in free_hyperparameters(gp) if n not in ("l2", "l3"))
@@ -252,8 +263,9 @@ def _resume(path: Path, gp: GaussianProcess, n: int, cell, numbers):
 
     from jaxiap.potentials.gp import GPHyperparameters
 
-    z = read_npz(path, "on-the-fly checkpoint")
-    x = np.asarray(z["x"])
+    with read_npz(path, "on-the-fly checkpoint") as zf:
+        z = {k: np.asarray(zf[k]) for k in zf.files}
+    x = z["x"]
     if x.shape != (n, 3):
         raise JaxiapInputError(f"{path} holds a run of {x.shape[0]} atoms, not {n}; choose another folder")
     if gp.n_rows:
@@ -266,5 +278,5 @@ def _resume(path: Path, gp: GaussianProcess, n: int, cell, numbers):
     gp.set_hyperparameters(GPHyperparameters(*np.asarray(z["hyperparameters"]).tolist()))
     if frames:
         gp.refit()
-    logs = {k: list(np.asarray(z["log_" + k])) for k in LOG_KEYS}
+    logs = {k: list(z["log_" + k]) for k in LOG_KEYS}
     return x, np.asarray(z["v"]), logs, frames, json.loads(str(z["calls"])), int(z["step"]), int(z["n_updates"])

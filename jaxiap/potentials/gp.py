@@ -24,6 +24,7 @@ Units: eV, Å.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
@@ -197,6 +198,7 @@ class GaussianProcess:
         self._template = None
         self._device_cache = None
         self._query_slots = (0, 0)
+        self._records: list[dict] = []
 
     # ----------------------------------------------------------------- data
     @property
@@ -257,6 +259,11 @@ class GaussianProcess:
         env = structure_environments(positions, cell, species, self.settings)
         s = self._n_structures
         self._n_structures += 1
+        self._records.append({"positions": positions, "cell": None if cell is None else np.asarray(cell, float),
+                              "species": None if species is None else np.asarray(species, int),
+                              "forces": None if forces is None else np.asarray(forces, float),
+                              "atoms": None if atoms is None else np.asarray(atoms, int).reshape(-1),
+                              "energy": energy, "stress": None if stress is None else np.asarray(stress, float)})
         q = 1 + self.settings.n_p
         added = 0
         if forces is not None:
@@ -463,6 +470,61 @@ class GaussianProcess:
         out = _predict_jit(env, state, self.settings, energy_std, stress, volume)
         return {k: np.asarray(v) for k, v in out.items()}
 
+    def energy_variance_fn(self, cell=None):
+        """``fn(positions (N, 3), mask=None) -> Var[E]`` (eV^2), differentiable: for biased MD and attacks.
+
+        The species are those of the first training structure (one composition); ``mask`` is ignored.
+        """
+        state = self._device_state()
+        settings = self.settings
+        cell_j = None if cell is None else jnp.asarray(np.asarray(cell, float))
+        shifts = tuple(tuple(int(v) for v in row) for row in image_shifts(
+            None if cell is None else np.asarray(cell, float), settings.r_cut))
+        species = jnp.asarray(self._records[0]["species"]) if self._records and \
+            self._records[0]["species"] is not None else None
+
+        def variance(positions, mask=None):
+            env = _environments_static(positions, cell_j, species, settings, shifts)
+            return _energy_variance(env, state, settings)
+
+        return variance
+
+    def save(self, path) -> None:
+        """Write the training structures, settings and hyperparameters to an .npz (:meth:`load` refits)."""
+        import json
+
+        from jaxiap.runfolder import savez
+
+        meta = {"settings": dataclasses.asdict(self.settings), "hyperparameters": self.hyperparameters._asdict(),
+                "n": len(self._records)}
+        arrays = {"meta": np.array(json.dumps(meta))}
+        for k, rec in enumerate(self._records):
+            for name, val in rec.items():
+                if val is not None:
+                    arrays[f"{k}_{name}"] = np.asarray(val)
+        savez(path, **arrays)
+
+    @classmethod
+    def load(cls, path) -> "GaussianProcess":
+        """A GaussianProcess rebuilt from :meth:`save`'s file (structures re-added, then refit)."""
+        import json
+
+        from jaxiap.runfolder import read_npz
+
+        with read_npz(path, "Gaussian-process file") as z:
+            meta = json.loads(str(z["meta"]))
+            records = [{name: np.asarray(z[f"{k}_{name}"]) if f"{k}_{name}" in z else None
+                        for name in ("positions", "cell", "species", "forces", "atoms", "energy", "stress")}
+                       for k in range(meta["n"])]
+        gp = cls(GPSettings(**meta["settings"]), GPHyperparameters(**meta["hyperparameters"]))
+        for rec in records:
+            energy = rec["energy"]
+            gp.add(rec["positions"], rec["cell"], rec["species"], forces=rec["forces"], atoms=rec["atoms"],
+                   energy=None if energy is None else float(energy), stress=rec["stress"])
+        if gp.n_rows:
+            gp.refit()
+        return gp
+
     def potential(self, cell=None) -> "GPPotential":
         """The posterior mean as a :class:`GPPotential` (frozen snapshot) for structures in ``cell``."""
         state = self._device_state()
@@ -504,28 +566,44 @@ def _predict(env: Environments, state: GPState, settings: GPSettings, energy_std
     mean_e = jnp.einsum("c,cnmq,cmq->", bw, blocks[:, :, :, 0], state.weights)
     solve = lambda k: jax.scipy.linalg.solve_triangular(state.chol, k, lower=True)  # noqa: E731
     v_f = solve(k_f.reshape(n * 3, -1).T)
-    def self_block(*fields):
-        e = Environments(*fields, env.overflow)
-        return unit_blocks(e, e, settings, l2, l3, n_p_query=3)[:, 0, 0]
+    bw2 = state.signal * bw**2
+    if energy_std or stress:  # one N x N block set gives the force, energy and stress priors
+        bqq = unit_blocks(env, env, settings, l2, l3, n_p_query=n_p_q)                     # (2, N, N, P, Q)
+        diag = jnp.diagonal(bqq, axis1=1, axis2=2)                                          # (2, P, Q, N)
+        prior_f = jnp.einsum("c,caan->na", state.signal, diag[:, 1:4, 1:4])
+    else:
+        def self_block(*fields):
+            e = Environments(*fields, env.overflow)
+            return unit_blocks(e, e, settings, l2, l3, n_p_query=3)[:, 0, 0]
 
-    self_b = jax.vmap(self_block)(*[a[:, None] for a in env[:-1]])                                 # (N, 2, 4, 4)
-    prior_f = jnp.einsum("c,ncaa->na", state.signal, self_b[:, :, 1:4, 1:4])
+        self_b = jax.vmap(self_block)(*[a[:, None] for a in env[:-1]])                             # (N, 2, 4, 4)
+        prior_f = jnp.einsum("c,ncaa->na", state.signal, self_b[:, :, 1:4, 1:4])
     var_f = prior_f - jnp.sum(v_f**2, axis=0).reshape(n, 3)
     out = {"energy": mean_e, "forces": mean_f, "forces_std": jnp.sqrt(jnp.maximum(var_f, 0.0))}
     if energy_std:
-        bqq = unit_blocks(env, env, settings, l2, l3, n_p_query=0)[..., 0, 0]                 # (2, N, N)
-        prior_e = jnp.einsum("c,c,c,cnm->", state.signal, bw, bw, bqq)
+        prior_e = jnp.einsum("c,cnm->", bw2, bqq[:, :, :, 0, 0])
         v_e = solve(k_e)
         out["energy_std"] = jnp.sqrt(jnp.maximum(prior_e - jnp.sum(v_e**2), 0.0))
     if stress:
         proj = _voigt_projection(blocks.dtype)                                                   # (6, 9)
         k_s = jnp.einsum("c,cnmeq,ve,crmq->vr", bw, blocks[:, :, :, 4:13], proj, state.phi) / volume
         out["stress"] = jnp.einsum("c,cnmeq,ve,cmq->v", bw, blocks[:, :, :, 4:13], proj, state.weights) / volume
-        bss = unit_blocks(env, env, settings, l2, l3)[:, :, :, 4:13, 4:13]                    # (2, N, N, 9, 9)
-        prior_s = jnp.einsum("c,c,c,cnmef,ve,vf->v", state.signal, bw, bw, bss, proj, proj) / volume**2
+        prior_s = jnp.einsum("c,cnmef,ve,vf->v", bw2, bqq[:, :, :, 4:13, 4:13], proj, proj) / volume**2
         v_s = solve(k_s.T)
         out["stress_std"] = jnp.sqrt(jnp.maximum(prior_s - jnp.sum(v_s**2, axis=0), 0.0))
     return out
+
+
+def _energy_variance(env: Environments, state: GPState, settings: GPSettings):
+    """Posterior variance of the total energy of one structure (differentiable in its positions)."""
+    l2, l3 = state.length_scales[0], state.length_scales[1]
+    bw = jnp.asarray(ENERGY_WEIGHTS, env.vectors.dtype)
+    blocks = unit_blocks(env, state.envs, settings, l2, l3, n_p_query=0)[:, :, :, 0]           # (2, N, M, Q)
+    k_e = jnp.einsum("c,cnmq,crmq->r", bw, blocks, state.phi)
+    bqq = unit_blocks(env, env, settings, l2, l3, n_p_query=0)[..., 0, 0]
+    prior = jnp.einsum("c,c,c,cnm->", state.signal, bw, bw, bqq)
+    v = jax.scipy.linalg.solve_triangular(state.chol, k_e, lower=True)
+    return jnp.maximum(prior - jnp.sum(v**2), 0.0)
 
 
 def _voigt_projection(dtype):

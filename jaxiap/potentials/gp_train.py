@@ -25,8 +25,10 @@ from jaxiap.errors import JaxiapInputError
 from jaxiap.potentials.gp import ENERGY, STRESS, GaussianProcess, GPHyperparameters, _capacity, unit_blocks
 
 #: log-space bounds of each hyperparameter (eV, Å units)
-BOUNDS = {"sig2": (1e-4, 1e2), "l2": (0.05, 5.0), "sig3": (1e-5, 1e1), "l3": (0.05, 5.0),
-          "noise": (1e-4, 10.0), "noise_energy": (1e-4, 10.0), "noise_stress": (1e-6, 1.0)}
+#: (length scales beyond ~2 Å make the kernels nearly constant over the distances inside a cutoff, and
+#: K ill-conditioned; a force noise beyond 1 eV/Å means the model explains nothing)
+BOUNDS = {"sig2": (1e-4, 1e2), "l2": (0.05, 3.0), "sig3": (1e-5, 1e1), "l3": (0.05, 2.0),
+          "noise": (1e-4, 1.0), "noise_energy": (1e-4, 10.0), "noise_stress": (1e-6, 1.0)}
 
 
 def _blocks_and_tangents(envs, settings, l2, l3):
@@ -93,10 +95,14 @@ class _Objective:
         k2, k3, d2, d3, _ = self._grams(h.l2, h.l3)
         noise = np.array([h.noise, h.noise_energy, h.noise_stress])[self.kinds] ** 2
         k = h.sig2**2 * k2 + h.sig3**2 * k3 + np.diag(noise)
+        k = 0.5 * (k + k.T)
         try:
-            chol = np.linalg.cholesky(0.5 * (k + k.T))
-        except np.linalg.LinAlgError:
-            return 1e30, np.zeros(len(self.names))
+            chol = np.linalg.cholesky(k)
+        except np.linalg.LinAlgError:  # numerically singular: retry with a jitter of 1e-10 of the mean diagonal
+            try:
+                chol = np.linalg.cholesky(k + 1e-10 * np.mean(np.diag(k)) * np.eye(len(k)))
+            except np.linalg.LinAlgError:
+                return 1e30, np.zeros(len(self.names))
         alpha = scipy.linalg.cho_solve((chol, True), self.y)
         lml = -0.5 * self.y @ alpha - np.sum(np.log(np.diag(chol))) - 0.5 * len(self.y) * np.log(2 * np.pi)
         w = np.outer(alpha, alpha) - scipy.linalg.cho_solve((chol, True), np.eye(len(self.y)))

@@ -59,6 +59,7 @@ def otf_settings(config: OTFConfig) -> OTFSettings:
     return OTFSettings(n_steps=config.n_steps, dt_fs=config.dt_fs, std_tolerance=config.std_tolerance,
                        max_atoms_added=config.max_atoms_added, init_atoms=config.init_atoms,
                        freeze_hyps=config.freeze_hyps, hyp_max_iterations=config.hyp_max_iterations,
+                       reoptimize_every=config.reoptimize_every,
                        rescale=((config.melt_step, config.melt_temperature),), min_noise=config.min_noise,
                        checkpoint_every=max(1, min(100, config.n_steps // 10)))
 
@@ -127,8 +128,9 @@ def run_otf_study(config: OTFConfig = OTFConfig(), out_dir="runs/otf", overwrite
     with timer("test frames"):
         frames_path = out / "test_frames.npz"
         if frames_path.exists():
-            z = runfolder.read_npz(frames_path, "test frames")
-            test = {k: (z[f"{k}_x"], z[f"{k}_f"], z[f"{k}_t"]) for k in ("solid", "liquid")}
+            with runfolder.read_npz(frames_path, "test frames") as z:
+                test = {k: (np.asarray(z[f"{k}_x"]), np.asarray(z[f"{k}_f"]), np.asarray(z[f"{k}_t"]))
+                        for k in ("solid", "liquid")}
         else:
             test = {"solid": test_frames(config, t_solid, config.seed * 1000 + 1),
                     "liquid": test_frames(config, t_liquid, config.seed * 1000 + 2)}

@@ -32,7 +32,7 @@ CLI_FLAGS = {
     "temperature": "--temperature", "melt_ps": "--melt-ps", "melt_temperature": "--melt-temperature",
     "r_cut": "--r-cut", "r_cut_3": "--r-cut-3", "std_tolerance": "--std-tolerance",
     "max_atoms_added": "--max-atoms-added", "init_atoms": "--init-atoms", "freeze_hyps": "--freeze-hyps",
-    "min_noise": "--min-noise", "n_test": "--test-frames",
+    "min_noise": "--min-noise", "n_test": "--test-frames", "reoptimize_every": "--reoptimize-every",
 }
 
 
@@ -60,6 +60,7 @@ class OTFConfig:
     max_atoms_added: int = 2
     init_atoms: int = 4
     freeze_hyps: int = 10
+    reoptimize_every: int = 10
     hyp_max_iterations: int = 30
     min_noise: float = 0.01          # eV/Å
     # held-out test frames: EMT MD at the run's mean solid / liquid temperatures
@@ -81,8 +82,9 @@ class OTFConfig:
                      "max_atoms_added", "init_atoms", "hyp_max_iterations", "n_test"):
             if not (isinstance(getattr(self, name), (int, np.integer)) and getattr(self, name) >= 1):
                 bad(name, "must be a positive integer")
-        if not (isinstance(self.freeze_hyps, (int, np.integer)) and self.freeze_hyps >= 0):
-            bad("freeze_hyps", "must be an integer >= 0")
+        for name in ("freeze_hyps", "reoptimize_every"):
+            if not (isinstance(getattr(self, name), (int, np.integer)) and getattr(self, name) >= 0):
+                bad(name, "must be an integer >= 0")
         if not (math.isfinite(self.min_noise) and self.min_noise >= 0):
             bad("min_noise", "must be a number >= 0 (eV/Å)")
         if not math.isfinite(self.std_tolerance):
