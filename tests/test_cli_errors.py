@@ -20,6 +20,8 @@ import jaxiap.workflows.lj13 as lj13
 import jaxiap.workflows.lj13_al as lj13_al
 import jaxiap.workflows.lj13_al_config as lj13_al_config
 import jaxiap.workflows.lj13_config as lj13_config
+import jaxiap.workflows.otf_al as otf_al
+import jaxiap.workflows.otf_config as otf_config
 from jaxiap.cli import main
 from jaxiap.errors import JaxiapInputError
 
@@ -63,6 +65,13 @@ CLI_CASES = [
     ("lj13-al", "--candidates", "--generator stein --candidates 6"),
     ("lj13-al", "--t-max", "--t-max 1e12"),
     ("lj13-al", "--labels", "--labels forces"),
+    ("otf", "--steps", "--steps 0"),
+    ("otf", "--melt-ps", "--melt-ps 20"),
+    ("otf", "--r-cut-3", "--r-cut-3 6"),
+    ("otf", "--calculator", "--calculator emtx"),
+    ("otf", "--calculator", "--calculator ase.calculators.nothere:X"),
+    ("otf", "--init-atoms", "--init-atoms 40"),
+    ("otf", "--std-tolerance", "--std-tolerance nan"),
 ]
 
 
@@ -166,7 +175,7 @@ def _doc_rows():
         if len(cells) != 4 or not cells[0].startswith("`"):
             continue
         inp, value, message = (c.strip("`") for c in cells[:3])
-        m = re.fullmatch(r"jaxiap (lj13(?:-al)?) (\S+)", inp)
+        m = re.fullmatch(r"jaxiap (lj13(?:-al)?|otf) (\S+)", inp)
         key = ("cli", m.group(1), m.group(2), value) if m else ("function", inp, value)
         assert key not in rows, f"duplicate row {key}"
         rows[key] = message
@@ -195,6 +204,7 @@ def no_work(monkeypatch):
 
     monkeypatch.setattr(lj13, "generate_data", work_started)
     monkeypatch.setattr(lj13_al, "generate_data", work_started)
+    monkeypatch.setattr(otf_al, "run_otf", work_started)
 
 
 @pytest.mark.parametrize("command,option,args", CLI_CASES, ids=[f"{c} {a}" for c, _, a in CLI_CASES])
@@ -241,7 +251,8 @@ def test_every_cli_flag_maps_to_a_config_field():
     subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
     run_options = {"-h", "--help", "--out", "--preset", "--overwrite", "--no-progress", "--devices"}
     for command, config, flags in (("lj13", lj13_config.LJ13Config, lj13_config.CLI_FLAGS),
-                                   ("lj13-al", lj13_al_config.LJ13ALConfig, lj13_al_config.CLI_FLAGS)):
+                                   ("lj13-al", lj13_al_config.LJ13ALConfig, lj13_al_config.CLI_FLAGS),
+                                   ("otf", otf_config.OTFConfig, otf_config.CLI_FLAGS)):
         fields = {f.name for f in dataclasses.fields(config)}
         assert set(flags) <= fields, set(flags) - fields
         actions = subs[command]._option_string_actions

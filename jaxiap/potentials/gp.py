@@ -38,7 +38,7 @@ from jaxiap.descriptors.environments import (Environments, check_environments, c
                                              used_capacities)
 from jaxiap.errors import JaxiapInputError
 from jaxiap.potentials.base import Potential
-from jaxiap.potentials.gp_blocks import Elements, pair_elements, se_blocks, triplet_elements
+from jaxiap.potentials.gp_blocks import pair_elements, se_blocks, triplet_elements
 
 #: Voigt order of ASE stresses (xx yy zz yz xz xy) as pairs of strain indices.
 VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))

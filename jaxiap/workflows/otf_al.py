@@ -26,7 +26,7 @@ import time
 import numpy as np
 
 from jaxiap import runfolder
-from jaxiap.active.otf import FS, OTFSettings, maxwell_boltzmann, run_otf
+from jaxiap.active.otf import OTFSettings, maxwell_boltzmann, run_otf
 from jaxiap.errors import JaxiapInputError
 from jaxiap.potentials.gp import GaussianProcess, GPHyperparameters, GPSettings
 from jaxiap.workflows.otf_config import OTFConfig
@@ -110,9 +110,9 @@ def run_otf_study(config: OTFConfig = OTFConfig(), out_dir="runs/otf", overwrite
     """Run the study into ``out_dir``; returns the summary dict (also in summary.json). Resumable."""
     from jaxiap.workflows.otf_report import write_figures, write_report  # lazy: matplotlib only for figures
 
+    atoms = initial_atoms(config)  # a bad --calculator fails here, before the run folder is made
     out = runfolder.open_run_folder(out_dir, dataclasses.asdict(config), kind="otf", overwrite=overwrite)
     timer = StageTimer(verbose=progress)
-    atoms = initial_atoms(config)
     cell, numbers = np.asarray(atoms.cell), atoms.numbers
     gp = GaussianProcess(gp_settings(config), GPHyperparameters(sig2=0.1, l2=0.5, sig3=0.01, l3=0.5,
                                                                 noise=max(0.05, config.min_noise)))
