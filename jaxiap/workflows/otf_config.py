@@ -20,9 +20,9 @@ PRESETS = {
     # the FLARE protocol: 10 ps, melt at 5 ps; about 25 minutes on 2 CPU cores (README)
     "cpu": {},
     # seconds-long smoke runs for tests and notebooks
-    "tiny": dict(repeat=1, n_steps=40, melt_ps=0.1, dt_fs=5.0, r_cut=4.2, r_cut_3=3.0, n_test=4,
-                 test_spacing_ps=0.02, test_equilibrate_ps=0.05, init_atoms=2, freeze_hyps=2,
-                 hyp_max_iterations=8, max_neighbors=64, max_triplet_neighbors=16, max_triplets=48),
+    "tiny": dict(repeat=1, n_steps=30, melt_ps=0.075, dt_fs=5.0, r_cut=4.2, r_cut_3=None, n_test=4,
+                 test_spacing_ps=0.02, test_equilibrate_ps=0.05, init_atoms=2, max_atoms_added=1, freeze_hyps=1,
+                 reoptimize_every=0, hyp_max_iterations=8),
 }
 PRESET_CHOICES = tuple(PRESETS)
 
