@@ -108,11 +108,19 @@ def test_threshold_rule_and_bad_settings():
         run_otf(bare, gp, s, progress=False)
 
 
-def test_tiny_study_writes_its_run_folder(tmp_path):
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
     from jaxiap.cli import main
 
-    out = tmp_path / "otf"
+    out = tmp_path_factory.mktemp("otf") / "run"
     assert main(["otf", "--preset", "tiny", "--out", str(out), "--no-progress"]) == 0
+    return out
+
+
+def test_tiny_study_writes_its_run_folder(tiny_run):
+    from jaxiap.cli import main
+
+    out = tiny_run
     s = json.loads((out / "summary.json").read_text())
     assert s["oracle_calls"] == len(s["oracle_call_times_ps"]) >= 1
     assert s["oracle_calls_before_melt"] + s["oracle_calls_after_melt"] == s["oracle_calls"]
@@ -126,3 +134,15 @@ def test_tiny_study_writes_its_run_folder(tmp_path):
     s2 = json.loads((out / "summary.json").read_text())
     assert s2["oracle_calls"] == s["oracle_calls"]
     assert s2["force_mae_solid_meV_per_A"] == pytest.approx(s["force_mae_solid_meV_per_A"], rel=1e-9)
+
+
+def test_notebook_runs_tiny(tiny_run, monkeypatch):
+    from notebooks import execute_notebook, outputs_text  # tests/notebooks.py
+
+    monkeypatch.setenv("JAXIAP_NOTEBOOK_OUT", str(tiny_run))
+    nb = execute_notebook("otf_aluminium.ipynb", size="tiny", timeout=300)
+    line = [x for x in outputs_text(nb).splitlines() if x.startswith('{"notebook": "otf_aluminium"')][-1]
+    got = json.loads(line)
+    s = json.loads((tiny_run / "summary.json").read_text())
+    assert got["oracle_calls"] == s["oracle_calls"]
+    assert got["force_mae_solid_meV_per_A"] == pytest.approx(s["force_mae_solid_meV_per_A"], abs=1e-3)
