@@ -635,7 +635,10 @@ class GPPotential(Potential):
         return self.settings.r_cut
 
     def parameter_spec(self):
-        return jax.tree_util.tree_map(lambda _: False, self)
+        """The dual weights ``state.weights``: the mean energy is linear in them (like a linear potential's
+        coefficients), so MD programs that map over parameter samples take a GPPotential unchanged."""
+        spec = jax.tree_util.tree_map(lambda _: False, self)
+        return eqx.tree_at(lambda p: p.state.weights, spec, replace=True)
 
     def _envs(self, positions, box, species):
         box = self.cell if box is None else box
