@@ -147,6 +147,8 @@ def run_otf_study(config: OTFConfig = OTFConfig(), out_dir="runs/otf", overwrite
         "oracle_calls_first_ps": int(oracle[: int(1000 / config.dt_fs)].sum()),
         "oracle_calls_first_ps_after_melt": int(oracle[melt: melt + int(1000 / config.dt_fs)].sum()),
         "oracle_call_times_ps": [c["time_ps"] for c in calls],
+        "training_atoms_at_calls": [c["n_train_atoms"] for c in calls],
+        "noise_at_calls_eV_per_A": [c["hyperparameters"]["noise"] for c in calls],
         "training_atoms": int(gp.n_force_atoms),
         "training_atoms_at_melt": int(result["n_train_atoms"][melt - 1]),
         "temperature_solid_K": t_solid, "temperature_liquid_K": t_liquid,
