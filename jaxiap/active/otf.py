@@ -62,7 +62,7 @@ class OTFSettings:
     freeze_hyps: int = 10
     hyp_max_iterations: int = 30
     refresh_noise: bool = True     # after the freeze: re-optimise signal variances and noise (blocks unchanged)
-    reoptimize_every: int = 10     # after the freeze: a full optimisation every this many updates (0: never)
+    reoptimize_every: int = 0     # after the freeze: a full optimisation every this many updates (0: never)
     min_noise: float = 0.0         # lower bound of the force noise sigma_n (eV/Å)
     rescale: tuple = ()            # ((step, temperature K), ...)
     checkpoint_every: int = 100

@@ -26,8 +26,10 @@ from jaxiap.potentials.gp import ENERGY, STRESS, GaussianProcess, GPHyperparamet
 
 #: log-space bounds of each hyperparameter (eV, Å units)
 #: (length scales beyond ~2 Å make the kernels nearly constant over the distances inside a cutoff, and
-#: K ill-conditioned; a force noise beyond 1 eV/Å means the model explains nothing)
-BOUNDS = {"sig2": (1e-4, 1e2), "l2": (0.05, 3.0), "sig3": (1e-5, 1e1), "l3": (0.05, 2.0),
+#: K ill-conditioned; a 3-body length scale below ~0.2 Å makes every triplet independent, a white-noise
+#: term that competes with the noise hyperparameter (seen on liquid Al); a force noise beyond 1 eV/Å
+#: means the model explains nothing)
+BOUNDS = {"sig2": (1e-4, 1e2), "l2": (0.1, 3.0), "sig3": (1e-5, 1e1), "l3": (0.2, 2.0),
           "noise": (1e-4, 1.0), "noise_energy": (1e-4, 10.0), "noise_stress": (1e-6, 1.0)}
 
 

@@ -59,7 +59,10 @@ class ErrorTrackingSettings:
     or None) of the models of the perturbation sweep and learning curve;
     curve_sizes: numbers of training atoms at which the learning curve
     re-optimises and records (empty: no learning curve); max_iterations:
-    L-BFGS-B iterations per optimisation; margin: extra environment slots
+    L-BFGS-B iterations per optimisation; optimizer: "plain" (one
+    :func:`~jaxiap.potentials.gp_train.optimize_hyperparameters` call, staged
+    only if it did not move) or "staged" (:func:`optimize_in_stages`);
+    margin: extra environment slots
     beyond the exact counts; seed: structures are reproducible from it.
     """
 
@@ -73,6 +76,7 @@ class ErrorTrackingSettings:
     curve_model: tuple = (5.0, None)
     curve_sizes: tuple = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
     max_iterations: int = 50
+    optimizer: str = "plain"
     margin: int = 2
     seed: int = 0
 
@@ -90,6 +94,8 @@ class ErrorTrackingSettings:
                 f"ErrorTrackingSettings: r_cuts_3={self.r_cuts_3} must not exceed r_cut_fixed={self.r_cut_fixed}")
         if any(not (1 <= int(s) <= 32) for s in self.curve_sizes):
             raise JaxiapInputError(f"ErrorTrackingSettings: curve_sizes={self.curve_sizes} must be in 1..32 atoms")
+        if self.optimizer not in ("plain", "staged"):
+            raise JaxiapInputError(f"ErrorTrackingSettings: optimizer={self.optimizer!r} must be 'plain' or 'staged'")
         for name in ("n_test", "max_iterations"):
             if int(getattr(self, name)) < 1:
                 raise JaxiapInputError(f"ErrorTrackingSettings: {name} must be >= 1")
@@ -194,10 +200,13 @@ def optimize_in_stages(gp: GaussianProcess, max_iterations: int = 50, radius: fl
     Why: from a start with a steep gradient, L-BFGS-B's first trial point is
     the projected steepest-descent step, which can land on the global bounds
     (noise 1e-4, l2 0.05 Å) where K + noise is numerically not positive
-    definite; the objective then returns 1e30 with a zero gradient, the line
+    definite. The objective retries such a K with a jitter (since commit
+    52b1760) and otherwise returns 1e30 with a zero gradient; then the line
     search falls back to the start and scipy reports convergence there, so the
-    hyperparameters never move. A box of +-1 in log space keeps every trial
-    point well conditioned. A stage that does not move at all halves the box.
+    hyperparameters never move (what happened before the jitter retry, from
+    the data-scaled start of :func:`initial_hyperparameters`). A box of +-1
+    in log space keeps every trial point well conditioned. A stage that does
+    not move at all halves the box.
     Returns the last stage's dict plus ``stages`` and the total ``evaluations``.
     """
     names = free_hyperparameters(gp)
@@ -223,6 +232,22 @@ def optimize_in_stages(gp: GaussianProcess, max_iterations: int = 50, radius: fl
     return {**res, "evaluations": total, "stages": stages}
 
 
+def optimize(gp: GaussianProcess, max_iterations: int = 50, method: str = "plain") -> dict:
+    """Maximise the log marginal likelihood: "plain" = one :func:`optimize_hyperparameters` call over the
+    default names, followed by :func:`optimize_in_stages` only if it did not move; "staged" = stages only.
+    Returns the optimiser's dict with ``evaluations`` (all calls) and ``stages`` (calls)."""
+    if method == "staged":
+        return optimize_in_stages(gp, max_iterations)
+    names = free_hyperparameters(gp)
+    x = np.log([getattr(gp.hyperparameters, n) for n in names])
+    res = optimize_hyperparameters(gp, names=names, max_iterations=max_iterations)
+    y = np.log([getattr(gp.hyperparameters, n) for n in names])
+    if not np.allclose(x, y, rtol=0.0, atol=1e-9):
+        return {**res, "stages": 1}
+    more = optimize_in_stages(gp, max_iterations)
+    return {**more, "evaluations": res["evaluations"] + more["evaluations"], "stages": 1 + more["stages"]}
+
+
 def _test_errors(gp: GaussianProcess, tests) -> dict:
     """Pooled force RMSE, mean predicted variance V_mean and max std over the test structures."""
     err, var = [], []
@@ -239,7 +264,7 @@ def _test_errors(gp: GaussianProcess, tests) -> dict:
 
 
 def fit_and_test(train, tests, r_cut: float, r_cut_3: float | None, *, atoms=None, max_iterations: int = 50,
-                 margin: int = 2, capacity_structures=None, return_gp: bool = False):
+                 margin: int = 2, capacity_structures=None, return_gp: bool = False, optimizer: str = "plain"):
     """Train a GP on the forces of ``train`` (all atoms, or ``atoms``), optimise, test on ``tests``.
 
     ``capacity_structures``: the structures the capacities are counted on
@@ -256,7 +281,7 @@ def fit_and_test(train, tests, r_cut: float, r_cut_3: float | None, *, atoms=Non
     used = np.asarray(train["forces"]) if atoms is None else np.asarray(train["forces"])[np.atleast_1d(atoms)]
     gp.set_hyperparameters(initial_hyperparameters(gp, float(np.std(used))))
     t1 = time.perf_counter()
-    opt = optimize_in_stages(gp, max_iterations=max_iterations)
+    opt = optimize(gp, max_iterations, optimizer)
     t2 = time.perf_counter()
     errors = _test_errors(gp, tests)
     t3 = time.perf_counter()
@@ -297,7 +322,7 @@ def cutoff_sweep(settings: ErrorTrackingSettings, structures=None, progress: Cal
     rows = []
     for rc, r3 in models:
         row = fit_and_test(st["train"], st["cutoff_tests"], rc, r3, max_iterations=settings.max_iterations,
-                           margin=settings.margin)
+                           margin=settings.margin, optimizer=settings.optimizer)
         rows.append(row)
         _log(progress, f"cutoff sweep: {row['model']} r_cut={rc} r_cut_3={r3}: sigma_n={row['sigma_n']:.4f} "
                        f"rmse={row['rmse']:.4f} eV/Å ({row['time_optimize']:.1f} s optimise, "
@@ -312,7 +337,7 @@ def perturbation_sweep(settings: ErrorTrackingSettings, structures=None,
     rc, r3 = settings.perturbation_model
     tests_all = [s for ts in st["delta_tests"].values() for s in ts]
     fit, model = fit_and_test(st["train"], st["cutoff_tests"], rc, r3, max_iterations=settings.max_iterations,
-                              margin=settings.margin, return_gp=True,
+                              margin=settings.margin, return_gp=True, optimizer=settings.optimizer,
                               capacity_structures=[st["train"], *st["cutoff_tests"], *tests_all])
     rows = []
     for d, ts in st["delta_tests"].items():
@@ -346,7 +371,7 @@ def learning_curve(settings: ErrorTrackingSettings, structures=None, progress: C
             gp.update()
             continue
         t0 = time.perf_counter()
-        opt = optimize_in_stages(gp, max_iterations=settings.max_iterations)
+        opt = optimize(gp, settings.max_iterations, settings.optimizer)
         e = _test_errors(gp, tests)
         rows.append(dict(n_atoms=k, sigma_n=float(gp.hyperparameters.noise),
                          hyperparameters=opt["hyperparameters"], time=time.perf_counter() - t0, **e))

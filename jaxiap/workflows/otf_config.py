@@ -60,7 +60,7 @@ class OTFConfig:
     max_atoms_added: int = 2
     init_atoms: int = 4
     freeze_hyps: int = 10
-    reoptimize_every: int = 10
+    reoptimize_every: int = 0
     hyp_max_iterations: int = 30
     min_noise: float = 0.01          # eV/Å
     # held-out test frames: EMT MD at the run's mean solid / liquid temperatures
