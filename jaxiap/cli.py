@@ -263,6 +263,13 @@ def _run_lj13_al(args) -> int:
     return 0
 
 
+def _length_or_none(text):
+    """argparse type: a length >= 0, or 'none'."""
+    if text.strip().lower() == "none":
+        return "none"
+    return _nonneg_float(text)
+
+
 def _cutoff_or_none(text):
     """argparse type: a positive length, or 'none' (no 3-body term)."""
     if text.strip().lower() == "none":
@@ -325,6 +332,9 @@ def _add_otf(sub):
                         f"updates (0: never) [{d.reoptimize_every}]")
     g.add_argument("--min-noise", type=_nonneg_float, default=None,
                    help=f"lower bound of the force noise sigma_n (eV/Å) [{d.min_noise}]")
+    g.add_argument("--distance-guard", type=_length_or_none, default=None,
+                   help="also call the oracle when two atoms come this much closer (Å) than the closest labelled "
+                        f"pair, or none for FLARE's std rule alone [{d.distance_guard}]")
     g.add_argument("--test-frames", type=_positive_int, default=None,
                    help=f"held-out frames per phase (solid, liquid) [{d.n_test}]")
     p.set_defaults(func=_run_otf, parser=p)
@@ -336,10 +346,10 @@ def _run_otf(args) -> int:
     from jaxiap.workflows.otf_config import CLI_FLAGS, OTFConfig
 
     overrides = _overrides(args, CLI_FLAGS)
-    r3 = overrides.pop("r_cut_3", None)
+    nullable = {k: overrides.pop(k) for k in ("r_cut_3", "distance_guard") if k in overrides}
     config = OTFConfig.from_preset(args.preset, **overrides)
-    if r3 is not None:
-        config = dataclasses.replace(config, r_cut_3=None if r3 == "none" else r3)
+    if nullable:  # "none" switches the 3-body term / the distance guard off
+        config = dataclasses.replace(config, **{k: None if v == "none" else v for k, v in nullable.items()})
     s = run_otf_study(config, args.out, overwrite=args.overwrite, progress=not args.no_progress)
     print(f"oracle calls {s['oracle_calls']} (before the melt {s['oracle_calls_before_melt']}, after "
           f"{s['oracle_calls_after_melt']}); training atoms {s['training_atoms']}")

@@ -20,6 +20,12 @@ Algorithm (Vandermause et al. 2020; docs/otf.md):
    extends the Cholesky factor incrementally (O(n^2) per added row block).
 5. Velocity rescaling events (the melt) set the instantaneous temperature at
    a given step.
+6. Optional ``distance_guard`` (Å; not in FLARE): the oracle is also called
+   when two atoms come closer than the closest pair of any labelled frame
+   minus the guard, and that pair's atoms join the training set first. The
+   squared-exponential kernel extrapolates smoothly, so its std stays small
+   where the true repulsion steepens (a liquid at 5000 K drove pairs to
+   1.3 Å with a predicted std below sigma_n).
 
 Integrator: velocity Verlet (NVE between rescalings), ASE units (Å, eV,
 amu; dt in fs). Every oracle call is logged; the run checkpoints to a folder
@@ -41,7 +47,7 @@ import numpy as np
 
 from jaxiap.errors import JaxiapInputError
 from jaxiap.potentials.gp import GaussianProcess
-from jaxiap.potentials.gp_train import free_hyperparameters, optimize_hyperparameters
+from jaxiap.potentials.gp_train import BOUNDS, free_hyperparameters, optimize_hyperparameters
 from jaxiap.runfolder import read_npz, savez
 
 #: Boltzmann constant in eV/K (ase.units.kB)
@@ -64,6 +70,7 @@ class OTFSettings:
     refresh_noise: bool = True     # after the freeze: re-optimise signal variances and noise (blocks unchanged)
     reoptimize_every: int = 0     # after the freeze: a full optimisation every this many updates (0: never)
     min_noise: float = 0.0         # lower bound of the force noise sigma_n (eV/Å)
+    distance_guard: float | None = None  # Å: also call when a pair is this much closer than any labelled pair
     rescale: tuple = ()            # ((step, temperature K), ...)
     checkpoint_every: int = 100
 
@@ -78,6 +85,8 @@ class OTFSettings:
                 raise JaxiapInputError(f"OTFSettings: {name}={v!r} must be an integer >= 0")
         if not (math.isfinite(self.dt_fs) and self.dt_fs > 0):
             raise JaxiapInputError(f"OTFSettings: dt_fs={self.dt_fs!r} must be a positive time step (fs)")
+        if self.distance_guard is not None and not (math.isfinite(self.distance_guard) and self.distance_guard >= 0):
+            raise JaxiapInputError(f"OTFSettings: distance_guard={self.distance_guard!r} must be None or >= 0 (Å)")
         if not math.isfinite(self.std_tolerance):
             raise JaxiapInputError(f"OTFSettings: std_tolerance={self.std_tolerance!r} must be finite")
         rescale = tuple((int(s), float(t)) for s, t in self.rescale)
@@ -152,6 +161,10 @@ def run_otf(atoms, gp: GaussianProcess, settings: OTFSettings, *, velocities=Non
         frames, calls, step, n_updates = [], [], 0, 0
     else:
         x, v, logs, frames, calls, step, n_updates = state
+    probe = atoms.copy()
+    probe.calc = None
+    r_min_labelled = min([_closest_pair(probe, f[0])[0] for f in frames], default=np.inf)
+    guard_calls = 0
     bar = _bar(settings.n_steps, step, progress)
     t_wall = time.perf_counter()
     try:
@@ -162,7 +175,12 @@ def run_otf(atoms, gp: GaussianProcess, settings: OTFSettings, *, velocities=Non
             else:
                 f_gp, std = np.zeros((n, 3)), np.full((n, 3), np.inf)
             thr = _threshold(gp, settings.std_tolerance)
-            call = step == 0 or float(std.max()) > thr
+            close_pair = None
+            if settings.distance_guard is not None and frames:
+                d_min, close_pair = _closest_pair(probe, x)
+                if d_min >= r_min_labelled - settings.distance_guard:
+                    close_pair = None
+            call = step == 0 or float(std.max()) > thr or close_pair is not None
             forces = f_gp
             if call:
                 e_ref, f_ref = oracle(x)
@@ -172,11 +190,16 @@ def run_otf(atoms, gp: GaussianProcess, settings: OTFSettings, *, velocities=Non
                 if np.all(np.isinf(per_atom)):
                     chosen = np.sort(rng.choice(n, size=k, replace=False))
                 else:
+                    if close_pair is not None:  # the guard fired: the closest pair goes in first
+                        per_atom = per_atom.copy()
+                        per_atom[list(close_pair)] = np.inf
                     chosen = np.sort(np.argsort(-per_atom, kind="stable")[:k])
+                r_min_labelled = min(r_min_labelled, _closest_pair(probe, x)[0])
+                guard_calls += close_pair is not None
                 gp.add(x, cell, numbers, forces=f_ref, atoms=chosen)
                 frames.append((x.copy(), f_ref, e_ref, chosen))
                 t0 = time.perf_counter()
-                bounds = {"noise": (max(settings.min_noise, 1e-4), 10.0)}
+                bounds = {"noise": (max(settings.min_noise, BOUNDS["noise"][0]), BOUNDS["noise"][1])}
                 full = n_updates < settings.freeze_hyps or (
                     settings.reoptimize_every > 0 and (n_updates - settings.freeze_hyps + 1) % settings.reoptimize_every == 0)
                 if full:
@@ -189,6 +212,7 @@ def run_otf(atoms, gp: GaussianProcess, settings: OTFSettings, *, velocities=Non
                     gp.update()
                 n_updates += 1
                 record = {"step": step, "time_ps": step * settings.dt_fs / 1000.0, "atoms": chosen.tolist(),
+                          "guard": close_pair is not None,
                           "max_std": float(std.max()) if np.isfinite(std.max()) else None, "threshold": thr,
                           "n_train_atoms": gp.n_force_atoms, "hyperparameters": gp.hyperparameters._asdict(),
                           "train_seconds": time.perf_counter() - t0}
@@ -227,6 +251,15 @@ def run_otf(atoms, gp: GaussianProcess, settings: OTFSettings, *, velocities=Non
 
 
 LOG_KEYS = ("time_ps", "temperature", "max_std", "threshold", "oracle", "n_train_atoms", "noise")
+
+
+def _closest_pair(probe, x):
+    """(smallest interatomic distance, (i, j)) of positions x, minimum image in ``probe``'s cell."""
+    probe.positions = x
+    d = probe.get_all_distances(mic=bool(probe.pbc.any()))
+    np.fill_diagonal(d, np.inf)
+    i, j = np.unravel_index(np.argmin(d), d.shape)
+    return float(d[i, j]), (int(i), int(j))
 
 
 def _oracle_of(atoms):

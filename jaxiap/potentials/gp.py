@@ -306,7 +306,7 @@ class GaussianProcess:
             return
         cap = _capacity(m)
         all_envs = self._all_envs(cap)
-        new = _stack_envs(self._envs[m_old:], _capacity(m - m_old), self._template)
+        new = _stack_envs(self._envs[m_old:], _capacity(m - m_old, minimum=1), self._template)  # few wasted pairs
         b_new = np.asarray(_unit_blocks_jit(new, all_envs, self.settings, hyp.l2, hyp.l3))[:, : m - m_old, :m]
         q = b_new.shape[-1]
         blocks = np.zeros((2, m, m, q, q))

@@ -48,7 +48,7 @@ from jaxiap.systems.aluminium import AL_LATTICE, al_fcc
 
 @dataclasses.dataclass(frozen=True)
 class ErrorTrackingSettings:
-    """Sizes of the study (defaults: the full run, ~10 min on 2 cores; :func:`quick_settings`: seconds).
+    """Sizes of the study (defaults: the full run, ~7 min on 2 loaded cores; :func:`quick_settings`: ~2 min).
 
     r_cuts_2: 2-body cutoffs of the 2-body-only models (Å); r_cut_fixed: the
     2-body cutoff of the 2+3-body models; r_cuts_3: their 3-body cutoffs;

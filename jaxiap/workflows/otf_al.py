@@ -59,7 +59,7 @@ def otf_settings(config: OTFConfig) -> OTFSettings:
     return OTFSettings(n_steps=config.n_steps, dt_fs=config.dt_fs, std_tolerance=config.std_tolerance,
                        max_atoms_added=config.max_atoms_added, init_atoms=config.init_atoms,
                        freeze_hyps=config.freeze_hyps, hyp_max_iterations=config.hyp_max_iterations,
-                       reoptimize_every=config.reoptimize_every,
+                       reoptimize_every=config.reoptimize_every, distance_guard=config.distance_guard,
                        rescale=((config.melt_step, config.melt_temperature),), min_noise=config.min_noise,
                        checkpoint_every=max(1, min(100, config.n_steps // 10)))
 
@@ -143,6 +143,7 @@ def run_otf_study(config: OTFConfig = OTFConfig(), out_dir="runs/otf", overwrite
     summary = {
         "oracle_calls": int(oracle.sum()),
         "oracle_calls_before_melt": int(oracle[:melt].sum()),
+        "oracle_calls_by_distance_guard": int(sum(bool(c.get("guard")) for c in calls)),
         "oracle_calls_after_melt": int(oracle[melt:].sum()),
         "oracle_calls_first_ps": int(oracle[: int(1000 / config.dt_fs)].sum()),
         "oracle_calls_first_ps_after_melt": int(oracle[melt: melt + int(1000 / config.dt_fs)].sum()),

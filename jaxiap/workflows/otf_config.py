@@ -33,6 +33,7 @@ CLI_FLAGS = {
     "r_cut": "--r-cut", "r_cut_3": "--r-cut-3", "std_tolerance": "--std-tolerance",
     "max_atoms_added": "--max-atoms-added", "init_atoms": "--init-atoms", "freeze_hyps": "--freeze-hyps",
     "min_noise": "--min-noise", "n_test": "--test-frames", "reoptimize_every": "--reoptimize-every",
+    "distance_guard": "--distance-guard",
 }
 
 
@@ -63,6 +64,7 @@ class OTFConfig:
     reoptimize_every: int = 0
     hyp_max_iterations: int = 30
     min_noise: float = 0.01          # eV/Å
+    distance_guard: float | None = 0.1   # Å (None: FLARE's rule alone)
     # held-out test frames: EMT MD at the run's mean solid / liquid temperatures
     n_test: int = 100
     test_spacing_ps: float = 0.1
@@ -87,6 +89,9 @@ class OTFConfig:
                 bad(name, "must be an integer >= 0")
         if not (math.isfinite(self.min_noise) and self.min_noise >= 0):
             bad("min_noise", "must be a number >= 0 (eV/Å)")
+        if self.distance_guard is not None and not (isinstance(self.distance_guard, (int, float))
+                                                    and math.isfinite(self.distance_guard) and self.distance_guard >= 0):
+            bad("distance_guard", "must be a length >= 0 (Å), or none to use FLARE's std rule alone")
         if not math.isfinite(self.std_tolerance):
             bad("std_tolerance", "must be finite: > 0 a multiple of the noise, < 0 an absolute eV/Å, 0 never")
         if self.r_cut_3 is not None and not (0 < self.r_cut_3 <= self.r_cut):
