@@ -332,6 +332,8 @@ def _add_otf(sub):
                         f"updates (0: never) [{d.reoptimize_every}]")
     g.add_argument("--min-noise", type=_nonneg_float, default=None,
                    help=f"lower bound of the force noise sigma_n (eV/Å) [{d.min_noise}]")
+    g.add_argument("--max-noise", type=_positive_float, default=None,
+                   help=f"upper bound of the force noise sigma_n, and so of the threshold (eV/Å) [{d.max_noise}]")
     g.add_argument("--distance-guard", type=_length_or_none, default=None,
                    help="also call the oracle when two atoms come this much closer (Å) than the closest labelled "
                         f"pair, or none for FLARE's std rule alone [{d.distance_guard}]")

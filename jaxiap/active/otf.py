@@ -26,6 +26,11 @@ Algorithm (Vandermause et al. 2020; docs/otf.md):
    squared-exponential kernel extrapolates smoothly, so its std stays small
    where the true repulsion steepens (a liquid at 5000 K drove pairs to
    1.3 Å with a predicted std below sigma_n).
+7. ``max_noise`` caps sigma_n and ``hyp_step_factor`` (after the freeze)
+   keeps each update's hyperparameters within that factor of the previous
+   ones: one labelled close contact (7 eV/Å at 1.74 Å) otherwise moved the
+   likelihood optimum of liquid Al to an all-noise model (sigma_n at its
+   bound of 1 eV/Å), the threshold with it, and the MD ran away.
 
 Integrator: velocity Verlet (NVE between rescalings), ASE units (Å, eV,
 amu; dt in fs). Every oracle call is logged; the run checkpoints to a folder
@@ -71,6 +76,8 @@ class OTFSettings:
     reoptimize_every: int = 0     # after the freeze: a full optimisation every this many updates (0: never)
     min_noise: float = 0.0         # lower bound of the force noise sigma_n (eV/Å)
     distance_guard: float | None = None  # Å: also call when a pair is this much closer than any labelled pair
+    max_noise: float = 1.0         # upper bound of sigma_n (eV/Å)
+    hyp_step_factor: float | None = None  # after the freeze: each update moves a hyperparameter by at most this factor
     rescale: tuple = ()            # ((step, temperature K), ...)
     checkpoint_every: int = 100
 
@@ -85,6 +92,10 @@ class OTFSettings:
                 raise JaxiapInputError(f"OTFSettings: {name}={v!r} must be an integer >= 0")
         if not (math.isfinite(self.dt_fs) and self.dt_fs > 0):
             raise JaxiapInputError(f"OTFSettings: dt_fs={self.dt_fs!r} must be a positive time step (fs)")
+        if not (math.isfinite(self.max_noise) and self.max_noise > 0):
+            raise JaxiapInputError(f"OTFSettings: max_noise={self.max_noise!r} must be a positive number (eV/Å)")
+        if self.hyp_step_factor is not None and not (math.isfinite(self.hyp_step_factor) and self.hyp_step_factor > 1):
+            raise JaxiapInputError(f"OTFSettings: hyp_step_factor={self.hyp_step_factor!r} must be None or > 1")
         if self.distance_guard is not None and not (math.isfinite(self.distance_guard) and self.distance_guard >= 0):
             raise JaxiapInputError(f"OTFSettings: distance_guard={self.distance_guard!r} must be None or >= 0 (Å)")
         if not math.isfinite(self.std_tolerance):
@@ -199,7 +210,7 @@ def run_otf(atoms, gp: GaussianProcess, settings: OTFSettings, *, velocities=Non
                 gp.add(x, cell, numbers, forces=f_ref, atoms=chosen)
                 frames.append((x.copy(), f_ref, e_ref, chosen))
                 t0 = time.perf_counter()
-                bounds = {"noise": (max(settings.min_noise, BOUNDS["noise"][0]), BOUNDS["noise"][1])}
+                bounds = _update_bounds(gp, settings, first=n_updates < settings.freeze_hyps)
                 full = n_updates < settings.freeze_hyps or (
                     settings.reoptimize_every > 0 and (n_updates - settings.freeze_hyps + 1) % settings.reoptimize_every == 0)
                 if full:
@@ -251,6 +262,20 @@ def run_otf(atoms, gp: GaussianProcess, settings: OTFSettings, *, velocities=Non
 
 
 LOG_KEYS = ("time_ps", "temperature", "max_std", "threshold", "oracle", "n_train_atoms", "noise")
+
+
+def _update_bounds(gp, settings: OTFSettings, first: bool) -> dict:
+    """Hyperparameter bounds of one update: the global ones, the noise floor and ceiling, and (after the
+    freeze) a trust region of ``hyp_step_factor`` around the current values."""
+    lo_n = max(settings.min_noise, BOUNDS["noise"][0])
+    bounds = {k: tuple(v) for k, v in BOUNDS.items()}
+    bounds["noise"] = (lo_n, max(lo_n, min(settings.max_noise, BOUNDS["noise"][1])))
+    if not first and settings.hyp_step_factor is not None:
+        f = settings.hyp_step_factor
+        for name, (lo, hi) in bounds.items():
+            v = getattr(gp.hyperparameters, name)
+            bounds[name] = (max(lo, min(hi, v / f)), min(hi, max(lo, v * f)))
+    return bounds
 
 
 def _closest_pair(probe, x):

@@ -60,6 +60,7 @@ def otf_settings(config: OTFConfig) -> OTFSettings:
                        max_atoms_added=config.max_atoms_added, init_atoms=config.init_atoms,
                        freeze_hyps=config.freeze_hyps, hyp_max_iterations=config.hyp_max_iterations,
                        reoptimize_every=config.reoptimize_every, distance_guard=config.distance_guard,
+                       max_noise=config.max_noise, hyp_step_factor=config.hyp_step_factor,
                        rescale=((config.melt_step, config.melt_temperature),), min_noise=config.min_noise,
                        checkpoint_every=max(1, min(100, config.n_steps // 10)))
 

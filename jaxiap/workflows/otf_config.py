@@ -33,7 +33,7 @@ CLI_FLAGS = {
     "r_cut": "--r-cut", "r_cut_3": "--r-cut-3", "std_tolerance": "--std-tolerance",
     "max_atoms_added": "--max-atoms-added", "init_atoms": "--init-atoms", "freeze_hyps": "--freeze-hyps",
     "min_noise": "--min-noise", "n_test": "--test-frames", "reoptimize_every": "--reoptimize-every",
-    "distance_guard": "--distance-guard",
+    "distance_guard": "--distance-guard", "max_noise": "--max-noise",
 }
 
 
@@ -65,6 +65,8 @@ class OTFConfig:
     hyp_max_iterations: int = 30
     min_noise: float = 0.01          # eV/Å
     distance_guard: float | None = 0.1   # Å (None: FLARE's rule alone)
+    max_noise: float = 0.2               # eV/Å
+    hyp_step_factor: float | None = 2.0
     # held-out test frames: EMT MD at the run's mean solid / liquid temperatures
     n_test: int = 100
     test_spacing_ps: float = 0.1
@@ -92,6 +94,11 @@ class OTFConfig:
         if self.distance_guard is not None and not (isinstance(self.distance_guard, (int, float))
                                                     and math.isfinite(self.distance_guard) and self.distance_guard >= 0):
             bad("distance_guard", "must be a length >= 0 (Å), or none to use FLARE's std rule alone")
+        if not (isinstance(self.max_noise, (int, float)) and math.isfinite(self.max_noise)
+                and self.max_noise > self.min_noise):
+            bad("max_noise", f"must exceed min_noise={self.min_noise} (eV/Å)")
+        if self.hyp_step_factor is not None and not (math.isfinite(self.hyp_step_factor) and self.hyp_step_factor > 1):
+            bad("hyp_step_factor", "must be None or a factor > 1")
         if not math.isfinite(self.std_tolerance):
             bad("std_tolerance", "must be finite: > 0 a multiple of the noise, < 0 an absolute eV/Å, 0 never")
         if self.r_cut_3 is not None and not (0 < self.r_cut_3 <= self.r_cut):
