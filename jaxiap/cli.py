@@ -326,7 +326,8 @@ def _add_otf(sub):
                    help=f"atoms of the first frame added to the training set [{d.init_atoms}]")
     g.add_argument("--freeze-hyps", type=_nonnegative_int, default=None,
                    help="updates with full hyperparameter optimisation; later updates keep the length scales and "
-                        f"re-optimise only the signal variances and the noise [{d.freeze_hyps}]")
+                        "re-optimise only the signal variances and the noise, each within a factor "
+                        f"{d.hyp_step_factor:g} of its previous value [{d.freeze_hyps}]")
     g.add_argument("--reoptimize-every", type=_nonnegative_int, default=None,
                    help="after the first --freeze-hyps updates, a full hyperparameter optimisation every this many "
                         f"updates (0: never) [{d.reoptimize_every}]")

@@ -279,6 +279,7 @@ def test_config_validation():
         LJ13Config(test_fraction=1.5)
 
 
+@pytest.mark.slow  # CI budget (58 s): the tiny study above runs the same pieces; pytest -m slow runs the notebook
 def test_notebook_runs_at_tiny_size():
     from notebooks import execute_notebook, outputs_text
 
