@@ -296,7 +296,8 @@ def _add_otf(sub):
     g = p.add_argument_group("run")
     g.add_argument("--out", default="runs/otf", help="run folder [runs/otf]")
     g.add_argument("--preset", choices=PRESET_CHOICES, default="cpu",
-                   help="size preset: cpu (the FLARE protocol, about 30 minutes on 2 cores; its liquid stage is not yet stable, docs/otf.md), tiny (seconds; smoke "
+                   help="size preset: cpu (the FLARE protocol, about 30 minutes on 2 cores; its liquid stage is "
+                        "not yet stable, docs/otf.md), tiny (seconds; smoke "
                         "test); explicit options override the preset [cpu]")
     g.add_argument("--seed", type=_seed, default=None, help=f"master random seed, in [0, 2**32) [{d.seed}]")
     g.add_argument("--overwrite", action="store_true", help="discard a run folder that holds another configuration")
