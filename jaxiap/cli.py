@@ -55,7 +55,7 @@ def _seed(text):
     return v
 
 
-def _add_run_options(p, out: str, presets, seed: int, preset_help: str):
+def _add_run_options(p, out: str, presets, seed: int, preset_help: str, devices: bool = True):
     """The 'run' option group every study command shares; returns the group for extra options."""
     g = p.add_argument_group("run")
     g.add_argument("--out", default=out, help=f"run folder [{out}]")
@@ -65,6 +65,8 @@ def _add_run_options(p, out: str, presets, seed: int, preset_help: str):
     g.add_argument("--seed", type=_seed, default=None, help=f"master random seed, in [0, 2**32) [{seed}]")
     g.add_argument("--overwrite", action="store_true", help="discard a run folder that holds another configuration")
     g.add_argument("--no-progress", action="store_true", help="no progress bars or stage messages")
+    if not devices:
+        return g
     g.add_argument("--devices", type=_positive_int, default=None,
                    help="split the CPU into this many JAX devices to shard the MD replicas [one per core, at most 8]")
     return g
@@ -293,15 +295,9 @@ def _add_otf(sub):
             "summary.json, figures and report.md to the run folder; re-running the same command resumes."
         ),
     )
-    g = p.add_argument_group("run")
-    g.add_argument("--out", default="runs/otf", help="run folder [runs/otf]")
-    g.add_argument("--preset", choices=PRESET_CHOICES, default="cpu",
-                   help="size preset: cpu (the FLARE protocol, about 30 minutes on 2 cores; its liquid stage is "
-                        "not yet stable, docs/otf.md), tiny (seconds; smoke "
-                        "test); explicit options override the preset [cpu]")
-    g.add_argument("--seed", type=_seed, default=None, help=f"master random seed, in [0, 2**32) [{d.seed}]")
-    g.add_argument("--overwrite", action="store_true", help="discard a run folder that holds another configuration")
-    g.add_argument("--no-progress", action="store_true", help="no progress bars or stage messages")
+    _add_run_options(p, "runs/otf", PRESET_CHOICES, d.seed,
+                     "cpu (the FLARE protocol, about 30 minutes on 2 cores; its liquid stage is not yet stable, "
+                     "docs/otf.md)", devices=False)
     g = p.add_argument_group("oracle and MD")
     g.add_argument("--calculator", default=None,
                    help="oracle: 'emt' or module:Class of any ASE calculator built without arguments, e.g. "
