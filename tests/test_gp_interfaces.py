@@ -28,9 +28,7 @@ def gp_and_frames():
     return gp, frames
 
 
-def test_posterior_calculator_and_files_agree(gp_and_frames, tmp_path):
-    import jax.numpy as jnp
-
+def test_posterior_and_calculator_agree_with_predict(gp_and_frames):
     from jaxiap.active.qbc import predictive_std
     from jaxiap.calculator import GPCalculator
     from jaxiap.inference.gp_posterior import GPPosterior
@@ -54,6 +52,15 @@ def test_posterior_calculator_and_files_agree(gp_and_frames, tmp_path):
     assert float(d.energy_per_atom[0]) == pytest.approx(float(p["energy_std"]) / 4, rel=1e-10)
     with pytest.raises(JaxiapInputError, match="no finite coefficient"):
         post.sample(None, 2)
+
+
+@pytest.mark.slow  # CI budget: two more compilations (the variance program, the refit of the loaded GP)
+def test_energy_variance_and_files(gp_and_frames, tmp_path):
+    import jax.numpy as jnp
+
+    gp, frames = gp_and_frames
+    test = frames[2]
+    p = gp.predict(test.positions, test.cell[:], test.numbers)
     # differentiable energy variance (for biased MD / attacks) equals the predicted energy std squared
     var_fn = gp.energy_variance_fn(test.cell[:])
     assert float(var_fn(jnp.asarray(test.positions))) == pytest.approx(float(p["energy_std"]) ** 2, rel=1e-9)

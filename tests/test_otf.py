@@ -136,6 +136,7 @@ def test_tiny_study_writes_its_run_folder(tiny_run):
     assert s2["force_mae_solid_meV_per_A"] == pytest.approx(s["force_mae_solid_meV_per_A"], rel=1e-9)
 
 
+@pytest.mark.slow  # CI budget: the tiny study above checks the same run folder; pytest -m slow runs it
 def test_notebook_runs_tiny(tiny_run, monkeypatch):
     from notebooks import execute_notebook, outputs_text  # tests/notebooks.py
 

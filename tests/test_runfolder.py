@@ -256,6 +256,7 @@ def uninterrupted(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # CI budget (60 s: a killed subprocess); the runner's resume tests stay in the default run
 def test_sigkill_mid_ensemble_then_resume(tmp_path, uninterrupted):
     out = tmp_path / "killed"
     p = _cli(out)

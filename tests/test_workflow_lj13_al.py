@@ -208,6 +208,7 @@ def test_cli_bad_option_one_line_error(capsys):
     assert len(err.splitlines()) == 1 and "n_iterations=500" in err
 
 
+@pytest.mark.slow  # CI budget (29 s): the tiny study above checks the same run folder; pytest -m slow runs it
 def test_notebook_runs_tiny(tiny_run, monkeypatch):
     from notebooks import execute_notebook, outputs_text  # tests/notebooks.py
 
