@@ -225,7 +225,7 @@ def jaxiap_repetition(settings, hyp, cells, test, n: int, b: int) -> dict:
     add_atoms(gp, cells, n, n + b)
     out = {}
     t0 = time.perf_counter()
-    gp._compute_blocks(0, gp.hyperparameters)        # update's kernel blocks: b new environments x all
+    gp._compute_blocks(gp.hyperparameters)        # update's kernel blocks: b new environments x all
     t1 = time.perf_counter()
     gp.update()                                      # Gram rows of the new block, Cholesky extension, solve
     t2 = time.perf_counter()

@@ -25,7 +25,7 @@ Units: eV, Å.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import equinox as eqx
@@ -297,7 +297,7 @@ class GaussianProcess:
         m = len(self._envs)
         return _stack_envs(self._envs, m if capacity is None else capacity, self._template)
 
-    def _compute_blocks(self, rows_from: int, hyp: GPHyperparameters):
+    def _compute_blocks(self, hyp: GPHyperparameters):
         """Unit-signal blocks between stored environments; new ones only when the length scales are unchanged."""
         m = len(self._envs)
         ls = (hyp.l2, hyp.l3)
@@ -347,7 +347,7 @@ class GaussianProcess:
     def kernel_matrix(self, hyp: GPHyperparameters | None = None) -> np.ndarray:
         """K + noise (R, R) of the training rows (recomputes the blocks if the length scales changed)."""
         hyp = self.hyperparameters if hyp is None else hyp
-        self._compute_blocks(0, hyp)
+        self._compute_blocks(hyp)
         k2, k3 = self._unit_grams(self._rows)
         return hyp.sig2**2 * k2 + hyp.sig3**2 * k3 + np.diag(self._noise_vector(self._rows, hyp))
 
@@ -379,7 +379,7 @@ class GaussianProcess:
         n, n_all = self._n_factored, len(self._rows)
         if n_all == n:
             return self
-        self._compute_blocks(0, hyp)
+        self._compute_blocks(hyp)
         old, new = self._rows[:n], self._rows[n:]
         k2a, k3a = self._unit_grams(new, old)
         k2b, k3b = self._unit_grams(new)
@@ -657,8 +657,3 @@ class GPPotential(Potential):
         l2, l3 = self.state.length_scales[0], self.state.length_scales[1]
         blocks = unit_blocks(env, self.state.envs, self.settings, l2, l3, n_p_query=3)
         return -jnp.einsum("cnmaq,cmq->na", blocks[:, :, :, 1:4], self.state.weights)
-
-
-def with_settings(gp: GaussianProcess, **changes) -> GaussianProcess:
-    """A new, empty GaussianProcess with changed settings and the same hyperparameters."""
-    return GaussianProcess(replace(gp.settings, **changes), gp.hyperparameters)

@@ -130,11 +130,17 @@ def _triplet_code(sp):
     return (sp[..., 0] * _SPECIES_BASE + sp[..., 1]) * _SPECIES_BASE + sp[..., 2]
 
 
+def _c_sigma(el: Elements):
+    """c = a e0 + J^T grad_a and sigma = J^T d (M, E, Q), shared by both sides of the expansion."""
+    a = el.a[..., None]
+    c = a * jax.nn.one_hot(0, el.jac.shape[-1], dtype=el.d.dtype) + jnp.einsum("meD,meDq->meq", el.grad_a, el.jac)
+    return c, jnp.einsum("meD,meDq->meq", el.d, el.jac)
+
+
 def _query_features(el: Elements, inv):
     """x_t features (M, E, F, Q) of the expansion (module docstring)."""
     a = el.a[..., None]                                           # (M, E, 1)
-    c = a * jax.nn.one_hot(0, el.jac.shape[-1], dtype=el.d.dtype) + jnp.einsum("meD,meDq->meq", el.grad_a, el.jac)
-    sigma = jnp.einsum("meD,meDq->meq", el.d, el.jac)
+    c, sigma = _c_sigma(el)
     big_d = el.d.shape[-1]
     feats = [c, a * sigma]
     feats += [a * el.jac[:, :, m] for m in range(big_d)]                              # C_m
@@ -147,8 +153,7 @@ def _train_features(el: Elements, inv):
     """y_u features (M, E, F, Q), paired with :func:`_query_features`."""
     inv2 = inv * inv
     a = el.a[..., None]
-    c = a * jax.nn.one_hot(0, el.jac.shape[-1], dtype=el.d.dtype) + jnp.einsum("meD,meDq->meq", el.grad_a, el.jac)
-    sigma = jnp.einsum("meD,meDq->meq", el.d, el.jac)
+    c, sigma = _c_sigma(el)
     big_d = el.d.shape[-1]
     feats = [c - inv * a * sigma, -inv * c + inv2 * a * sigma]
     feats += [inv * (el.d[..., m:m + 1] * c + a * el.jac[:, :, m]) - inv2 * a * el.d[..., m:m + 1] * sigma

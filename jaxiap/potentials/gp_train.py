@@ -70,7 +70,7 @@ class _Objective:
         if self._cache_key != key and "l2" not in self.names and "l3" not in self.names:
             # length scales fixed: the GP's own blocks (kept up to date incrementally), no tangents needed
             gp = self.gp
-            gp._compute_blocks(0, gp.hyperparameters._replace(l2=key[0], l3=key[1]))
+            gp._compute_blocks(gp.hyperparameters._replace(l2=key[0], l3=key[1]))
             k2, k3 = gp._unit_grams(gp._rows)
             self._grams_value = (k2, k3, None, None, gp._blocks)
             self._cache_key = key
