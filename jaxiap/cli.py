@@ -272,6 +272,13 @@ def _length_or_none(text):
     return _nonneg_float(text)
 
 
+def _temperature_or_none(text):
+    """argparse type: a temperature > 0 (K), or 'none'."""
+    if text.strip().lower() == "none":
+        return "none"
+    return _positive_float(text)
+
+
 def _cutoff_or_none(text):
     """argparse type: a positive length, or 'none' (no 3-body term)."""
     if text.strip().lower() == "none":
@@ -310,10 +317,16 @@ def _add_otf(sub):
                    help=f"time of the velocity rescaling that melts the crystal (ps) [{d.melt_ps:g}]")
     g.add_argument("--melt-temperature", type=_positive_float, default=None,
                    help=f"temperature the velocities are rescaled to (K) [{d.melt_temperature:g}]")
+    g.add_argument("--liquid-thermostat", type=_temperature_or_none, default=None,
+                   help="after the melt, a Berendsen thermostat (time constant 100 fs) to this temperature (K), or "
+                        f"none for NVE as in the paper [{d.liquid_thermostat}]")
     g = p.add_argument_group("Gaussian process and on-the-fly rule")
     g.add_argument("--r-cut", type=_positive_float, default=None, help=f"2-body cutoff (Å) [{d.r_cut}]")
     g.add_argument("--r-cut-3", type=_cutoff_or_none, default=None,
                    help=f"3-body cutoff (Å), or none for a 2-body model [{d.r_cut_3}]")
+    g.add_argument("--core-repulsion", type=_length_or_none, default=None,
+                   help="prior mean of the GP: a ZBL wall switched off between R/2 and R (Å), so atoms cannot fall "
+                        f"into the hole below the labelled distances; none for FLARE's zero mean [{d.core_repulsion}]")
     g.add_argument("--std-tolerance", type=float, default=None,
                    help="oracle threshold: > 0 a multiple of the noise sigma_n, < 0 an absolute force std (eV/Å), "
                         f"0 only the first frame [{d.std_tolerance}]")
@@ -346,7 +359,8 @@ def _run_otf(args) -> int:
     from jaxiap.workflows.otf_config import CLI_FLAGS, OTFConfig
 
     overrides = _overrides(args, CLI_FLAGS)
-    nullable = {k: overrides.pop(k) for k in ("r_cut_3", "distance_guard") if k in overrides}
+    nullable = {k: overrides.pop(k) for k in ("r_cut_3", "distance_guard", "core_repulsion", "liquid_thermostat")
+                if k in overrides}
     config = OTFConfig.from_preset(args.preset, **overrides)
     if nullable:  # "none" switches the 3-body term / the distance guard off
         config = dataclasses.replace(config, **{k: None if v == "none" else v for k, v in nullable.items()})
@@ -355,6 +369,81 @@ def _run_otf(args) -> int:
           f"{s['oracle_calls_after_melt']}); training atoms {s['training_atoms']}")
     print(f"force MAE solid {s['force_mae_solid_meV_per_A']:.1f} meV/Å, liquid {s['force_mae_liquid_meV_per_A']:.1f} "
           f"meV/Å (FLARE paper: 32.9, 90.2); results in {args.out}/report.md")
+    return 0
+
+
+def _name_list(choices):
+    """argparse type: comma-separated names, each one of ``choices``."""
+    def parse(text):
+        names = tuple(t.strip() for t in text.split(",") if t.strip())
+        bad = [n for n in names if n not in choices]
+        if bad or not names:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {', '.join(choices)}; got {text!r}")
+        return names
+    return parse
+
+
+def _widths(text):
+    """argparse type: comma-separated positive layer widths, e.g. 32,32."""
+    try:
+        widths = tuple(int(t) for t in text.split(","))
+    except ValueError:
+        widths = ()
+    if not widths or min(widths) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, e.g. 32,32; got {text!r}")
+    return widths
+
+
+def _add_uq_compare(sub):
+    from jaxiap.workflows.uq_compare_config import DATASETS, DEFAULTS as d, METHOD_CHOICES, PRESET_CHOICES
+
+    p = sub.add_parser(
+        "uq-compare",
+        help="compare uncertainty methods of neural-network potentials (ensembles, MVE, evidential, GMM, "
+             "last-layer BLR) in and out of domain",
+        description=(
+            "Train per-atom neural-network potentials with five uncertainty methods (deep ensemble, mean-variance "
+            "estimation, deep evidential regression, GMM on latent features, last-layer Bayesian regression) on the "
+            "same data and score their predicted stds with calibration and ranking metrics, in domain and out of "
+            "domain, over repetitions with different splits and initialisations (Tan et al. 2023). Datasets: LJ13 "
+            "(kT 0.15 train; kT 0.35 and quenched minima out of domain) and EMT aluminium (FCC solid train; liquid "
+            "out of domain). Writes summary.json, report.md and calibration figures; re-running resumes."),
+    )
+    _add_run_options(p, "runs/uq-compare", PRESET_CHOICES, d.seed,
+                     "cpu (every method on both datasets, 3 repetitions)", devices=False)
+    g = p.add_argument_group("study")
+    g.add_argument("--datasets", type=_name_list(DATASETS), default=None,
+                   help=f"comma-separated datasets [{','.join(d.datasets)}]")
+    g.add_argument("--methods", type=_name_list(METHOD_CHOICES), default=None,
+                   help=f"comma-separated methods [{','.join(d.methods)}]")
+    g.add_argument("--repetitions", type=_positive_int, default=None,
+                   help=f"repetitions, each with its own split and initialisations [{d.repetitions}]")
+    g.add_argument("--error-percentile", type=_positive_float, default=None,
+                   help=f"errors above this percentile count as large for ROC-AUC [{d.error_percentile:g}]")
+    g = p.add_argument_group("networks and training")
+    g.add_argument("--hidden", type=_widths, default=None,
+                   help=f"hidden layer widths, comma-separated [{','.join(map(str, d.hidden))}]")
+    g.add_argument("--members", type=_positive_int, default=None, help=f"ensemble members [{d.n_members}]")
+    g.add_argument("--epochs", type=_positive_int, default=None, help=f"maximum epochs [{d.epochs}]")
+    g.add_argument("--batch-size", type=_positive_int, default=None, help=f"structures per minibatch [{d.batch_size}]")
+    g.add_argument("--learning-rate", type=_positive_float, default=None, help=f"Adam learning rate [{d.learning_rate}]")
+    g.add_argument("--patience", type=_positive_int, default=None,
+                   help=f"early stopping: epochs without a better validation loss [{d.patience}]")
+    g.add_argument("--gmm-components", type=_positive_int, default=None,
+                   help=f"components of the GMM on latent features [{d.n_components}]")
+    p.set_defaults(func=_run_uq_compare, parser=p)
+
+
+def _run_uq_compare(args) -> int:
+    # lazy: keeps import jaxiap.cli light (see the module docstring)
+    from jaxiap.workflows.uq_compare import run_uq_compare
+    from jaxiap.workflows.uq_compare_config import CLI_FLAGS, UQCompareConfig
+
+    config = UQCompareConfig.from_preset(args.preset, **_overrides(args, CLI_FLAGS))
+    s = run_uq_compare(config, args.out, overwrite=args.overwrite, progress=not args.no_progress)
+    for f in s["findings"]:
+        print(f"finding {f['finding']} ({f['dataset']}): {'reproduced' if f['reproduced'] else 'not reproduced'}")
+    print(f"results in {args.out}/report.md")
     return 0
 
 
@@ -368,6 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_lj13(sub)
     _add_lj13_al(sub)
     _add_otf(sub)
+    _add_uq_compare(sub)
     return parser
 
 

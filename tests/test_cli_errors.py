@@ -22,6 +22,8 @@ import jaxiap.workflows.lj13_al_config as lj13_al_config
 import jaxiap.workflows.lj13_config as lj13_config
 import jaxiap.workflows.otf_al as otf_al
 import jaxiap.workflows.otf_config as otf_config
+import jaxiap.workflows.uq_compare as uq_compare
+import jaxiap.workflows.uq_compare_config as uq_compare_config
 from jaxiap.cli import main
 from jaxiap.errors import JaxiapInputError
 
@@ -72,6 +74,12 @@ CLI_CASES = [
     ("otf", "--calculator", "--calculator ase.calculators.nothere:X"),
     ("otf", "--init-atoms", "--init-atoms 40"),
     ("otf", "--std-tolerance", "--std-tolerance nan"),
+    ("otf", "--core-repulsion", "--core-repulsion 6"),
+    ("uq-compare", "--methods", "--methods bogus"),
+    ("uq-compare", "--datasets", "--datasets al,foo"),
+    ("uq-compare", "--members", "--members 1"),
+    ("uq-compare", "--hidden", "--hidden 0"),
+    ("uq-compare", "--error-percentile", "--error-percentile 100"),
 ]
 
 
@@ -175,7 +183,7 @@ def _doc_rows():
         if len(cells) != 4 or not cells[0].startswith("`"):
             continue
         inp, value, message = (c.strip("`") for c in cells[:3])
-        m = re.fullmatch(r"jaxiap (lj13(?:-al)?|otf) (\S+)", inp)
+        m = re.fullmatch(r"jaxiap (lj13(?:-al)?|otf|uq-compare) (\S+)", inp)
         key = ("cli", m.group(1), m.group(2), value) if m else ("function", inp, value)
         assert key not in rows, f"duplicate row {key}"
         rows[key] = message
@@ -205,6 +213,7 @@ def no_work(monkeypatch):
     monkeypatch.setattr(lj13, "generate_data", work_started)
     monkeypatch.setattr(lj13_al, "generate_data", work_started)
     monkeypatch.setattr(otf_al, "run_otf", work_started)
+    monkeypatch.setattr(uq_compare, "load_data", work_started)
 
 
 @pytest.mark.parametrize("command,option,args", CLI_CASES, ids=[f"{c} {a}" for c, _, a in CLI_CASES])
@@ -252,7 +261,8 @@ def test_every_cli_flag_maps_to_a_config_field():
     run_options = {"-h", "--help", "--out", "--preset", "--overwrite", "--no-progress", "--devices"}
     for command, config, flags in (("lj13", lj13_config.LJ13Config, lj13_config.CLI_FLAGS),
                                    ("lj13-al", lj13_al_config.LJ13ALConfig, lj13_al_config.CLI_FLAGS),
-                                   ("otf", otf_config.OTFConfig, otf_config.CLI_FLAGS)):
+                                   ("otf", otf_config.OTFConfig, otf_config.CLI_FLAGS),
+                                   ("uq-compare", uq_compare_config.UQCompareConfig, uq_compare_config.CLI_FLAGS)):
         fields = {f.name for f in dataclasses.fields(config)}
         assert set(flags) <= fields, set(flags) - fields
         actions = subs[command]._option_string_actions

@@ -414,7 +414,85 @@ def test_likelihood_gradient_matches_finite_differences_and_optimizer_improves(m
     assert gp.hyperparameters != HYP
 
 
-# --------------------------------------------------------------------------- 7. input errors
+# --------------------------------------------------------------------------- 7. core-repulsion prior mean
+def test_core_repulsion_is_zbl_and_the_gp_fits_residuals_from_it(mixed_gp, structures, tmp_path):
+    """The switched ZBL pair energy equals a hand evaluation; its forces and stress are finite differences of
+    its energy; a GP with the baseline equals a GP without it trained on the residual labels, plus the
+    baseline (energies, forces, stresses, GPPotential), and survives save/load."""
+    from jaxiap.potentials.repulsion import CoreRepulsion, zbl_pair_energy
+
+    # hand evaluation: Al-Cu at 1.7 Å, switch 1.2 -> 2.2 Å
+    a = 0.4685 / (13**0.23 + 29**0.23)
+    x = 1.7 / a
+    phi = (0.18175 * np.exp(-3.1998 * x) + 0.50986 * np.exp(-0.94229 * x) + 0.28022 * np.exp(-0.4029 * x)
+           + 0.02817 * np.exp(-0.20162 * x))
+    t = 0.5
+    hand = 14.399645 * 13 * 29 / 1.7 * phi * (1 - 10 * t**3 + 15 * t**4 - 6 * t**5)
+    assert abs(float(zbl_pair_energy(jnp.asarray(1.7), 13, 29, 1.2, 2.2)) - hand) <= 1e-12 * hand
+    assert float(zbl_pair_energy(jnp.asarray(2.2), 13, 29, 1.2, 2.2)) == 0.0
+    # r -> 0: the screening tends to 1 (the coefficients sum to 1), V r -> Z1 Z2 e^2 / (4 pi eps0)
+    assert abs(float(zbl_pair_energy(jnp.asarray(1e-9), 13, 13, 1.0, 2.0)) * 1e-9 / (14.399645 * 169) - 1) < 1e-6
+
+    baseline = CoreRepulsion(r_inner=2.0, r_outer=3.0)       # reaches the first shell (2.86 Å) of these cells
+    gp = GaussianProcess(SETTINGS, HYP, baseline)
+    plain = GaussianProcess(SETTINGS, HYP)
+    bases = []
+    for k, atoms, energy, stress in MIXED:
+        s = structures[k]
+        _add(gp, s, atoms, energy, stress)
+        b = gp._baseline_terms(s["positions"], s["cell"], s["species"], stress=True)
+        bases.append(b)
+        assert b["energy"] > 0.01
+        _add(plain, dict(s, energy=s["energy"] - b["energy"], forces=s["forces"] - b["forces"],
+                         stress=s["stress"] - b["stress"]), atoms, energy, stress)
+    gp.refit()
+    plain.refit()
+    # baseline forces and stress = finite differences of its energy (structure A)
+    s, b, h = structures[0], bases[0], 1e-5
+    energy = lambda x, c: gp._baseline_terms(x, c, s["species"])["energy"]  # noqa: E731
+    fd_f = np.zeros((4, 3))
+    for i in range(4):
+        for c in range(3):
+            d = np.zeros((4, 3))
+            d[i, c] = h
+            fd_f[i, c] = -(energy(s["positions"] + d, s["cell"]) - energy(s["positions"] - d, s["cell"])) / (2 * h)
+    _rel_close(b["forces"], fd_f, 1e-7, "baseline forces")
+    fd_s = []
+    for a_, b_ in VOIGT:
+        eps = np.zeros((3, 3))
+        eps[a_, b_] += h / 2
+        eps[b_, a_] += h / 2
+        up, dn = np.eye(3) + eps, np.eye(3) - eps
+        fd_s.append((energy(s["positions"] @ up, s["cell"] @ up) - energy(s["positions"] @ dn, s["cell"] @ dn))
+                    / (2 * h) / abs(np.linalg.det(s["cell"])))
+    _rel_close(b["stress"], fd_s, 1e-7, "baseline stress")
+    # the baseline GP = the residual GP + the baseline, on a structure it was not trained on (D)
+    q = structures[3]
+    pb, pp = _predict(gp, q["positions"], q["cell"], q["species"]), _predict(plain, q["positions"], q["cell"],
+                                                                           q["species"])
+    bq = gp._baseline_terms(q["positions"], q["cell"], q["species"], stress=True)
+    assert abs(pb["energy"] - pp["energy"] - bq["energy"]) <= 1e-10
+    np.testing.assert_allclose(pb["forces"] - pp["forces"], bq["forces"], atol=1e-10)
+    np.testing.assert_allclose(pb["stress"] - pp["stress"], bq["stress"], atol=1e-12)
+    np.testing.assert_allclose(pb["forces_std"], pp["forces_std"], atol=1e-12)
+    assert abs(gp.log_marginal_likelihood() - plain.log_marginal_likelihood()) <= 1e-9
+    pot = gp.potential(q["cell"])
+    xq, zq = jnp.asarray(q["positions"]), jnp.asarray(q["species"])
+    assert abs(float(pot.energy(xq, species=zq)) - pb["energy"]) <= 1e-9
+    np.testing.assert_allclose(np.asarray(pot.mean_forces(xq, species=zq)), pb["forces"], atol=1e-9)
+    # save / load keeps the baseline
+    gp.save(tmp_path / "gp.npz")
+    loaded = GaussianProcess.load(tmp_path / "gp.npz")
+    assert loaded.baseline == baseline
+    np.testing.assert_allclose(_predict(loaded, q["positions"], q["cell"], q["species"])["forces"], pb["forces"],
+                               atol=1e-10)
+    with pytest.raises(JaxiapInputError, match="r_outer"):
+        GaussianProcess(SETTINGS, HYP, CoreRepulsion(1.0, 5.0))
+    with pytest.raises(JaxiapInputError, match="atomic numbers"):
+        gp.add(s["positions"], s["cell"], None, forces=s["forces"])
+
+
+# --------------------------------------------------------------------------- 8. input errors
 def test_bad_inputs_raise_errors_naming_the_input(structures):
     """r_cut_3 > r_cut, forces of the wrong shape, stress without GPSettings(stress=True) (add and predict),
     a stress of the wrong shape, and a capacity overflow raise JaxiapInputError naming the input; a failed

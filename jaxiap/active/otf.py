@@ -79,6 +79,7 @@ class OTFSettings:
     max_noise: float = 1.0         # upper bound of sigma_n (eV/Å)
     hyp_step_factor: float | None = None  # after the freeze: each update moves a hyperparameter by at most this factor
     rescale: tuple = ()            # ((step, temperature K), ...)
+    thermostat: tuple | None = None  # (first step, temperature K, time constant fs): Berendsen from that step on
     checkpoint_every: int = 100
 
     def __post_init__(self):
@@ -98,6 +99,10 @@ class OTFSettings:
             raise JaxiapInputError(f"OTFSettings: hyp_step_factor={self.hyp_step_factor!r} must be None or > 1")
         if self.distance_guard is not None and not (math.isfinite(self.distance_guard) and self.distance_guard >= 0):
             raise JaxiapInputError(f"OTFSettings: distance_guard={self.distance_guard!r} must be None or >= 0 (Å)")
+        if self.thermostat is not None and not (len(self.thermostat) == 3 and self.thermostat[0] >= 0
+                                                and self.thermostat[1] > 0 and self.thermostat[2] >= self.dt_fs):
+            raise JaxiapInputError(f"OTFSettings: thermostat={self.thermostat!r} must be (first step >= 0, "
+                                   "temperature K > 0, time constant fs >= dt_fs) or None")
         if not math.isfinite(self.std_tolerance):
             raise JaxiapInputError(f"OTFSettings: std_tolerance={self.std_tolerance!r} must be finite")
         rescale = tuple((int(s), float(t)) for s, t in self.rescale)
@@ -235,6 +240,11 @@ def run_otf(atoms, gp: GaussianProcess, settings: OTFSettings, *, velocities=Non
             if step in rescale:
                 t_now = temperature(v, masses)
                 v = v * math.sqrt(rescale[step] / t_now) if t_now > 0 else maxwell_boltzmann(masses, rescale[step], rng)
+            if settings.thermostat is not None and step > settings.thermostat[0]:
+                # Berendsen (weak coupling): T relaxes to the target with time constant tau
+                t_now, (_, t_target, tau) = temperature(v, masses), settings.thermostat
+                if t_now > 0:
+                    v = v * math.sqrt(max(0.0, 1.0 + settings.dt_fs / tau * (t_target / t_now - 1.0)))
             logs["time_ps"].append(step * settings.dt_fs / 1000.0)
             logs["temperature"].append(temperature(v, masses))
             logs["max_std"].append(float(std.max()) if np.isfinite(std.max()) else np.nan)

@@ -19,7 +19,9 @@ Cholesky factor by the new row block (O(n^2 b), hyperparameters fixed) and
 log marginal likelihood. :meth:`GaussianProcess.predict` gives energies,
 forces and stresses with their epistemic standard deviations; the posterior
 mean is a :class:`GPPotential` (a Potential: every MD program runs it).
-Units: eV, Å.
+An optional ``baseline`` (:class:`~jaxiap.potentials.repulsion.CoreRepulsion`)
+is a fixed prior mean: labels are fitted as residuals from it and it is
+added back to every prediction. Units: eV, Å.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from jaxiap.descriptors.environments import (Environments, check_environments, c
 from jaxiap.errors import JaxiapInputError
 from jaxiap.potentials.base import Potential
 from jaxiap.potentials.gp_blocks import pair_elements, se_blocks, triplet_elements
+from jaxiap.potentials.repulsion import CoreRepulsion
 
 #: Voigt order of ASE stresses (xx yy zz yz xz xy) as pairs of strain indices.
 VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
@@ -183,9 +186,16 @@ class GaussianProcess:
 
     settings: GPSettings = field(default_factory=GPSettings)
     hyperparameters: GPHyperparameters = field(default_factory=GPHyperparameters)
+    baseline: CoreRepulsion | None = None
 
     def __post_init__(self):
         self.hyperparameters = GPHyperparameters(*self.hyperparameters).check()
+        if self.baseline is not None:
+            if not isinstance(self.baseline, CoreRepulsion):
+                raise JaxiapInputError(f"GaussianProcess: baseline must be a CoreRepulsion or None; got {self.baseline!r}")
+            if self.baseline.r_outer > self.settings.r_cut:
+                raise JaxiapInputError(f"GaussianProcess: the baseline's r_outer={self.baseline.r_outer} Å exceeds "
+                                       f"r_cut={self.settings.r_cut} Å; lower it or raise r_cut")
         self._envs: list[Environments] = []      # single environments, leading axis 1
         self._env_keys: dict = {}
         self._rows: list[_Row] = []
@@ -257,6 +267,7 @@ class GaussianProcess:
             if stress.shape != (6,):
                 raise JaxiapInputError(f"GaussianProcess.add: stress must be (6,) Voigt or (3, 3); got {stress.shape}")
         env = structure_environments(positions, cell, species, self.settings)
+        base = self._baseline_terms(positions, cell, species, stress=stress is not None)
         s = self._n_structures
         self._n_structures += 1
         self._records.append({"positions": positions, "cell": None if cell is None else np.asarray(cell, float),
@@ -272,14 +283,14 @@ class GaussianProcess:
                 for a in range(3):
                     comp = np.zeros(q)
                     comp[1 + a] = -1.0   # F = -dS/d(delta)
-                    self._rows.append(_Row(FORCE, (e,), 1.0, comp, float(forces[i, a])))
+                    self._rows.append(_Row(FORCE, (e,), 1.0, comp, float(forces[i, a] - base["forces"][i, a])))
                     added += 1
         if energy is not None or stress is not None:
             ids = tuple(self._env_id((s, i), env, i) for i in range(n))
             if energy is not None:
                 comp = np.zeros(q)
                 comp[0] = 1.0
-                self._rows.append(_Row(ENERGY, ids, 1.0, comp, float(energy)))
+                self._rows.append(_Row(ENERGY, ids, 1.0, comp, float(energy) - base["energy"]))
                 added += 1
             if stress is not None:
                 volume = abs(np.linalg.det(np.asarray(cell, float)))
@@ -287,10 +298,26 @@ class GaussianProcess:
                     comp = np.zeros(q)
                     comp[4 + 3 * a + b] += 0.5
                     comp[4 + 3 * b + a] += 0.5
-                    self._rows.append(_Row(STRESS, ids, 1.0 / volume, comp, float(stress[v])))
+                    self._rows.append(_Row(STRESS, ids, 1.0 / volume, comp, float(stress[v] - base["stress"][v])))
                     added += 1
         self._device_cache = None
         return added
+
+    def _baseline_terms(self, positions, cell, species, stress: bool = False) -> dict:
+        """The prior mean's energy (eV), forces (N, 3) and, with ``stress``, Voigt stress (6,): zeros without one."""
+        n = len(positions)
+        if self.baseline is None:
+            return {"energy": 0.0, "forces": np.zeros((n, 3)), "stress": np.zeros(6)}
+        if self.baseline.z is None and (species is None or np.min(np.asarray(species)) < 1):
+            raise JaxiapInputError("GaussianProcess: the CoreRepulsion baseline needs atomic numbers; pass species= "
+                                   "(atomic numbers) or set CoreRepulsion(z=...)")
+        cell_j = None if cell is None else jnp.asarray(np.asarray(cell, float))
+        species = np.zeros(n, int) if species is None else np.asarray(species, int)
+        shifts = tuple(tuple(int(v) for v in row) for row in image_shifts(
+            None if cell is None else np.asarray(cell, float), self.settings.r_cut))
+        out = _baseline_jit(jnp.asarray(positions, float), cell_j, jnp.asarray(species), self.settings, shifts,
+                            self.baseline, stress and cell is not None)
+        return {k: (float(v) if k == "energy" else np.asarray(v)) for k, v in out.items()}
 
     # ------------------------------------------------------------ algebra
     def _all_envs(self, capacity=None) -> Environments:
@@ -467,8 +494,14 @@ class GaussianProcess:
         env = compact(env, *self._slots(env, sticky=True))
         state = self._device_state()
         volume = 1.0 if cell is None else abs(float(np.linalg.det(np.asarray(cell, float))))
-        out = _predict_jit(env, state, self.settings, energy_std, stress, volume)
-        return {k: np.asarray(v) for k, v in out.items()}
+        out = {k: np.asarray(v) for k, v in _predict_jit(env, state, self.settings, energy_std, stress, volume).items()}
+        if self.baseline is not None:
+            base = self._baseline_terms(positions, cell, species, stress=stress)
+            out["energy"] = out["energy"] + base["energy"]
+            out["forces"] = out["forces"] + base["forces"]
+            if stress:
+                out["stress"] = out["stress"] + base["stress"]
+        return out
 
     def energy_variance_fn(self, cell=None):
         """``fn(positions (N, 3), mask=None) -> Var[E]`` (eV^2), differentiable: for biased MD and attacks.
@@ -496,7 +529,8 @@ class GaussianProcess:
         from jaxiap.runfolder import savez
 
         meta = {"settings": dataclasses.asdict(self.settings), "hyperparameters": self.hyperparameters._asdict(),
-                "n": len(self._records)}
+                "n": len(self._records),
+                "baseline": None if self.baseline is None else dataclasses.asdict(self.baseline)}
         arrays = {"meta": np.array(json.dumps(meta))}
         for k, rec in enumerate(self._records):
             for name, val in rec.items():
@@ -516,7 +550,9 @@ class GaussianProcess:
             records = [{name: np.asarray(z[f"{k}_{name}"]) if f"{k}_{name}" in z else None
                         for name in ("positions", "cell", "species", "forces", "atoms", "energy", "stress")}
                        for k in range(meta["n"])]
-        gp = cls(GPSettings(**meta["settings"]), GPHyperparameters(**meta["hyperparameters"]))
+        baseline = meta.get("baseline")
+        gp = cls(GPSettings(**meta["settings"]), GPHyperparameters(**meta["hyperparameters"]),
+                 None if baseline is None else CoreRepulsion(**baseline))
         for rec in records:
             energy = rec["energy"]
             gp.add(rec["positions"], rec["cell"], rec["species"], forces=rec["forces"], atoms=rec["atoms"],
@@ -530,7 +566,8 @@ class GaussianProcess:
         state = self._device_state()
         cell_np = None if cell is None else np.asarray(cell, float)
         shifts = tuple(tuple(int(v) for v in row) for row in image_shifts(cell_np, self.settings.r_cut))
-        return GPPotential(state, None if cell_np is None else jnp.asarray(cell_np), self.settings, shifts)
+        return GPPotential(state, None if cell_np is None else jnp.asarray(cell_np), self.settings, shifts,
+                           self.baseline)
 
 
 def _cholesky(k: np.ndarray) -> np.ndarray:
@@ -617,6 +654,29 @@ def _voigt_projection(dtype):
 _predict_jit = jax.jit(_predict, static_argnames=("settings", "energy_std", "stress"))
 
 
+def _baseline_energy(positions, cell, species, settings: GPSettings, shifts: tuple, baseline: CoreRepulsion):
+    env = _environments_static(positions, cell, species, settings, shifts)
+    return baseline.environment_energy(env.vectors, env.mask, env.species, env.center_species)
+
+
+def _baseline(positions, cell, species, settings: GPSettings, shifts: tuple, baseline: CoreRepulsion, stress: bool):
+    """Energy, forces (-dE/dR) and, with ``stress`` (a cell needed), the Voigt stress (1/V) dE/d(strain)."""
+    def energy(x, strain):
+        m = jnp.eye(3, dtype=x.dtype) + strain
+        return _baseline_energy(x @ m, None if cell is None else cell @ m, species, settings, shifts, baseline)
+
+    zero = jnp.zeros((3, 3), positions.dtype)
+    e, (g_x, g_s) = jax.value_and_grad(energy, argnums=(0, 1))(positions, zero)
+    out = {"energy": e, "forces": -g_x}
+    if stress:
+        sym = 0.5 * (g_s + g_s.T) / jnp.abs(jnp.linalg.det(cell))
+        out["stress"] = jnp.stack([sym[a, b] for a, b in VOIGT])
+    return out
+
+
+_baseline_jit = jax.jit(_baseline, static_argnames=("settings", "shifts", "baseline", "stress"))
+
+
 class GPPotential(Potential):
     """Posterior-mean energy of a :class:`GaussianProcess` as a Potential (forces by autodiff).
 
@@ -629,6 +689,7 @@ class GPPotential(Potential):
     cell: jnp.ndarray | None
     settings: GPSettings = eqx.field(static=True)
     shifts: tuple = eqx.field(static=True)
+    baseline: CoreRepulsion | None = eqx.field(static=True, default=None)
 
     @property
     def cutoff(self):
@@ -649,11 +710,19 @@ class GPPotential(Potential):
         l2, l3 = self.state.length_scales[0], self.state.length_scales[1]
         blocks = unit_blocks(env, self.state.envs, self.settings, l2, l3, n_p_query=0)[:, :, :, 0]   # (2, N, M, Q)
         bw = jnp.asarray(ENERGY_WEIGHTS, blocks.dtype)
-        return jnp.einsum("c,cnmq,cmq->", bw, blocks, self.state.weights)
+        e = jnp.einsum("c,cnmq,cmq->", bw, blocks, self.state.weights)
+        if self.baseline is not None:
+            e = e + self.baseline.environment_energy(env.vectors, env.mask, env.species, env.center_species)
+        return e
 
     def mean_forces(self, positions, box=None, species=None):
         """Posterior-mean forces (N, 3) from the force rows (equal to -dE/dR of :meth:`energy`)."""
         env = self._envs(positions, box, species)
         l2, l3 = self.state.length_scales[0], self.state.length_scales[1]
         blocks = unit_blocks(env, self.state.envs, self.settings, l2, l3, n_p_query=3)
-        return -jnp.einsum("cnmaq,cmq->na", blocks[:, :, :, 1:4], self.state.weights)
+        forces = -jnp.einsum("cnmaq,cmq->na", blocks[:, :, :, 1:4], self.state.weights)
+        if self.baseline is not None:
+            box = self.cell if box is None else box
+            forces = forces - jax.grad(_baseline_energy)(positions, box, species, self.settings, self.shifts,
+                                                          self.baseline)
+        return forces

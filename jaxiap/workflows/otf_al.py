@@ -29,6 +29,7 @@ from jaxiap import runfolder
 from jaxiap.active.otf import OTFSettings, maxwell_boltzmann, run_otf
 from jaxiap.errors import JaxiapInputError
 from jaxiap.potentials.gp import GaussianProcess, GPHyperparameters, GPSettings
+from jaxiap.potentials.repulsion import CoreRepulsion
 from jaxiap.workflows.otf_config import OTFConfig
 from jaxiap.workflows.timing import StageTimer
 
@@ -62,6 +63,8 @@ def otf_settings(config: OTFConfig) -> OTFSettings:
                        reoptimize_every=config.reoptimize_every, distance_guard=config.distance_guard,
                        max_noise=config.max_noise, hyp_step_factor=config.hyp_step_factor,
                        rescale=((config.melt_step, config.melt_temperature),), min_noise=config.min_noise,
+                       thermostat=None if config.liquid_thermostat is None else (
+                           config.melt_step, config.liquid_thermostat, 100.0),
                        checkpoint_every=max(1, min(100, config.n_steps // 10)))
 
 
@@ -106,6 +109,13 @@ def evaluate(gp: GaussianProcess, cell, numbers, positions, forces) -> dict:
             "abs_error": np.abs(err), "std": std}
 
 
+def core_repulsion(config: OTFConfig) -> CoreRepulsion | None:
+    """The GP's prior mean: a ZBL wall switched off between r_outer / 2 and r_outer = ``config.core_repulsion``."""
+    if config.core_repulsion is None:
+        return None
+    return CoreRepulsion(r_inner=0.5 * config.core_repulsion, r_outer=config.core_repulsion)
+
+
 def run_otf_study(config: OTFConfig = OTFConfig(), out_dir="runs/otf", overwrite: bool = False,
                   progress: bool = True) -> dict:
     """Run the study into ``out_dir``; returns the summary dict (also in summary.json). Resumable."""
@@ -116,7 +126,8 @@ def run_otf_study(config: OTFConfig = OTFConfig(), out_dir="runs/otf", overwrite
     timer = StageTimer(verbose=progress)
     cell, numbers = np.asarray(atoms.cell), atoms.numbers
     gp = GaussianProcess(gp_settings(config), GPHyperparameters(sig2=0.1, l2=0.5, sig3=0.01, l3=0.5,
-                                                                noise=max(0.05, config.min_noise)))
+                                                                noise=max(0.05, config.min_noise)),
+                         core_repulsion(config))
     with timer("otf"):
         t0 = time.perf_counter()
         result = run_otf(atoms, gp, otf_settings(config), temperature_k=config.temperature, seed=config.seed,

@@ -33,7 +33,7 @@ CLI_FLAGS = {
     "r_cut": "--r-cut", "r_cut_3": "--r-cut-3", "std_tolerance": "--std-tolerance",
     "max_atoms_added": "--max-atoms-added", "init_atoms": "--init-atoms", "freeze_hyps": "--freeze-hyps",
     "min_noise": "--min-noise", "n_test": "--test-frames", "reoptimize_every": "--reoptimize-every",
-    "distance_guard": "--distance-guard", "max_noise": "--max-noise",
+    "distance_guard": "--distance-guard", "max_noise": "--max-noise", "core_repulsion": "--core-repulsion",
 }
 
 
@@ -50,12 +50,14 @@ class OTFConfig:
     temperature: float = 600.0       # K, initial velocities (the solid equilibrates near half of it)
     melt_ps: float = 5.0             # velocity rescaling time (ps)
     melt_temperature: float = 1.0e4  # K
+    liquid_thermostat: float | None = None  # K: Berendsen (tau 100 fs) after the melt; None: NVE as FLARE
     # GP
     r_cut: float = 5.4
     r_cut_3: float | None = 3.2
     max_neighbors: int = 64
     max_triplet_neighbors: int = 24
     max_triplets: int = 96
+    core_repulsion: float | None = 2.0   # Å: r_outer of the ZBL prior mean (switched on from r_outer / 2); None: none
     # on-the-fly rule
     std_tolerance: float = 1.0
     max_atoms_added: int = 2
@@ -101,6 +103,13 @@ class OTFConfig:
             bad("hyp_step_factor", "must be None or a factor > 1")
         if not math.isfinite(self.std_tolerance):
             bad("std_tolerance", "must be finite: > 0 a multiple of the noise, < 0 an absolute eV/Å, 0 never")
+        if self.liquid_thermostat is not None and not (isinstance(self.liquid_thermostat, (int, float))
+                                                       and math.isfinite(self.liquid_thermostat)
+                                                       and self.liquid_thermostat > 0):
+            bad("liquid_thermostat", "must be a temperature > 0 (K), or none for NVE after the melt")
+        if self.core_repulsion is not None and not (isinstance(self.core_repulsion, (int, float))
+                                                    and 0 < self.core_repulsion <= self.r_cut):
+            bad("core_repulsion", f"must be a length in (0, r_cut={self.r_cut}] Å, or none for a zero prior mean")
         if self.r_cut_3 is not None and not (0 < self.r_cut_3 <= self.r_cut):
             bad("r_cut_3", f"must be in (0, r_cut={self.r_cut}] Å")
         n_atoms = 4 * self.repeat**3
