@@ -418,3 +418,97 @@ def test_sin4_coverage():
     assert (mean_cov["iid"] >= 0.8).all()
     assert (mean_cov["abc"][1:] >= 0.8).all() and mean_cov["abc"][0] >= 0.6
     assert (mean_cov["iid"] > cl + 0.5).all() and (mean_cov["abc"] > cl + 0.4).all()
+
+
+# ------------------------------------------------------------------------------------------
+# SVI (method="svi"): a Gaussian guide in the unconstrained (c_white, log d) space, started at the MAP
+
+#: NUTS reference for misfit_problem(n=30, seed=1), IID, defaults: 4 chains x (1000 warmup + 5000 draws),
+#: keys 11 and 12 (agreeing to 0.001 in every entry): posterior mean and std of c, and the RMS over B_GRID of
+#: the model-error std and of the posterior (parameter) std of the mean
+NUTS_REF_MEAN = np.array([0.1825, 1.7476, 0.3011])
+NUTS_REF_SD = np.array([0.108, 0.214, 0.233])
+NUTS_REF_MERR_STD = 0.584
+NUTS_REF_POST_STD = 0.196
+
+
+def _rms_stds(post):
+    """(RMS model-error std, RMS posterior std) over B_GRID."""
+    sp = post.predict_split(B_GRID)
+    return float(np.sqrt(np.mean(sp["model_error_var"]))), float(np.sqrt(np.mean(sp["posterior_var"])))
+
+
+@pytest.fixture(scope="module")
+def svi_fits():
+    """Low-rank guide through fit_model_error (with info), mean-field through the solver registry."""
+    from jaxiap.inference.solvers import get_solver
+
+    A, y = misfit_problem(n=30, seed=1)
+    lowrank, info = fit_model_error(design(A, y), method="svi", guide="lowrank", key=jax.random.key(2),
+                                    n_samples=2000, progress=False, return_info=True)
+    solver = get_solver("merr-iid", method="svi", guide="meanfield", n_samples=2000, progress=False)
+    meanfield = solver(design(A, y), key=jax.random.key(2))
+    return lowrank, info, meanfield
+
+
+def test_svi_lowrank_matches_nuts(svi_fits):
+    post, info, _ = svi_fits
+    assert post.n_samples == 2000 and post.kind == "model_error"
+    mean, sd = np.asarray(post.mean), np.asarray(post.coef_samples).std(0)
+    merr, pstd = _rms_stds(post)
+    print("SVI low-rank: mean", mean, "sd", sd, "model-error std", merr, "posterior std", pstd)
+    # measured (key 2): mean [0.1764 1.7538 0.3180], sd [0.104 0.204 0.238], model-error std 0.558, posterior 0.191
+    # (keys 0, 1, 3, 4: mean within 0.09 NUTS sds, sd ratios 0.83-0.97, posterior std ratios 0.88-0.94)
+    assert np.all(np.abs(mean - NUTS_REF_MEAN) < 0.25 * NUTS_REF_SD)
+    assert abs(merr / NUTS_REF_MERR_STD - 1) < 0.1
+    assert np.all(np.abs(sd / NUTS_REF_SD - 1) < 0.25) and abs(pstd / NUTS_REF_POST_STD - 1) < 0.2
+    # the guide started at the MAP and the ELBO is recorded with the wall time
+    d = info["svi"].diagnostics
+    assert d["guide_kind"] == "lowrank" and d["num_steps"] == 10000 and info["svi"].losses.shape == (10000,)
+    assert np.isfinite(d["final_elbo"]) and d["final_elbo"] == -d["final_loss"] and d["wall_time"] > 0
+    # the ELBO improved on the first steps' (-loss, from a guide of scale 0.1 at the MAP)
+    assert -np.mean(info["svi"].losses[:50]) < d["final_elbo"]
+    assert set(info) == {"map", "svi"}
+
+
+def test_svi_meanfield_through_the_registry_understates_the_spread(svi_fits):
+    lowrank, _, post = svi_fits
+    assert post.n_samples == 2000
+    mean = np.asarray(post.mean)
+    merr, pstd = _rms_stds(post)
+    print("SVI mean-field: mean", mean, "sd", np.asarray(post.coef_samples).std(0), "model-error std", merr,
+          "posterior std", pstd)
+    # measured (key 2): mean [0.1830 1.7322 0.3001], sd [0.036 0.189 0.073], model-error std 0.587, posterior 0.120;
+    # over keys 0, 1, 3, 4 the mean was within 0.14 NUTS sds, the posterior std 0.62-0.66 of NUTS's
+    assert np.all(np.abs(mean - NUTS_REF_MEAN) < 0.3 * NUTS_REF_SD)
+    assert abs(merr / NUTS_REF_MERR_STD - 1) < 0.1
+    # independent coordinates: the posterior (parameter) spread comes out below NUTS's and the low-rank guide's
+    assert pstd < 0.8 * NUTS_REF_POST_STD and pstd < 0.8 * _rms_stds(lowrank)[1]
+
+
+def test_svi_bad_options():
+    from jaxiap.inference.solvers import get_solver
+
+    A, y = misfit_problem(n=30, seed=1)
+    dm = design(A, y)
+    key = jax.random.key(0)
+    for kw, name in ((dict(guide="full"), "guide"), (dict(guide=None), "guide"),
+                     (dict(svi_steps=0), "svi_steps"), (dict(svi_steps=2.5), "svi_steps"),
+                     (dict(svi_steps=True), "svi_steps"), (dict(svi_learning_rate=0.0), "svi_learning_rate"),
+                     (dict(svi_learning_rate=-1e-2), "svi_learning_rate"),
+                     (dict(svi_learning_rate=float("nan")), "svi_learning_rate"),
+                     (dict(svi_learning_rate="fast"), "svi_learning_rate")):
+        with pytest.raises(JaxiapInputError, match=name) as e:
+            fit_model_error(dm, method="svi", key=key, **kw)
+        assert "must be" in str(e.value), str(e.value)
+    with pytest.raises(JaxiapInputError, match="meanfield"):
+        fit_model_error(dm, method="svi", key=key, guide="full")
+    with pytest.raises(JaxiapInputError, match="key"):
+        fit_model_error(dm, method="svi")
+    with pytest.raises(JaxiapInputError, match="method"):
+        fit_model_error(dm, method="vi", key=key)
+    # the registry forwards the options (and checks them at the fit)
+    with pytest.raises(JaxiapInputError, match="guide"):
+        get_solver("merr-iid", method="svi", guide="full")(dm, key=key)
+    with pytest.raises(JaxiapInputError, match="svi_step"):
+        get_solver("merr-iid", method="svi", svi_step=10)

@@ -62,7 +62,7 @@ import numpy as np
 
 from jaxiap import runfolder
 from jaxiap.errors import JaxiapInputError
-from jaxiap.inference.mcmc import design_arrays, run_nuts
+from jaxiap.inference.mcmc import design_arrays, run_nuts, run_svi
 from jaxiap.inference.model_error_map import (  # noqa: F401  (re-exported)
     MODE_ATOL,
     MODE_RTOL,
@@ -102,7 +102,8 @@ __all__ = [
 LIKELIHOODS = ("iid", "abc")
 EMBEDDINGS = ("additive", "multiplicative")
 COVARIANCES = ("diagonal", "full")
-METHODS = ("map", "laplace", "nuts")
+METHODS = ("map", "laplace", "nuts", "svi")
+GUIDES = ("meanfield", "lowrank")
 
 
 # --------------------------------------------------------------------------------------------
@@ -261,6 +262,9 @@ def fit_model_error(
     num_warmup: int = 500,
     num_chains: int = 2,
     target_accept_prob: float = 0.9,
+    guide: str = "meanfield",
+    svi_steps: int = 10000,
+    svi_learning_rate: float = 1e-2,
     progress: bool = True,
     return_info: bool = False,
 ):
@@ -287,6 +291,15 @@ def fit_model_error(
     the MAP z* in the unconstrained (c, log d) space (H the Hessian of the
     negative log posterior); cheap, and adds the posterior (parameter)
     uncertainty that a MAP point lacks at small N; ``key`` is required.
+    method "svi": stochastic variational inference (``run_svi``): maximise
+    the ELBO over a Gaussian guide in the unconstrained (c_white, log d)
+    space, started at the MAP, ``svi_steps`` Adam steps of learning rate
+    ``svi_learning_rate``; ``guide`` "meanfield" (``AutoNormal``, independent
+    coordinates: it ignores posterior correlations and tends to understate
+    the spread) or "lowrank" (``AutoLowRankMultivariateNormal``, rank
+    ceil(sqrt(dim))); returns ``n_samples`` draws from the fitted guide;
+    ``key`` is required. ``guide``, ``svi_steps`` and ``svi_learning_rate``
+    are checked always and used only by "svi".
 
     ``n_starts`` >= 1 (default: 5 for "abc", 1 for "iid"): the MAP search is
     run from the least-squares start (start 0, exactly the one-start fit) and
@@ -311,13 +324,18 @@ def fit_model_error(
     ``return_info``: info has ``map`` (the kept start's optimiser summary, plus
     n_starts, start_log_posteriors, best_log_posterior, n_reached_best,
     best_start, mode_tol and start_values, each start's final {c, d[,
-    l_offdiag]}) and, for NUTS, ``nuts`` (NUTSResult).
+    l_offdiag]}) and, for NUTS, ``nuts`` (NUTSResult), for SVI, ``svi``
+    (SVIResult: ``losses`` (svi_steps,) the -ELBO trace; ``diagnostics`` with
+    ``final_loss`` (mean of the last 10% of the trace), ``final_elbo`` (its
+    negative), ``wall_time`` (s, fit and draws, compilation included) and
+    ``guide_kind``).
     """
     _choice("likelihood", likelihood, LIKELIHOODS)
     _choice("embedding", embedding, EMBEDDINGS)
     _choice("covariance", covariance, COVARIANCES)
     _choice("method", method, METHODS)
     _choice("optimizer", optimizer, ("scipy", "optax"))
+    _check_svi_options(guide, svi_steps, svi_learning_rate)
     _positive("eps", eps, " (the ABC tolerance, in units of y)")
     _positive("alpha", alpha)
     _positive("c_prior_factor", c_prior_factor)
@@ -386,6 +404,14 @@ def fit_model_error(
     elif method == "laplace":
         vals = _laplace_draws(key, values, model_args, model_kwargs, int(n_samples))
         c_s = vals["c"]
+    elif method == "svi":
+        res = run_svi(model_error_model, key, *model_args, guide_kind=guide, num_steps=int(svi_steps),
+                      learning_rate=float(svi_learning_rate), num_samples=int(n_samples), progress=progress,
+                      init_params=_latent(values, model_args[3], model_args[4]), **model_kwargs)
+        res.diagnostics["final_elbo"] = -res.diagnostics["final_loss"]
+        info["svi"] = res
+        c_s = jnp.asarray(res.samples["c"])
+        vals = {k_: jnp.asarray(v) for k_, v in res.samples.items()}
     else:
         res = run_nuts(model_error_model, key, *model_args, num_warmup=num_warmup, num_samples=n_samples,
                        num_chains=num_chains, target_accept_prob=target_accept_prob, progress=progress,
@@ -399,6 +425,20 @@ def fit_model_error(
                                embedding, covariance,
                                map_log_posteriors=jnp.asarray(map_info["start_log_posteriors"]))
     return (post, info) if return_info else post
+
+
+def _check_svi_options(guide, svi_steps, svi_learning_rate) -> None:
+    """Raise JaxiapInputError naming ``guide``, ``svi_steps`` or ``svi_learning_rate`` when it is invalid."""
+    if guide not in GUIDES:
+        raise JaxiapInputError(f"guide must be one of {GUIDES} (the SVI guide: 'meanfield' = independent "
+                               f"Gaussians, 'lowrank' = low rank plus diagonal), got {guide!r}")
+    if isinstance(svi_steps, bool) or not isinstance(svi_steps, (int, np.integer)) or svi_steps < 1:
+        raise JaxiapInputError(f"svi_steps must be an integer >= 1 (Adam steps of the SVI fit, e.g. 10000), "
+                               f"got {svi_steps!r}")
+    if isinstance(svi_learning_rate, bool) or not isinstance(svi_learning_rate, (int, float, np.floating, np.integer)):
+        raise JaxiapInputError(f"svi_learning_rate must be a number > 0 (the Adam step size, e.g. 1e-2), "
+                               f"got {svi_learning_rate!r}")
+    _positive("svi_learning_rate", svi_learning_rate, " (the Adam step size, e.g. 1e-2)")
 
 
 register_family("model_error", ModelErrorPosterior.load, ("model_error",))

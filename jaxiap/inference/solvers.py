@@ -159,8 +159,9 @@ def bootstrap(*, n_samples: int = 32, fraction: float = 0.8, member="lstsq") -> 
 def model_error(*, likelihood: str = "iid", method: str = "laplace", **options) -> Solver:
     """Embedded model error (``fit_model_error``; default MAP + Laplace, every coefficient, additive, diagonal).
 
-    options: any other keyword of ``fit_model_error`` (``n_samples``, ``embed``,
-    ``eps``, ``n_starts``, ...).
+    method: "map", "laplace", "nuts" or "svi". options: any other keyword of
+    ``fit_model_error`` (``n_samples``, ``embed``, ``eps``, ``n_starts``, for
+    SVI ``guide``, ``svi_steps``, ``svi_learning_rate``, ...).
     """
     _check_options(fit_model_error, options, f"merr-{likelihood}", exclude=("key", "return_info"))
     return Solver(f"merr-{likelihood}",
