@@ -318,8 +318,10 @@ def _add_otf(sub):
     g.add_argument("--melt-temperature", type=_positive_float, default=None,
                    help=f"temperature the velocities are rescaled to (K) [{d.melt_temperature:g}]")
     g.add_argument("--liquid-thermostat", type=_temperature_or_none, default=None,
-                   help="after the melt, a Berendsen thermostat (time constant 100 fs) to this temperature (K), or "
-                        f"none for NVE as in the paper [{d.liquid_thermostat}]")
+                   help="after the melt, a Berendsen thermostat to this temperature (K), or none for NVE as in the "
+                        f"paper [{d.liquid_thermostat}]")
+    g.add_argument("--thermostat-tau-fs", type=_positive_float, default=None,
+                   help=f"time constant of that thermostat (fs) [{d.thermostat_tau_fs:g}]")
     g = p.add_argument_group("Gaussian process and on-the-fly rule")
     g.add_argument("--r-cut", type=_positive_float, default=None, help=f"2-body cutoff (Å) [{d.r_cut}]")
     g.add_argument("--r-cut-3", type=_cutoff_or_none, default=None,
@@ -431,6 +433,9 @@ def _add_uq_compare(sub):
                    help=f"early stopping: epochs without a better validation loss [{d.patience}]")
     g.add_argument("--gmm-components", type=_positive_int, default=None,
                    help=f"components of the GMM on latent features [{d.n_components}]")
+    g.add_argument("--posterior-draws", type=_positive_int, default=None,
+                   help="posterior draws of the Bayesian networks (methods svi-meanfield, svi-lowrank, nuts; for "
+                        f"small --hidden) [{d.posterior_draws}]")
     p.set_defaults(func=_run_uq_compare, parser=p)
 
 

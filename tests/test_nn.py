@@ -155,3 +155,30 @@ def test_every_method_gives_a_posterior_with_positive_stds(data):
             assert np.isfinite(hist["log_evidence"])
     with pytest.raises(JaxiapInputError, match="method"):
         fit_nn("dropout", desc, train, valid, key=jax.random.key(0))
+
+
+@pytest.mark.slow  # CI budget: a numpyro SVI and a NUTS program over a network (about a minute on 2 cores)
+def test_bayesian_networks_by_svi_and_nuts(data):
+    """svi-meanfield and nuts sample the 49 weights of a (6,) network started at its MSE fit: distinct draws,
+    predictions with positive stds, and a NUTS posterior mean no worse than 3x the MSE network's force RMSE."""
+    from jaxiap.uq.nn_uq import fit_nn
+
+    desc, train, valid = data
+    settings = TrainSettings(epochs=30, batch_size=4)
+    mse, _ = fit_nn("ensemble", desc, train, valid, key=jax.random.key(0), hidden=HIDDEN, n_members=2,
+                    settings=settings, progress=False)
+    p0 = mse.predict_structures(valid.structures)
+    rmse0 = float(np.sqrt(np.mean((np.asarray(p0.forces) - np.asarray(valid.forces)) ** 2)))
+    for method in ("svi-meanfield", "nuts"):
+        post, hist = fit_nn(method, desc, train, valid, key=jax.random.key(0), hidden=HIDDEN, n_members=20,
+                            settings=settings, bayes={"svi_steps": 300, "num_warmup": 50}, progress=False)
+        assert hist["n_weights"] == 49 and post.n_members == 20
+        w = np.stack([np.asarray(post.potential(i).network.layers[0].weight) for i in range(20)])
+        assert np.all(w.std(axis=0) > 0)
+        p = post.predict_structures(valid.structures)
+        assert np.all(np.asarray(p.forces_std) > 0)
+        if method == "nuts":
+            rmse = float(np.sqrt(np.mean((np.asarray(p.forces) - np.asarray(valid.forces)) ** 2)))
+            assert rmse < 3 * rmse0 and np.isfinite(hist["r_hat_max"])
+    with pytest.raises(JaxiapInputError, match="bayes options"):
+        fit_nn("nuts", desc, train, valid, key=jax.random.key(0), bayes={"steps": 3})

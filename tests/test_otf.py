@@ -67,6 +67,22 @@ def test_oracle_every_step_is_ase_velocity_verlet():
     assert gp.n_force_atoms == 6  # one atom per call (the most uncertain one, or a random one at step 0)
 
 
+def test_berendsen_thermostat_after_its_first_step():
+    """With tau = dt the Berendsen factor sets the full-step temperature to the target exactly; before its first
+    step the dynamics is plain NVE (the same temperatures as without it); bad settings are rejected."""
+    import dataclasses
+
+    atoms = _cell()
+    v0 = _velocities(atoms)
+    plain = run_otf(atoms, GaussianProcess(SETTINGS, HYP), _always(5), velocities=v0, progress=False)
+    held = run_otf(atoms, GaussianProcess(SETTINGS, HYP), dataclasses.replace(_always(5), thermostat=(2, 800.0, 2.0)),
+                   velocities=v0, progress=False)
+    np.testing.assert_allclose(held["temperature"][:3], plain["temperature"][:3], rtol=1e-12)
+    np.testing.assert_allclose(held["temperature"][3:], 800.0, rtol=1e-9)
+    with pytest.raises(JaxiapInputError, match="thermostat"):
+        OTFSettings(dt_fs=5.0, thermostat=(0, 800.0, 1.0))
+
+
 def test_interrupted_run_resumes_the_same_trajectory(tmp_path):
     atoms = _cell()
     v0 = _velocities(atoms)

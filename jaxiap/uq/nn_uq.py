@@ -23,13 +23,19 @@ same way. Units: eV, Å; n the number of atoms, s the potential's
   with atom i's own heads, times s (a per-atom score: the NIG has no force
   model).
 - ``gmm``: a Gaussian mixture on the training atoms' latent features
-  (last hidden layer) of one MSE-trained network; u_i = -log p(h_i). The
-  score is not a std, so it is mapped to one by a positive increasing map:
-  std_i = k_F softplus(u_i - u_0) (forces, per atom) and std_E = k_E
-  sum_i softplus(u_i - u_0) (energies), u_0 the median training score and
-  k the NLL-optimal scale on the validation set
-  (:func:`jaxiap.uq.metrics.recalibration_scale`). Ranking metrics do not
+  (last hidden layer) of one MSE-trained network; u_i = -log p(h_i),
+  standardised as z_i = (u_i - median) / std over the training atoms. The
+  score is not a std, so it is mapped to one by a log-linear map fitted by
+  maximum likelihood on the validation set (:func:`log_linear_std_map`):
+  std_i = exp(a_F + b_F z_i) per force component of atom i and std_E =
+  exp(a_E + b_E mean_i z_i) per structure, b >= 0. Ranking metrics do not
   depend on the map.
+- ``svi-meanfield``, ``svi-lowrank``, ``nuts`` (for small networks): a
+  Bayesian neural network, weights w ~ N(0, prior_scale^2) and Gaussian
+  likelihoods of the standardised energy and force residuals with noise
+  stds ~ HalfNormal(1), fitted by numpyro SVI (AutoNormal / AutoLowRank
+  guide) or NUTS, both started at the MSE-trained weights; the posterior
+  draws of w are the members (mean and std over draws, as the ensemble).
 - ``last-layer``: Bayesian linear regression on the per-atom latent features
   (plus a constant) of one MSE-trained network, its noise and prior scale by
   type-II maximum likelihood (evidence); the mean is the refitted last
@@ -52,9 +58,10 @@ from jaxiap.inference.posterior import Posterior, StructurePrediction
 from jaxiap.potentials.linear import LinearBasis, design_matrix
 from jaxiap.potentials.nn import LatentDescriptor, NNPotential, init_nn_potential
 from jaxiap.uq.gmm import fit_gmm
-from jaxiap.uq.metrics import recalibration_scale
 
-METHODS = ("ensemble", "mve", "evidential", "gmm", "last-layer")
+METHODS = ("ensemble", "mve", "evidential", "gmm", "last-layer", "svi-meanfield", "svi-lowrank", "nuts")
+#: the methods that sample the weights of a (small) Bayesian network with numpyro
+BAYESIAN = ("svi-meanfield", "svi-lowrank", "nuts")
 
 
 class NNPosterior(Posterior):
@@ -106,7 +113,7 @@ class NNPosterior(Posterior):
             return self.extra["posterior"].predict_structures(structures, basis=self.extra["basis"])
         e, f, o = eqx.filter_vmap(lambda p: batch_outputs(p, structures))(self.members)   # (M, C), (M, C, N, 3), ...
         s = self.members.energy_scale[0]
-        if self.kind == "ensemble":
+        if self.kind == "ensemble" or self.kind in BAYESIAN:
             if self.n_members < 2:
                 raise JaxiapInputError("an ensemble posterior needs at least 2 members")
             return StructurePrediction(e.mean(0), e.std(0, ddof=1), f.mean(0), f.std(0, ddof=1))
@@ -122,9 +129,10 @@ class NNPosterior(Posterior):
             f_std = s * jnp.sqrt(jnp.broadcast_to(atom_var[..., None], f.shape))
         elif self.kind == "gmm":
             g = self.extra
-            u = jax.nn.softplus(gmm_scores(self.potential(0), g["gmm"], structures) - g["u0"])   # (C, N)
-            e_std = g["k_energy"] * jnp.sum(jnp.where(mask, u, 0.0), axis=1)
-            f_std = g["k_forces"] * jnp.broadcast_to(u[..., None], f.shape)
+            z = _gmm_z(self.potential(0), g, structures)                                        # (C, N)
+            z_mean = jnp.sum(jnp.where(mask, z, 0.0), axis=1) / n
+            e_std = jnp.exp(g["energy_map"][0] + g["energy_map"][1] * z_mean)
+            f_std = jnp.broadcast_to(jnp.exp(g["force_map"][0] + g["force_map"][1] * z)[..., None], f.shape)
         else:
             raise JaxiapInputError(f"unknown NN posterior kind {self.kind!r}; one of {METHODS}")
         f_std = jnp.where(mask[..., None], f_std, 0.0)
@@ -153,18 +161,25 @@ def _members(key, descriptor, train: Dataset, n_members: int, hidden, n_outputs:
 
 def fit_nn(method: str, descriptor, train: Dataset, validation: Dataset, *, key, hidden=(32, 32),
            n_members: int = 5, settings: TrainSettings = TrainSettings(), n_components: int = 5,
-           uncertainty: str = "epistemic", progress: bool = True) -> tuple[NNPosterior, dict]:
+           uncertainty: str = "epistemic", bayes: dict | None = None,
+           progress: bool = True) -> tuple[NNPosterior, dict]:
     """Train and fit one UQ ``method`` (one of :data:`METHODS`); returns (posterior, training history).
 
-    ``validation`` drives early stopping (and the GMM's std scale). ``n_members`` is used by the ensemble;
-    ``n_components`` by the GMM; ``uncertainty`` ("epistemic" | "total") by the evidential method.
+    ``validation`` drives early stopping (and the GMM's std map). ``n_members`` is used by the ensemble
+    and is the number of posterior draws of the Bayesian methods; ``n_components`` by the GMM;
+    ``uncertainty`` ("epistemic" | "total") by the evidential method; ``bayes`` overrides the Bayesian
+    methods' options (:data:`BAYES_DEFAULTS`).
     """
     if method not in METHODS:
         raise JaxiapInputError(f"fit_nn: method={method!r}; choose one of {METHODS}")
     if uncertainty not in ("epistemic", "total"):
         raise JaxiapInputError(f"fit_nn: uncertainty={uncertainty!r}; choose 'epistemic' or 'total'")
-    if method == "ensemble" and not (isinstance(n_members, (int, np.integer)) and n_members >= 2):
-        raise JaxiapInputError(f"fit_nn: an ensemble needs n_members >= 2 (got {n_members!r})")
+    if method in ("ensemble",) + BAYESIAN and not (isinstance(n_members, (int, np.integer)) and n_members >= 2):
+        raise JaxiapInputError(f"fit_nn: method {method!r} needs n_members >= 2 members or posterior draws "
+                               f"(got {n_members!r})")
+    unknown = set(bayes or {}) - set(BAYES_DEFAULTS)
+    if unknown:
+        raise JaxiapInputError(f"fit_nn: unknown bayes options {sorted(unknown)}; known: {sorted(BAYES_DEFAULTS)}")
     k_init, k_train, k_extra = jax.random.split(key, 3)
     loss = {"ensemble": "mse", "mve": "mve", "evidential": "evidential"}.get(method, "mse")
     n_out = {"mve": 3, "evidential": 4}.get(method, 1)
@@ -178,6 +193,10 @@ def fit_nn(method: str, descriptor, train: Dataset, validation: Dataset, *, key,
     elif method == "last-layer":
         extra = _fit_last_layer(unstack_member(stacked, 0), train)
         history["log_evidence"] = extra.pop("log_evidence")
+    elif method in BAYESIAN:
+        opts = {**BAYES_DEFAULTS, **(bayes or {})}
+        stacked, info = _fit_bayesian(method, k_extra, unstack_member(stacked, 0), train, n_members, opts, progress)
+        history.update(info)
     return NNPosterior(stacked, extra, method, uncertainty), history
 
 
@@ -189,15 +208,101 @@ def _fit_gmm_extra(key, stacked, train, validation, n_components):
     rows = np.asarray(lat)[np.asarray(st.mask)]
     gmm = fit_gmm(key, rows, min(n_components, len(rows)), standardize=True)
     u_train = np.asarray(gmm.uncertainty(jnp.asarray(rows)))
-    u0 = float(np.median(u_train))
-    extra = {"gmm": gmm, "u0": u0, "k_energy": 1.0, "k_forces": 1.0}
-    post = NNPosterior(stacked, extra, "gmm")
-    p = post.predict_structures(validation.structures)
+    extra = {"gmm": gmm, "u0": float(np.median(u_train)), "u_scale": float(max(np.std(u_train), 1e-12)),
+             "energy_map": (0.0, 0.0), "force_map": (0.0, 0.0)}
     vm = np.asarray(validation.structures.mask)
-    extra["k_energy"] = recalibration_scale(np.asarray(p.energy), np.asarray(p.energy_std), np.asarray(validation.energy))
-    extra["k_forces"] = recalibration_scale(np.asarray(p.forces)[vm], np.asarray(p.forces_std)[vm],
-                                            np.asarray(validation.forces)[vm])
+    z = np.asarray(_gmm_z(pot, extra, validation.structures))
+    p = NNPosterior(stacked, extra, "gmm").predict_structures(validation.structures)
+    e_err = np.abs(np.asarray(p.energy) - np.asarray(validation.energy))
+    f_err = np.abs(np.asarray(p.forces) - np.asarray(validation.forces))[vm]            # (atoms, 3)
+    z_atoms = np.repeat(z[vm][:, None], 3, axis=1)
+    extra["energy_map"] = log_linear_std_map(_structure_z(z, vm), e_err)
+    extra["force_map"] = log_linear_std_map(z_atoms.reshape(-1), f_err.reshape(-1))
     return extra
+
+
+def _gmm_z(potential, extra, structures):
+    """Standardised per-atom GMM scores (C, N): (u - median_train) / std_train."""
+    return (gmm_scores(potential, extra["gmm"], structures) - extra["u0"]) / extra["u_scale"]
+
+
+def _structure_z(z, mask):
+    return np.sum(np.where(mask, z, 0.0), axis=1) / np.sum(mask, axis=1)
+
+
+def log_linear_std_map(z, error, b_max: float = 10.0) -> tuple[float, float]:
+    """(a, b >= 0) of the std map s = exp(a + b z) that maximises the Gaussian likelihood of ``error``.
+
+    For fixed b the optimum is a = log(mean(e^2 exp(-2 b z))) / 2; b is a bounded 1-D minimisation.
+    """
+    from scipy.optimize import minimize_scalar
+
+    z, e2 = np.asarray(z, float), np.asarray(error, float) ** 2
+
+    def a_of(b):
+        return 0.5 * np.log(max(np.mean(e2 * np.exp(-2 * b * z)), 1e-300))
+
+    def nll(b):
+        log_s = a_of(b) + b * z
+        return float(np.mean(log_s + 0.5 * e2 * np.exp(-2 * log_s)))
+
+    b = float(minimize_scalar(nll, bounds=(0.0, b_max), method="bounded").x)
+    return a_of(b), b
+
+
+#: options of the Bayesian-network methods: weight prior std, SVI steps and learning rate, NUTS warmup / chains
+BAYES_DEFAULTS = {"prior_scale": 1.0, "svi_steps": 3000, "svi_learning_rate": 1e-2, "num_warmup": 300,
+                  "num_chains": 1, "max_tree_depth": 8}
+
+
+def _bnn_model(potential: NNPotential, train: Dataset, prior_scale: float):
+    """numpyro model of a Bayesian network: flat weights w, HalfNormal(1) noise stds of the standardised residuals."""
+    import numpyro  # lazy: numpyro only for the Bayesian methods
+    import numpyro.distributions as dist
+    from jax.flatten_util import ravel_pytree
+
+    params, static = eqx.partition(potential, potential.parameter_spec())
+    flat0, unravel = ravel_pytree(params)
+    st = train.structures
+    mask = st.mask
+    n = jnp.sum(mask, axis=1)
+    s = potential.energy_scale
+
+    def model():
+        w = numpyro.sample("w", dist.Normal(0.0, prior_scale).expand([flat0.size]).to_event(1))
+        sig_e = numpyro.sample("sigma_energy", dist.HalfNormal(1.0))
+        sig_f = numpyro.sample("sigma_forces", dist.HalfNormal(1.0))
+        e, f, _ = batch_outputs(eqx.combine(unravel(w), static), st)
+        r_e = (e - train.energy) / (n * s)
+        r_f = (f - train.forces) / s
+        numpyro.factor("energies", jnp.sum(dist.Normal(0.0, sig_e).log_prob(r_e)))
+        numpyro.factor("forces", jnp.sum(jnp.where(mask[..., None], dist.Normal(0.0, sig_f).log_prob(r_f), 0.0)))
+
+    return model, flat0, unravel, static
+
+
+def _fit_bayesian(method, key, potential: NNPotential, train: Dataset, n_draws: int, opts: dict, progress: bool):
+    """SVI or NUTS over the weights, started at ``potential`` (MSE-trained); returns (stacked draws, info)."""
+    from jaxiap.inference.mcmc import run_nuts, run_svi
+
+    model, flat0, unravel, static = _bnn_model(potential, train, float(opts["prior_scale"]))
+    init = {"w": flat0, "sigma_energy": jnp.asarray(0.1), "sigma_forces": jnp.asarray(0.1)}
+    if method == "nuts":
+        res = run_nuts(model, key, num_warmup=int(opts["num_warmup"]), num_samples=int(n_draws),
+                       num_chains=int(opts["num_chains"]), max_tree_depth=int(opts["max_tree_depth"]),
+                       init_params=init, progress=progress, warn=False)
+        info = {"r_hat_max": float(max(res.diagnostics["r_hat"].values())),
+                "n_divergent": int(res.diagnostics["n_divergent"]), "wall_time": res.diagnostics["wall_time"]}
+        draws = np.asarray(res.samples["w"])[-n_draws:]
+    else:
+        res = run_svi(model, key, guide_kind=method.split("-")[1], num_steps=int(opts["svi_steps"]),
+                      learning_rate=float(opts["svi_learning_rate"]), num_samples=int(n_draws), init_params=init,
+                      progress=progress)
+        info = {"final_loss": res.diagnostics["final_loss"], "wall_time": res.diagnostics["wall_time"]}
+        draws = np.asarray(res.samples["w"])
+    members = [eqx.combine(unravel(jnp.asarray(w)), static) for w in draws]
+    info["n_weights"] = int(flat0.size)
+    return stack_members(members), info
 
 
 def _fit_last_layer(potential: NNPotential, train: Dataset) -> dict:

@@ -64,7 +64,7 @@ def otf_settings(config: OTFConfig) -> OTFSettings:
                        max_noise=config.max_noise, hyp_step_factor=config.hyp_step_factor,
                        rescale=((config.melt_step, config.melt_temperature),), min_noise=config.min_noise,
                        thermostat=None if config.liquid_thermostat is None else (
-                           config.melt_step, config.liquid_thermostat, 100.0),
+                           config.melt_step, config.liquid_thermostat, config.thermostat_tau_fs),
                        checkpoint_every=max(1, min(100, config.n_steps // 10)))
 
 

@@ -34,6 +34,7 @@ CLI_FLAGS = {
     "max_atoms_added": "--max-atoms-added", "init_atoms": "--init-atoms", "freeze_hyps": "--freeze-hyps",
     "min_noise": "--min-noise", "n_test": "--test-frames", "reoptimize_every": "--reoptimize-every",
     "distance_guard": "--distance-guard", "max_noise": "--max-noise", "core_repulsion": "--core-repulsion",
+    "liquid_thermostat": "--liquid-thermostat", "thermostat_tau_fs": "--thermostat-tau-fs",
 }
 
 
@@ -50,14 +51,15 @@ class OTFConfig:
     temperature: float = 600.0       # K, initial velocities (the solid equilibrates near half of it)
     melt_ps: float = 5.0             # velocity rescaling time (ps)
     melt_temperature: float = 1.0e4  # K
-    liquid_thermostat: float | None = None  # K: Berendsen (tau 100 fs) after the melt; None: NVE as FLARE
+    liquid_thermostat: float | None = None  # K: Berendsen after the melt; None: NVE as FLARE
+    thermostat_tau_fs: float = 25.0         # fs: its time constant
     # GP
     r_cut: float = 5.4
     r_cut_3: float | None = 3.2
     max_neighbors: int = 64
     max_triplet_neighbors: int = 24
     max_triplets: int = 96
-    core_repulsion: float | None = 2.0   # Å: r_outer of the ZBL prior mean (switched on from r_outer / 2); None: none
+    core_repulsion: float | None = None  # Å: r_outer of a ZBL prior mean (switched on from r_outer / 2); None: zero
     # on-the-fly rule
     std_tolerance: float = 1.0
     max_atoms_added: int = 2
@@ -107,6 +109,9 @@ class OTFConfig:
                                                        and math.isfinite(self.liquid_thermostat)
                                                        and self.liquid_thermostat > 0):
             bad("liquid_thermostat", "must be a temperature > 0 (K), or none for NVE after the melt")
+        if not (isinstance(self.thermostat_tau_fs, (int, float)) and math.isfinite(self.thermostat_tau_fs)
+                and self.thermostat_tau_fs >= self.dt_fs):
+            bad("thermostat_tau_fs", f"must be a time >= the time step {self.dt_fs} fs")
         if self.core_repulsion is not None and not (isinstance(self.core_repulsion, (int, float))
                                                     and 0 < self.core_repulsion <= self.r_cut):
             bad("core_repulsion", f"must be a length in (0, r_cut={self.r_cut}] Å, or none for a zero prior mean")

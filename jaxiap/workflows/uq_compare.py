@@ -141,15 +141,16 @@ def score(prediction, data: Dataset, percentile: float) -> dict:
 def run_one(config: UQCompareConfig, dataset: str, rep: int, method: str, sets: dict, progress: bool) -> dict:
     """Train ``method`` on this repetition's split and score it on every test set."""
     from jaxiap.inference.nn_train import TrainSettings
-    from jaxiap.uq.nn_uq import fit_nn
+    from jaxiap.uq.nn_uq import BAYESIAN, fit_nn
 
     train, valid = sets["train"], sets["validation"]
     settings = TrainSettings(epochs=config.epochs, batch_size=config.batch_size, learning_rate=config.learning_rate,
                              patience=config.patience)
     key = jax.random.fold_in(jax.random.fold_in(jax.random.key(config.seed), rep), config.methods.index(method))
     t0 = time.perf_counter()
+    draws = config.posterior_draws if method in BAYESIAN else config.n_members
     post, history = fit_nn(method, descriptor(config, dataset), train, valid, key=key, hidden=config.hidden,
-                           n_members=config.n_members, settings=settings, n_components=config.n_components,
+                           n_members=draws, settings=settings, n_components=config.n_components,
                            progress=progress)
     fit_seconds = time.perf_counter() - t0
     result = {"dataset": dataset, "repetition": rep, "method": method, "fit_seconds": fit_seconds,

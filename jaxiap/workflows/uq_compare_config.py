@@ -14,7 +14,8 @@ from jaxiap.errors import JaxiapInputError
 from jaxiap.workflows.lj13_config import check_seed, field_text
 
 DATASETS = ("lj13", "al")
-METHOD_CHOICES = ("ensemble", "mve", "evidential", "gmm", "last-layer")
+#: every method ``--methods`` accepts; the default runs the first five (the Bayesian networks are for small sizes)
+METHOD_CHOICES = ("ensemble", "mve", "evidential", "gmm", "last-layer", "svi-meanfield", "svi-lowrank", "nuts")
 #: test sets of each dataset, the in-domain one first
 TEST_SETS = {"lj13": ("in-domain", "kT 0.35", "quenched"), "al": ("solid", "liquid")}
 
@@ -32,7 +33,7 @@ CLI_FLAGS = {
     "seed": "--seed", "datasets": "--datasets", "methods": "--methods", "repetitions": "--repetitions",
     "hidden": "--hidden", "n_members": "--members", "epochs": "--epochs", "batch_size": "--batch-size",
     "learning_rate": "--learning-rate", "patience": "--patience", "n_components": "--gmm-components",
-    "error_percentile": "--error-percentile",
+    "error_percentile": "--error-percentile", "posterior_draws": "--posterior-draws",
 }
 
 
@@ -42,7 +43,7 @@ class UQCompareConfig:
 
     seed: int = 0
     datasets: tuple = DATASETS
-    methods: tuple = METHOD_CHOICES
+    methods: tuple = METHOD_CHOICES[:5]
     repetitions: int = 3
     # LJ13: train / in-domain test at kT 0.15, out of domain at kT 0.35 and quenched from kT 0.35
     lj13_kT: float = 0.15
@@ -65,11 +66,12 @@ class UQCompareConfig:
     # networks and training
     hidden: tuple = (32, 32)
     n_members: int = 5
-    epochs: int = 400
+    epochs: int = 1000
     batch_size: int = 16
     learning_rate: float = 3e-3
-    patience: int = 60
+    patience: int = 100
     n_components: int = 5
+    posterior_draws: int = 32        # draws of the Bayesian networks (svi-*, nuts)
     # metrics: an error is "large" above this percentile of the in-domain errors (ROC-AUC)
     error_percentile: float = 90.0
 
@@ -97,6 +99,8 @@ class UQCompareConfig:
             v = getattr(self, name)
             if not (isinstance(v, (int, np.integer)) and v >= 1):
                 bad(name, "must be a positive integer")
+        if not (isinstance(self.posterior_draws, (int, np.integer)) and self.posterior_draws >= 2):
+            bad("posterior_draws", "the Bayesian networks need at least 2 posterior draws")
         if not (isinstance(self.n_members, (int, np.integer)) and self.n_members >= 2):
             bad("n_members", "an ensemble needs at least 2 members")
         if not self.hidden or any(h < 1 for h in self.hidden):
