@@ -134,13 +134,12 @@ def test_gmm_uncertainty_equals_scikit_learn_score_samples(data):
     np.testing.assert_allclose(got.reshape(-1), ref, rtol=1e-10, atol=1e-10)
 
 
-def test_every_method_gives_a_posterior_with_positive_stds(data):
-    """fit_nn for every method (2 epochs): shapes, finite positive stds; the ensemble std is the member std."""
-    from jaxiap.uq.nn_uq import METHODS, fit_nn
+def _check_methods(data, methods):
+    from jaxiap.uq.nn_uq import fit_nn
 
     desc, train, valid = data
     settings = TrainSettings(epochs=2, batch_size=4)
-    for method in METHODS:
+    for method in methods:
         post, hist = fit_nn(method, desc, train, valid, key=jax.random.key(6), hidden=HIDDEN, n_members=3,
                             settings=settings, n_components=2, progress=False)
         p = post.predict_structures(valid.structures)
@@ -153,8 +152,24 @@ def test_every_method_gives_a_posterior_with_positive_stds(data):
             np.testing.assert_allclose(np.asarray(p.energy_std), es.std(0, ddof=1), rtol=1e-8)
         if method == "last-layer":
             assert np.isfinite(hist["log_evidence"])
+        if method == "gmm":   # the std map is increasing in the score (b >= 0)
+            assert post.extra["force_map"][1] >= 0 and post.extra["energy_map"][1] >= 0
+
+
+def test_ensemble_and_last_layer_posteriors(data):
+    """fit_nn (2 epochs): shapes, finite positive stds; the ensemble std is the member std (ddof 1); the
+    last-layer evidence is finite; an unknown method is refused."""
+    from jaxiap.uq.nn_uq import fit_nn
+
+    _check_methods(data, ("ensemble", "last-layer"))
+    desc, train, valid = data
     with pytest.raises(JaxiapInputError, match="method"):
         fit_nn("dropout", desc, train, valid, key=jax.random.key(0))
+
+
+@pytest.mark.slow  # CI budget: three more training programs; the losses and the GMM score are checked above
+def test_mve_evidential_and_gmm_posteriors(data):
+    _check_methods(data, ("mve", "evidential", "gmm"))
 
 
 @pytest.mark.slow  # CI budget: a numpyro SVI and a NUTS program over a network (about a minute on 2 cores)
@@ -182,3 +197,16 @@ def test_bayesian_networks_by_svi_and_nuts(data):
             assert rmse < 3 * rmse0 and np.isfinite(hist["r_hat_max"])
     with pytest.raises(JaxiapInputError, match="bayes options"):
         fit_nn("nuts", desc, train, valid, key=jax.random.key(0), bayes={"steps": 3})
+
+
+def test_log_linear_std_map_recovers_its_law():
+    """Errors drawn with std exp(0.3 + 0.8 z): the maximum-likelihood map finds (0.3, 0.8); b is never < 0."""
+    from jaxiap.uq.nn_uq import log_linear_std_map
+
+    rng = np.random.default_rng(7)
+    z = rng.normal(size=40000)
+    e = np.exp(0.3 + 0.8 * z) * rng.normal(size=z.size)
+    a, b = log_linear_std_map(z, e)
+    assert abs(a - 0.3) < 0.02 and abs(b - 0.8) < 0.02
+    a2, b2 = log_linear_std_map(z, np.exp(0.3 - 0.8 * z) * rng.normal(size=z.size))   # decreasing law
+    assert b2 == pytest.approx(0.0, abs=1e-4)

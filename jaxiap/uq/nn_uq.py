@@ -27,9 +27,10 @@ same way. Units: eV, Å; n the number of atoms, s the potential's
   standardised as z_i = (u_i - median) / std over the training atoms. The
   score is not a std, so it is mapped to one by a log-linear map fitted by
   maximum likelihood on the validation set (:func:`log_linear_std_map`):
-  std_i = exp(a_F + b_F z_i) per force component of atom i and std_E =
-  exp(a_E + b_E mean_i z_i) per structure, b >= 0. Ranking metrics do not
-  depend on the map.
+  std_i = exp(a_F + b_F t_i) per force component of atom i and std_E =
+  exp(a_E + b_E mean_i t_i) per structure, b >= 0, with t_i = log(1 +
+  softplus(z_i)) (a power law in the score far from the data). Ranking
+  metrics do not depend on the map.
 - ``svi-meanfield``, ``svi-lowrank``, ``nuts`` (for small networks): a
   Bayesian neural network, weights w ~ N(0, prior_scale^2) and Gaussian
   likelihoods of the standardised energy and force residuals with noise
@@ -222,8 +223,13 @@ def _fit_gmm_extra(key, stacked, train, validation, n_components):
 
 
 def _gmm_z(potential, extra, structures):
-    """Standardised per-atom GMM scores (C, N): (u - median_train) / std_train."""
-    return (gmm_scores(potential, extra["gmm"], structures) - extra["u0"]) / extra["u_scale"]
+    """Per-atom GMM feature of the std map (C, N): t = log(1 + softplus((u - median_train) / std_train)).
+
+    The log keeps the map's growth a power of the score far from the data (scores of out-of-domain atoms
+    reach thousands of training stds, and exp of a linear map would overflow).
+    """
+    z = (gmm_scores(potential, extra["gmm"], structures) - extra["u0"]) / extra["u_scale"]
+    return jnp.log1p(jax.nn.softplus(z))
 
 
 def _structure_z(z, mask):
