@@ -140,17 +140,20 @@ def init_nn_potential(key, descriptor: Descriptor, dataset, *, hidden: Sequence[
 
 
 class LatentDescriptor(Descriptor):
-    """The last hidden layer of a trained NNPotential plus a constant, as a Descriptor (N, H + 1).
+    """The last hidden layer of a trained NNPotential plus a constant, as a Descriptor (N, H + 1), or (N, r)
+    after an optional ``projection`` (H + 1, r) onto r independent directions (:func:`latent_projection`).
 
     ``LinearBasis(LatentDescriptor(nn))`` turns the network into a linear model in its last layer: the
     design matrices and Bayesian solvers of :mod:`jaxiap.inference` then give last-layer posteriors.
     """
 
     potential: NNPotential
+    projection: jnp.ndarray | None = None
 
     @property
     def n_features(self) -> int:
-        return self.potential.network.layers[-1].in_features + 1
+        return self.potential.network.layers[-1].in_features + 1 if self.projection is None \
+            else int(self.projection.shape[1])
 
     @property
     def cutoff(self):
@@ -159,4 +162,19 @@ class LatentDescriptor(Descriptor):
     def atomic(self, positions, *, mask=None, species=None, box=None, neighbor=None):
         h = self.potential.latent(positions, mask=mask, species=species, box=box, neighbor=neighbor)
         one = jnp.ones((h.shape[0], 1), h.dtype) if mask is None else mask[:, None].astype(h.dtype)
-        return jnp.concatenate([h, one], axis=1)
+        z = jnp.concatenate([h, one], axis=1)
+        return z if self.projection is None else z @ self.projection
+
+
+def latent_projection(potential: NNPotential, structures, rtol: float = 1e-6) -> jnp.ndarray:
+    """(H + 1, r) orthonormal directions of the training atoms' [latent, 1] rows with singular values above
+    ``rtol`` x the largest: wide layers have nearly collinear units, whose last-layer normal equations are
+    numerically singular; projecting onto these directions keeps the same span, well conditioned."""
+    box = structures.box
+    rows = jax.vmap(lambda x, m, s, b: LatentDescriptor(potential).atomic(x, mask=m, species=s, box=b),
+                    in_axes=(0, 0, 0, None if box is None else 0))(structures.positions, structures.mask,
+                                                                   structures.species, box)
+    rows = np.asarray(rows)[np.asarray(structures.mask)]
+    _, sv, vt = np.linalg.svd(rows, full_matrices=False)
+    keep = sv > rtol * sv[0]
+    return jnp.asarray(vt[keep].T)

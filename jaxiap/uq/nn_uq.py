@@ -38,7 +38,8 @@ same way. Units: eV, Å; n the number of atoms, s the potential's
   guide) or NUTS, both started at the MSE-trained weights; the posterior
   draws of w are the members (mean and std over draws, as the ensemble).
 - ``last-layer``: Bayesian linear regression on the per-atom latent features
-  (plus a constant) of one MSE-trained network, its noise and prior scale by
+  (plus a constant, projected onto their independent directions:
+  :func:`~jaxiap.potentials.nn.latent_projection`) of one MSE-trained network, its noise and prior scale by
   type-II maximum likelihood (evidence); the mean is the refitted last
   layer, the stds the Gaussian push-forward.
 """
@@ -57,7 +58,7 @@ from jaxiap.inference.nn_train import (TrainSettings, batch_outputs, nig_paramet
 from jaxiap.inference.linear import optimize_hyperparameters
 from jaxiap.inference.posterior import Posterior, StructurePrediction
 from jaxiap.potentials.linear import LinearBasis, design_matrix
-from jaxiap.potentials.nn import LatentDescriptor, NNPotential, init_nn_potential
+from jaxiap.potentials.nn import LatentDescriptor, NNPotential, init_nn_potential, latent_projection
 from jaxiap.uq.gmm import fit_gmm
 
 METHODS = ("ensemble", "mve", "evidential", "gmm", "last-layer", "svi-meanfield", "svi-lowrank", "nuts")
@@ -312,6 +313,6 @@ def _fit_bayesian(method, key, potential: NNPotential, train: Dataset, n_draws: 
 
 
 def _fit_last_layer(potential: NNPotential, train: Dataset) -> dict:
-    basis = LinearBasis(LatentDescriptor(potential))
+    basis = LinearBasis(LatentDescriptor(potential, latent_projection(potential, train.structures)))
     result = optimize_hyperparameters(design_matrix(basis, train))
     return {"posterior": result.posterior, "basis": basis, "log_evidence": float(result.log_evidence)}
