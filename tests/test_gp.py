@@ -415,10 +415,9 @@ def test_likelihood_gradient_matches_finite_differences_and_optimizer_improves(m
 
 
 # --------------------------------------------------------------------------- 7. core-repulsion prior mean
-def test_core_repulsion_is_zbl_and_the_gp_fits_residuals_from_it(mixed_gp, structures, tmp_path):
-    """The switched ZBL pair energy equals a hand evaluation; its forces and stress are finite differences of
-    its energy; a GP with the baseline equals a GP without it trained on the residual labels, plus the
-    baseline (energies, forces, stresses, GPPotential), and survives save/load."""
+def test_core_repulsion_is_zbl_with_autodiff_forces_and_stress(structures):
+    """The switched ZBL pair energy equals a hand evaluation; the baseline's forces and stress are finite
+    differences of its energy; bad baselines are refused."""
     from jaxiap.potentials.repulsion import CoreRepulsion, zbl_pair_energy
 
     # hand evaluation: Al-Cu at 1.7 Å, switch 1.2 -> 2.2 Å
@@ -432,23 +431,10 @@ def test_core_repulsion_is_zbl_and_the_gp_fits_residuals_from_it(mixed_gp, struc
     assert float(zbl_pair_energy(jnp.asarray(2.2), 13, 29, 1.2, 2.2)) == 0.0
     # r -> 0: the screening tends to 1 (the coefficients sum to 1), V r -> Z1 Z2 e^2 / (4 pi eps0)
     assert abs(float(zbl_pair_energy(jnp.asarray(1e-9), 13, 13, 1.0, 2.0)) * 1e-9 / (14.399645 * 169) - 1) < 1e-6
-
-    baseline = CoreRepulsion(r_inner=2.0, r_outer=3.0)       # reaches the first shell (2.86 Å) of these cells
-    gp = GaussianProcess(SETTINGS, HYP, baseline)
-    plain = GaussianProcess(SETTINGS, HYP)
-    bases = []
-    for k, atoms, energy, stress in MIXED:
-        s = structures[k]
-        _add(gp, s, atoms, energy, stress)
-        b = gp._baseline_terms(s["positions"], s["cell"], s["species"], stress=True)
-        bases.append(b)
-        assert b["energy"] > 0.01
-        _add(plain, dict(s, energy=s["energy"] - b["energy"], forces=s["forces"] - b["forces"],
-                         stress=s["stress"] - b["stress"]), atoms, energy, stress)
-    gp.refit()
-    plain.refit()
-    # baseline forces and stress = finite differences of its energy (structure A)
-    s, b, h = structures[0], bases[0], 1e-5
+    gp = GaussianProcess(SETTINGS, HYP, CoreRepulsion(r_inner=2.0, r_outer=3.0))   # reaches the first shell
+    s, h = structures[0], 1e-5
+    b = gp._baseline_terms(s["positions"], s["cell"], s["species"], stress=True)
+    assert b["energy"] > 0.01
     energy = lambda x, c: gp._baseline_terms(x, c, s["species"])["energy"]  # noqa: E731
     fd_f = np.zeros((4, 3))
     for i in range(4):
@@ -466,7 +452,29 @@ def test_core_repulsion_is_zbl_and_the_gp_fits_residuals_from_it(mixed_gp, struc
         fd_s.append((energy(s["positions"] @ up, s["cell"] @ up) - energy(s["positions"] @ dn, s["cell"] @ dn))
                     / (2 * h) / abs(np.linalg.det(s["cell"])))
     _rel_close(b["stress"], fd_s, 1e-7, "baseline stress")
-    # the baseline GP = the residual GP + the baseline, on a structure it was not trained on (D)
+    with pytest.raises(JaxiapInputError, match="r_outer"):
+        GaussianProcess(SETTINGS, HYP, CoreRepulsion(1.0, 5.0))
+    with pytest.raises(JaxiapInputError, match="atomic numbers"):
+        gp.add(s["positions"], s["cell"], None, forces=s["forces"])
+
+
+@pytest.mark.slow  # CI budget: two more GPs, their predictions, a GPPotential and a reloaded GP (about 40 s)
+def test_gp_with_a_core_repulsion_fits_residuals_from_it(structures, tmp_path):
+    """A GP with the baseline equals a GP without it trained on the residual labels, plus the baseline
+    (energies, forces, stresses, stds, likelihood, GPPotential), and survives save/load."""
+    from jaxiap.potentials.repulsion import CoreRepulsion
+
+    baseline = CoreRepulsion(r_inner=2.0, r_outer=3.0)
+    gp = GaussianProcess(SETTINGS, HYP, baseline)
+    plain = GaussianProcess(SETTINGS, HYP)
+    for k, atoms, energy, stress in MIXED:
+        s = structures[k]
+        _add(gp, s, atoms, energy, stress)
+        b = gp._baseline_terms(s["positions"], s["cell"], s["species"], stress=True)
+        _add(plain, dict(s, energy=s["energy"] - b["energy"], forces=s["forces"] - b["forces"],
+                         stress=s["stress"] - b["stress"]), atoms, energy, stress)
+    gp.refit()
+    plain.refit()
     q = structures[3]
     pb, pp = _predict(gp, q["positions"], q["cell"], q["species"]), _predict(plain, q["positions"], q["cell"],
                                                                            q["species"])
@@ -480,16 +488,11 @@ def test_core_repulsion_is_zbl_and_the_gp_fits_residuals_from_it(mixed_gp, struc
     xq, zq = jnp.asarray(q["positions"]), jnp.asarray(q["species"])
     assert abs(float(pot.energy(xq, species=zq)) - pb["energy"]) <= 1e-9
     np.testing.assert_allclose(np.asarray(pot.mean_forces(xq, species=zq)), pb["forces"], atol=1e-9)
-    # save / load keeps the baseline
     gp.save(tmp_path / "gp.npz")
     loaded = GaussianProcess.load(tmp_path / "gp.npz")
     assert loaded.baseline == baseline
     np.testing.assert_allclose(_predict(loaded, q["positions"], q["cell"], q["species"])["forces"], pb["forces"],
                                atol=1e-10)
-    with pytest.raises(JaxiapInputError, match="r_outer"):
-        GaussianProcess(SETTINGS, HYP, CoreRepulsion(1.0, 5.0))
-    with pytest.raises(JaxiapInputError, match="atomic numbers"):
-        gp.add(s["positions"], s["cell"], None, forces=s["forces"])
 
 
 # --------------------------------------------------------------------------- 8. input errors

@@ -5,6 +5,7 @@ import os
 import sys
 
 import numpy as np
+import pytest
 
 import jaxiap  # noqa: F401  (float64)
 
@@ -18,6 +19,7 @@ def _load_bench():
     return mod
 
 
+@pytest.mark.slow  # CI budget: NUTS, SVI and bootstrap programs (about 20 s); the SVI fits are in test_model_error
 def test_quick_study_structure_and_mean_field_underestimates_extrapolation(capsys):
     mod = _load_bench()
     out = mod.main(["--quick"])
