@@ -176,7 +176,7 @@ def train_members(stacked: NNPotential, train: Dataset, validation: Dataset | No
         raise JaxiapInputError("train_members: the training set is empty")
     b = min(settings.batch_size, n_train)
     n_batches = n_train // b
-    params, static = eqx.partition(stacked, _member_spec(stacked))
+    params, static = eqx.partition(stacked, stacked.parameter_spec())  # works stacked
     opt_state = eqx.filter_vmap(_optimizer(settings).init)(params)
     best = params
     best_val = jnp.full((m,), jnp.inf)
@@ -250,9 +250,3 @@ def _epoch(params, static, opt_state, key, ids, train, kind, settings, n_batches
 def _evaluate(params, static, data, kind, settings):
     return eqx.filter_vmap(lambda p, st: _member_loss(p, st, data, kind, settings))(params, static)
 
-
-def _member_spec(stacked: NNPotential):
-    """Parameter spec of a stacked potential: the network's array leaves."""
-    spec = jax.tree_util.tree_map(lambda _: False, stacked)
-    return eqx.tree_at(lambda p: p.network, spec,
-                       replace=jax.tree_util.tree_map(eqx.is_inexact_array, stacked.network))

@@ -202,11 +202,3 @@ def run_uq_compare(config: UQCompareConfig = UQCompareConfig(), out_dir="runs/uq
         write_report(summary, out)
     return summary
 
-
-def check_methods(text: str, choices) -> tuple:
-    """Comma-separated names, each one of ``choices`` (for the CLI)."""
-    names = tuple(t.strip() for t in text.split(",") if t.strip())
-    bad = [n for n in names if n not in choices]
-    if bad or not names:
-        raise JaxiapInputError(f"{text!r}: expected a comma-separated list of {choices}")
-    return names
