@@ -7,7 +7,7 @@ jax-md are imported when a subcommand runs.
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import importlib
 import math
 import os
 import sys
@@ -59,9 +59,12 @@ def _add_run_options(p, out: str, presets, seed: int, preset_help: str, devices:
     """The 'run' option group every study command shares; returns the group for extra options."""
     g = p.add_argument_group("run")
     g.add_argument("--out", default=out, help=f"run folder [{out}]")
-    g.add_argument("--preset", choices=presets, default="cpu",
-                   help=f"size preset: {preset_help}, tiny (seconds; smoke test); explicit options override "
-                        "the preset [cpu]")
+    g.add_argument("--config", default=None, metavar="FILE.toml",
+                   help="TOML file of config fields (docs/config.md), e.g. a run folder's config.toml, which "
+                        "holds that run's resolved configuration; options given here override it")
+    g.add_argument("--preset", choices=presets, default=None,
+                   help=f"size preset: {preset_help}, tiny (seconds; smoke test); a config file and explicit "
+                        "options override the preset [the config file's preset key, else cpu]")
     g.add_argument("--seed", type=_seed, default=None, help=f"master random seed, in [0, 2**32) [{seed}]")
     g.add_argument("--overwrite", action="store_true", help="discard a run folder that holds another configuration")
     g.add_argument("--no-progress", action="store_true", help="no progress bars or stage messages")
@@ -153,6 +156,50 @@ def _overrides(args, flags: dict) -> dict:
     return overrides
 
 
+#: the config module and dataclass of each study command (the module holds its CLI_FLAGS and PRESETS)
+STUDY_CONFIGS = {
+    "lj13": ("jaxiap.workflows.lj13_config", "LJ13Config"),
+    "lj13-al": ("jaxiap.workflows.lj13_al_config", "LJ13ALConfig"),
+    "otf": ("jaxiap.workflows.otf_config", "OTFConfig"),
+    "uq-compare": ("jaxiap.workflows.uq_compare_config", "UQCompareConfig"),
+}
+
+
+def study_config(args):
+    """The study config of parsed ``args`` (``build_parser().parse_args([...])``): dataclass defaults <
+    preset (``--preset``, else the config file's ``preset`` key, else cpu) < ``--config`` file < the
+    options given on the command line (:func:`_overrides`; argparse defaults never override).
+
+    A bad config file raises JaxiapInputError naming it, before any work (docs/config.md).
+    """
+    # lazy: keeps import jaxiap.cli light (see the module docstring)
+    from jaxiap.workflows.config_file import resolve_config
+
+    module_name, class_name = STUDY_CONFIGS[args.command]
+    module = importlib.import_module(module_name)
+    return resolve_config(getattr(module, class_name), module.CLI_FLAGS, tuple(module.PRESETS),
+                          preset=args.preset, path=args.config, overrides=_overrides(args, module.CLI_FLAGS))
+
+
+def _run_recorded(args, config, run):
+    """``run()`` the study into ``args.out``, then write the folder's config.toml (the resolved config:
+    ``jaxiap <command> --config <out>/config.toml`` reproduces the run), also when the run is interrupted
+    or fails after its folder was opened; refuse a config.toml jaxiap did not write before any work."""
+    from jaxiap.workflows.config_file import check_resolved_config_target, write_resolved_config
+
+    check_resolved_config_target(args.out)
+    try:
+        result = run()
+    except BaseException:
+        try:
+            write_resolved_config(args.out, config, args.command)
+        except Exception:  # never hide the run's own error
+            pass
+        raise
+    write_resolved_config(args.out, config, args.command)
+    return result
+
+
 def _split_cpu(n_devices: int | None) -> None:
     """Expose the CPU as several JAX devices so the replica axis shards over all cores.
 
@@ -171,10 +218,10 @@ def _run_lj13(args) -> int:
     _split_cpu(args.devices)
     # lazy: keeps import jaxiap.cli light (see the module docstring)
     from jaxiap.workflows.lj13 import run_lj13
-    from jaxiap.workflows.lj13_config import CLI_FLAGS, LJ13Config
 
-    config = LJ13Config.from_preset(args.preset, **_overrides(args, CLI_FLAGS))
-    summary = run_lj13(config, args.out, overwrite=args.overwrite, progress=not args.no_progress)
+    config = study_config(args)
+    summary = _run_recorded(args, config, lambda: run_lj13(config, args.out, overwrite=args.overwrite,
+                                                             progress=not args.no_progress))
     t, f = summary["true"], summary["fitted"]
     print(f"mean FRT true   {t['frt_mean']:.3g} tau  95% [{t['frt_mean_ci95'][0]:.3g}, {t['frt_mean_ci95'][1]:.3g}]"
           f"  ({t['n_events']}/{t['n_runs']} events)")
@@ -252,10 +299,10 @@ def _run_lj13_al(args) -> int:
     _split_cpu(args.devices)
     # lazy: keeps import jaxiap.cli light (see the module docstring)
     from jaxiap.workflows.lj13_al import run_lj13_al
-    from jaxiap.workflows.lj13_al_config import CLI_FLAGS, LJ13ALConfig
 
-    config = LJ13ALConfig.from_preset(args.preset, **_overrides(args, CLI_FLAGS))
-    summary = run_lj13_al(config, args.out, overwrite=args.overwrite, progress=not args.no_progress)
+    config = study_config(args)
+    summary = _run_recorded(args, config, lambda: run_lj13_al(config, args.out, overwrite=args.overwrite,
+                                                                progress=not args.no_progress))
     fmt = lambda v, spec: "n/a" if v is None else format(v, spec)
     print(f"{'strategy':<12} {'n->force thr':>12} {'vs random':>9} {'n->FRT thr':>10} {'vs random':>9}")
     for name, s in summary["strategies"].items():
@@ -358,15 +405,11 @@ def _add_otf(sub):
 def _run_otf(args) -> int:
     # lazy: keeps import jaxiap.cli light (see the module docstring)
     from jaxiap.workflows.otf_al import run_otf_study
-    from jaxiap.workflows.otf_config import CLI_FLAGS, OTFConfig
 
-    overrides = _overrides(args, CLI_FLAGS)
-    nullable = {k: overrides.pop(k) for k in ("r_cut_3", "distance_guard", "core_repulsion", "liquid_thermostat")
-                if k in overrides}
-    config = OTFConfig.from_preset(args.preset, **overrides)
-    if nullable:  # "none" switches the 3-body term / the distance guard off
-        config = dataclasses.replace(config, **{k: None if v == "none" else v for k, v in nullable.items()})
-    s = run_otf_study(config, args.out, overwrite=args.overwrite, progress=not args.no_progress)
+    # "none" (--r-cut-3, --distance-guard, --core-repulsion, --liquid-thermostat) sets the field to None
+    config = study_config(args)
+    s = _run_recorded(args, config, lambda: run_otf_study(config, args.out, overwrite=args.overwrite,
+                                                           progress=not args.no_progress))
     print(f"oracle calls {s['oracle_calls']} (before the melt {s['oracle_calls_before_melt']}, after "
           f"{s['oracle_calls_after_melt']}); training atoms {s['training_atoms']}")
     print(f"force MAE solid {s['force_mae_solid_meV_per_A']:.1f} meV/Å, liquid {s['force_mae_liquid_meV_per_A']:.1f} "
@@ -442,10 +485,10 @@ def _add_uq_compare(sub):
 def _run_uq_compare(args) -> int:
     # lazy: keeps import jaxiap.cli light (see the module docstring)
     from jaxiap.workflows.uq_compare import run_uq_compare
-    from jaxiap.workflows.uq_compare_config import CLI_FLAGS, UQCompareConfig
 
-    config = UQCompareConfig.from_preset(args.preset, **_overrides(args, CLI_FLAGS))
-    s = run_uq_compare(config, args.out, overwrite=args.overwrite, progress=not args.no_progress)
+    config = study_config(args)
+    s = _run_recorded(args, config, lambda: run_uq_compare(config, args.out, overwrite=args.overwrite,
+                                                            progress=not args.no_progress))
     for f in s["findings"]:
         print(f"finding {f['finding']} ({f['dataset']}): {'reproduced' if f['reproduced'] else 'not reproduced'}")
     print(f"results in {args.out}/report.md")

@@ -258,7 +258,7 @@ def test_every_cli_flag_maps_to_a_config_field():
 
     parser = build_parser()
     subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
-    run_options = {"-h", "--help", "--out", "--preset", "--overwrite", "--no-progress", "--devices"}
+    run_options = {"-h", "--help", "--out", "--config", "--preset", "--overwrite", "--no-progress", "--devices"}
     for command, config, flags in (("lj13", lj13_config.LJ13Config, lj13_config.CLI_FLAGS),
                                    ("lj13-al", lj13_al_config.LJ13ALConfig, lj13_al_config.CLI_FLAGS),
                                    ("otf", otf_config.OTFConfig, otf_config.CLI_FLAGS),

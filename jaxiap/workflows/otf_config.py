@@ -134,9 +134,11 @@ class OTFConfig:
 
     @classmethod
     def from_preset(cls, preset: str = "cpu", **overrides) -> "OTFConfig":
+        """The preset's values, then ``overrides``; an override None sets its field to None (``r_cut_3=None``:
+        no 3-body term), as ``--r-cut-3 none`` and ``r_cut_3 = "none"`` in a config file do."""
         if preset not in PRESETS:
             raise JaxiapInputError(f"unknown preset {preset!r}; choose one of {PRESET_CHOICES}")
-        return cls(**{**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}})
+        return cls(**{**PRESETS[preset], **overrides})
 
 
 DEFAULTS = OTFConfig()
