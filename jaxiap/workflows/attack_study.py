@@ -26,6 +26,19 @@ repetition r (keys folded from ``seed`` and r):
    ``label_forces``); the score is the held-out force RMSE on the test set
    (train-only fit included).
 
+``surrogate="nn-ensemble"`` (the paper's setting) replaces step 1 by an
+ensemble of ``n_members`` per-atom MLPs (``hidden``, ``n_radial`` Gaussian
+radial features) trained with Adam for ``epochs`` on the energies (and,
+with ``label_forces``, the forces) of the snapshots, every fit starting from
+the same initial networks and standardisation; sigma^2 is then the
+committee's force variance averaged over atoms and components.
+
+Every repetition also refits on a second baseline, the energy-matched random
+set: per start, ``matched_draws`` random directions of the attack's norm, the
+one whose true energy change is closest to the attacked structure's (same
+size and energy, another direction). ``hot_test_kT > 0`` adds a second test
+set of ``n_test`` snapshots at that kT (``force_rmse_hot``).
+
 Why the true energy in the Boltzmann factor: the study asks whether the
 DIRECTION of sigma^2 finds informative structures; with the surrogate mean of
 6 energy labels the factor exp(-E/kT) is itself wrong (it does not keep the
@@ -65,6 +78,7 @@ from jaxiap.systems.oracle import JaxOracle, label
 __all__ = ["AttackStudyConfig", "attack_vs_random"]
 
 ATTACK_ENERGIES = ("true", "surrogate")
+SURROGATES = ("blr", "nn-ensemble")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,17 +102,36 @@ class AttackStudyConfig:
     jitter: float = 0.01
     attack_energy: str = "true"
     label_forces: bool = False
+    surrogate: str = "blr"  # "blr" (Chebyshev pair basis) or "nn-ensemble" (module docstring)
+    # the NN ensemble (surrogate="nn-ensemble"): members, hidden widths, Gaussian radial features, training
+    n_members: int = 4
+    hidden: tuple = (16, 16)
+    n_radial: int = 8
+    epochs: int = 2000
+    learning_rate: float = 5e-3
+    matched_draws: int = 256  # random directions per start for the energy-matched baseline
+    hot_test_kT: float = 0.0  # > 0: a second, extrapolation test set of n_test snapshots at this kT
 
     def __post_init__(self):
         if self.attack_energy not in ATTACK_ENERGIES:
             raise JaxiapInputError(f"AttackStudyConfig.attack_energy={self.attack_energy!r}: choose from "
                                    f"{ATTACK_ENERGIES}")
+        if self.surrogate not in SURROGATES:
+            raise JaxiapInputError(f"AttackStudyConfig.surrogate={self.surrogate!r}: choose from {SURROGATES}")
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        if not self.hidden or min(self.hidden) < 1:
+            raise JaxiapInputError(f"AttackStudyConfig.hidden={self.hidden!r}: give positive layer widths, e.g. (16, 16)")
+        if self.n_members < 2:
+            raise JaxiapInputError(f"AttackStudyConfig.n_members={self.n_members!r}: an ensemble needs >= 2 members")
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
-            if f.name in ("attack_energy", "label_forces", "seed", "burn_in", "jitter"):
+            if f.name in ("attack_energy", "label_forces", "seed", "burn_in", "jitter", "surrogate", "hidden",
+                          "hot_test_kT"):
                 continue
             if not (math.isfinite(v) and v > 0):
                 raise JaxiapInputError(f"AttackStudyConfig.{f.name}={v!r} must be a positive finite number")
+        if not (math.isfinite(self.hot_test_kT) and self.hot_test_kT >= 0):
+            raise JaxiapInputError(f"AttackStudyConfig.hot_test_kT={self.hot_test_kT!r}: give a kT > 0, or 0 for none")
         if self.jitter < 0 or self.burn_in < 0:
             raise JaxiapInputError("AttackStudyConfig: jitter and burn_in must be >= 0")
 
@@ -128,46 +161,133 @@ def _sampler(dt, gamma, kT, burn_in, every, n):
     return sample
 
 
-def _snapshots(c: AttackStudyConfig, key, n):
-    """n snapshots of one trajectory (the first n of max(n_train, n_test): one compilation for both sets)."""
-    return _sampler(c.dt, c.gamma, c.kT, c.burn_in, c.sample_every, max(c.n_train, c.n_test))(key)[:n]
+def _snapshots(c: AttackStudyConfig, key, n, kT=None):
+    """n snapshots of one trajectory at kT (default c.kT) (the first n of max(n_train, n_test): one
+    compilation for both sets)."""
+    kT = c.kT if kT is None else kT
+    return _sampler(c.dt, c.gamma, kT, c.burn_in, c.sample_every, max(c.n_train, c.n_test))(key)[:n]
 
 
-def _fit(c: AttackStudyConfig, basis, data):
-    """Type-II BLR (``get_solver("blr")``'s default: optimize_hyperparameters, 500 L-BFGS steps at most):
-    (posterior, fitted energy noise std); (None, nan) when the evidence optimum is numerically singular."""
-    d = design_matrix(basis, data)
-    try:
-        r = optimize_hyperparameters(d if c.label_forces else reweight(d, 1.0, 0.0), steps=500, tol=1e-8)
-    except SingularSystemError:
-        return None, float("nan")
-    return r.posterior, r.sigma_energy
+class _BLRSurrogate:
+    """Chebyshev pair basis, type-II BLR; sigma^2 = b^T Sigma b (energy variance)."""
+
+    def __init__(self, c: AttackStudyConfig, train, key):
+        self.c = c
+        self.basis = LinearBasis(RadialBasis("chebyshev", c.basis_size, 0.8, 3.0))
+        self._designs = {}
+
+    def fit(self, data):
+        """(posterior, fitted energy noise std); (None, nan) when the evidence optimum is numerically singular
+        (``get_solver("blr")``'s default: optimize_hyperparameters, 500 L-BFGS steps at most)."""
+        d = design_matrix(self.basis, data)
+        try:
+            r = optimize_hyperparameters(d if self.c.label_forces else reweight(d, 1.0, 0.0), steps=500, tol=1e-8)
+        except SingularSystemError:
+            return None, float("nan")
+        return r.posterior, r.sigma_energy
+
+    def variance(self, model):
+        return linear_energy_variance(model, self.basis)
+
+    def mean_energy(self, model):
+        mean = jnp.asarray(model.mean)
+        return lambda x: mean @ self.basis(x)
+
+    def force_rmse(self, model, test):
+        if model is None:
+            return float("nan")
+        if id(test) not in self._designs:
+            self._designs[id(test)] = (test, design_matrix(self.basis, test))
+        d = self._designs[id(test)][1]
+        f = np.asarray(d.kind) == FORCE_ROW
+        r = np.asarray(d.A)[f] @ np.asarray(model.mean) - np.asarray(d.y)[f]
+        return float(np.sqrt(np.mean(r**2)))
 
 
-def _force_rmse(basis, post, test_design):
-    if post is None:
-        return float("nan")
-    f = np.asarray(test_design.kind) == FORCE_ROW
-    r = np.asarray(test_design.A)[f] @ np.asarray(post.mean) - np.asarray(test_design.y)[f]
-    return float(np.sqrt(np.mean(r**2)))
+class _NNEnsembleSurrogate:
+    """An ensemble of ``n_members`` per-atom MLPs on Gaussian radial features (issue 15's NNPotential),
+    trained with Adam on energies and forces (energies only unless ``label_forces``) from ONE set of
+    initial networks, whose feature standardisation and energy shift/scale come from the training set
+    alone (so train + attacked and train + random differ only by their structures); sigma^2 = the
+    committee's force variance averaged over atoms and components (Schwalbe-Koda et al.'s uncertainty)."""
+
+    def __init__(self, c: AttackStudyConfig, train, key):
+        from jaxiap.descriptors.radial import RadialDescriptor  # lazy: the NN path only
+        from jaxiap.inference.nn_train import TrainSettings, stack_members
+        from jaxiap.potentials.nn import init_nn_potential
+
+        self.c = c
+        desc = RadialDescriptor(RadialBasis("gaussian", c.n_radial, 0.8, 3.0))
+        keys = jax.random.split(key, c.n_members + 1)
+        self.init = stack_members([init_nn_potential(k, desc, train, hidden=c.hidden) for k in keys[1:]])
+        self.train_key = keys[0]
+        self.settings = TrainSettings(epochs=c.epochs, batch_size=16, learning_rate=c.learning_rate,
+                                      force_weight=1.0 if c.label_forces else 0.0, patience=c.epochs)
+
+    def fit(self, data):
+        from jaxiap.inference.nn_train import train_members  # lazy: the NN path only
+
+        members, history = train_members(self.init, data, None, key=self.train_key, kind="mse",
+                                         settings=self.settings, progress=False)
+        return members, float(np.min(np.mean(history["train_loss"], axis=1)))
+
+    @staticmethod
+    def _member_energies(members, x):
+        import equinox as eqx  # lazy: the NN path only
+
+        return eqx.filter_vmap(lambda p: p.energy(x))(members)
+
+    def variance(self, members):
+        def force_variance(x):
+            f = -jax.jacrev(lambda y: self._member_energies(members, y))(x)          # (M, N, 3)
+            return jnp.mean(jnp.var(f, axis=0, ddof=1))
+        return force_variance
+
+    def mean_energy(self, members):
+        return lambda x: jnp.mean(self._member_energies(members, x))
+
+    def force_rmse(self, members, test):
+        import equinox as eqx  # lazy: the NN path only
+
+        pred = eqx.filter_jit(_ensemble_forces)(members, test.structures)
+        return float(np.sqrt(np.mean((np.asarray(pred) - np.asarray(test.forces)) ** 2)))
+
+
+def _ensemble_forces(members, structures):
+    """Committee-mean forces (C, N, 3) of C structures."""
+    from jaxiap.uq.nn_uq import NNPosterior  # lazy: the NN path only
+
+    return NNPosterior(members, {}, "ensemble").predict_structures(structures).forces
+
+
+def _energy_matched_random(c: AttackStudyConfig, key, starts, norms, de_attacked):
+    """The second baseline: per start, ``c.matched_draws`` random displacements of the attack's norm; keep
+    the one whose true energy change is closest to the attacked structure's (so it differs from the
+    attack by its DIRECTION only, not by its size or its energy)."""
+    draws = jax.vmap(lambda k: random_displacements(k, starts, norms))(jax.random.split(key, c.matched_draws))
+    de = np.asarray(jax.vmap(_lj_batch)(draws)) - np.asarray(_lj_batch(starts))[None]     # (draws, B)
+    pick = np.argmin(np.abs(de - np.asarray(de_attacked)[None]), axis=0)
+    return draws[pick, np.arange(starts.shape[0])]
+
+
+_SURROGATE_CLASSES = {"blr": _BLRSurrogate, "nn-ensemble": _NNEnsembleSurrogate}
 
 
 def _one_repetition(c: AttackStudyConfig, key):
     k_train, k_test, k_attack, k_random = jax.random.split(key, 4)
-    basis = LinearBasis(RadialBasis("chebyshev", c.basis_size, 0.8, 3.0))
     train_x = _snapshots(c, k_train, c.n_train)
-    test_design = design_matrix(basis, label(_oracle, from_positions(_snapshots(c, k_test, c.n_test))))
+    tests = {"": label(_oracle, from_positions(_snapshots(c, k_test, c.n_test)))}
+    if c.hot_test_kT:
+        tests["_hot"] = label(_oracle, from_positions(_snapshots(c, jax.random.fold_in(k_test, 1), c.n_test,
+                                                                 c.hot_test_kT)))
     train = label(_oracle, from_positions(train_x))
-    post, sig_e = _fit(c, basis, train)
-    if post is None:
+    model = _SURROGATE_CLASSES[c.surrogate](c, train, jax.random.fold_in(key, 7))
+    fitted, fit_info = model.fit(train)
+    if fitted is None:
         raise SingularSystemError("attack study: the train-only type-II fit is singular; change seed or n_train")
 
-    variance = linear_energy_variance(post, basis)
-    if c.attack_energy == "true":
-        energy = lj_energy
-    else:
-        mean = jnp.asarray(post.mean)
-        energy = lambda x: mean @ basis(x)  # noqa: E731
+    variance = model.variance(fitted)
+    energy = lj_energy if c.attack_energy == "true" else model.mean_energy(fitted)
     starts = train_x[jnp.arange(c.n_attack) % c.n_train]
     log_z = partition_log_z(jax.vmap(energy)(train_x), c.attack_kT)
     res = adversarial_attack(energy, variance, starts, kT=c.attack_kT, log_Z=log_z, n_steps=c.attack_steps,
@@ -177,26 +297,36 @@ def _one_repetition(c: AttackStudyConfig, key):
     var_b = jax.jit(jax.vmap(variance))
     v0, v_att, v_rnd = (np.asarray(var_b(x)) for x in (starts, res.positions, rnd))
     e0, e_att, e_rnd = (np.asarray(_lj_batch(x)) for x in (starts, res.positions, rnd))
+    matched = _energy_matched_random(c, jax.random.fold_in(k_random, 1), starts, norms, e_att - e0)
+    e_mat, v_mat = np.asarray(_lj_batch(matched)), np.asarray(var_b(matched))
 
-    rmse = {"train_only": _force_rmse(basis, post, test_design)}
-    sigma_e = {"train_only": sig_e}
-    for name, x in (("attacked", res.positions), ("random", rnd)):
+    rmse = {t: {"train_only": model.force_rmse(fitted, test)} for t, test in tests.items()}
+    fit = {"train_only": fit_info}
+    for name, x in (("attacked", res.positions), ("random", rnd), ("random_energy_matched", matched)):
         new = label(_oracle, from_positions(jnp.concatenate([train_x, x])))
-        p, sigma_e[name] = _fit(c, basis, new)
-        rmse[name] = _force_rmse(basis, p, test_design)
+        m, fit[name] = model.fit(new)
+        for t, test in tests.items():
+            rmse[t][name] = model.force_rmse(m, test)
     rnd_norms = np.linalg.norm(np.asarray(rnd - starts).reshape(c.n_attack, -1), axis=1)
     return {
-        "force_rmse": rmse,
-        "sigma_energy": sigma_e,
+        **{f"force_rmse{t}": r for t, r in rmse.items()},
+        # BLR: the fitted energy noise std; NN ensemble: the lowest mean training loss
+        "sigma_energy" if c.surrogate == "blr" else "train_loss": fit,
         "variance_ratio_attacked": (v_att / v0).tolist(),
         "variance_ratio_random": (v_rnd / v0).tolist(),
+        "variance_ratio_random_energy_matched": (v_mat / v0).tolist(),
         "variance_rose_fraction": float(np.mean(v_att > v0)),
         "dE_over_kT_attacked": ((e_att - e0) / c.attack_kT).tolist(),
         "dE_over_kT_random": ((e_rnd - e0) / c.attack_kT).tolist(),
+        "dE_over_kT_random_energy_matched": ((e_mat - e0) / c.attack_kT).tolist(),
         "displacement_norm": np.asarray(norms).tolist(),
         "norm_mismatch": float(np.max(np.abs(rnd_norms - np.asarray(norms)))),
         "loss_first_last": [np.asarray(res.loss[0]).tolist(), np.asarray(res.loss[-1]).tolist()],
     }
+
+
+#: the new-structure sets refitted with the training set: the attack and its two random baselines
+_NEW_SETS = ("attacked", "random", "random_energy_matched")
 
 
 def _mean_std(v):
@@ -219,19 +349,22 @@ def attack_vs_random(config: AttackStudyConfig = AttackStudyConfig(), progress: 
         if progress:
             f = reps[-1]["force_rmse"]
             print(f"[jaxiap] attack study rep {r}: force RMSE train-only {f['train_only']:.4f} attacked "
-                  f"{f['attacked']:.4f} random {f['random']:.4f}; sigma^2 rose for "
+                  f"{f['attacked']:.4f} random {f['random']:.4f} energy-matched random "
+                  f"{f['random_energy_matched']:.4f}; sigma^2 rose for "
                   f"{reps[-1]['variance_rose_fraction']:.0%}", flush=True)
     summary = {}
-    for name in ("train_only", "attacked", "random"):
-        v = np.array([rep["force_rmse"][name] for rep in reps])
-        summary[f"force_rmse_{name}"] = _mean_std(v)
-        summary[f"force_rmse_median_{name}"] = float(np.nanmedian(v))
-    summary["failed_fits"] = int(sum(np.isnan(rep["force_rmse"][n]) for rep in reps for n in ("attacked", "random")))
-    diff = np.array([rep["force_rmse"]["attacked"] - rep["force_rmse"]["random"] for rep in reps])
-    summary["attacked_minus_random"] = _mean_std(diff)
-    summary["attacked_better_fraction"] = float(np.mean(diff[np.isfinite(diff)] < 0))
+    for t in ("", "_hot") if config.hot_test_kT else ("",):
+        for name in ("train_only",) + _NEW_SETS:
+            v = np.array([rep[f"force_rmse{t}"][name] for rep in reps])
+            summary[f"force_rmse{t}_{name}"] = _mean_std(v)
+            summary[f"force_rmse{t}_median_{name}"] = float(np.nanmedian(v))
+        for base, suffix in (("random", ""), ("random_energy_matched", "_energy_matched")):
+            diff = np.array([rep[f"force_rmse{t}"]["attacked"] - rep[f"force_rmse{t}"][base] for rep in reps])
+            summary[f"attacked_minus_random{suffix}{t}"] = _mean_std(diff)
+            summary[f"attacked_better_fraction{suffix}{t}"] = float(np.mean(diff[np.isfinite(diff)] < 0))
+    summary["failed_fits"] = int(sum(np.isnan(rep["force_rmse"][n]) for rep in reps for n in _NEW_SETS))
     summary["variance_rose_fraction"] = float(np.mean([rep["variance_rose_fraction"] for rep in reps]))
-    for s in ("attacked", "random"):
+    for s in _NEW_SETS:
         ratio = np.concatenate([rep[f"variance_ratio_{s}"] for rep in reps])
         de = np.concatenate([rep[f"dE_over_kT_{s}"] for rep in reps])
         summary[f"variance_ratio_median_{s}"] = float(np.median(ratio))
