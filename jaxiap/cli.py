@@ -162,6 +162,9 @@ STUDY_CONFIGS = {
     "lj13-al": ("jaxiap.workflows.lj13_al_config", "LJ13ALConfig"),
     "otf": ("jaxiap.workflows.otf_config", "OTFConfig"),
     "uq-compare": ("jaxiap.workflows.uq_compare_config", "UQCompareConfig"),
+    "fit": ("jaxiap.workflows.fit_config", "FitConfig"),
+    "predict": ("jaxiap.workflows.predict_config", "PredictConfig"),
+    "sweep": ("jaxiap.workflows.sweep_config", "SweepConfig"),
 }
 
 
@@ -177,8 +180,12 @@ def study_config(args):
 
     module_name, class_name = STUDY_CONFIGS[args.command]
     module = importlib.import_module(module_name)
+    overrides = _overrides(args, module.CLI_FLAGS)
+    for field in getattr(module, "POSITIONAL_FIELDS", ()):  # input files given as positional arguments
+        if getattr(args, field, None) is not None:
+            overrides[field] = getattr(args, field)
     return resolve_config(getattr(module, class_name), module.CLI_FLAGS, tuple(module.PRESETS),
-                          preset=args.preset, path=args.config, overrides=_overrides(args, module.CLI_FLAGS))
+                          preset=args.preset, path=args.config, overrides=overrides)
 
 
 def _run_recorded(args, config, run):
@@ -376,6 +383,16 @@ def _add_otf(sub):
     g.add_argument("--core-repulsion", type=_length_or_none, default=None,
                    help="prior mean of the GP: a ZBL wall switched off between R/2 and R (Å), so atoms cannot fall "
                         f"into the hole below the labelled distances; none for FLARE's zero mean [{d.core_repulsion}]")
+    g.add_argument("--pair-prior-frames", type=_nonnegative_int, default=None,
+                   help="prior mean of the GP: a pair potential fitted to this many oracle-labelled rattled cells "
+                        f"before the run (counted as oracle calls; docs/otf.md); 0 for none [{d.pair_prior_frames}]")
+    g.add_argument("--pair-prior-max-stdev", type=_positive_float, default=None,
+                   help=f"largest rattle std of those cells (Å; they run from 0.1 Å) [{d.pair_prior_max_stdev:g}]")
+    g.add_argument("--pair-prior-r-cut", type=_positive_float, default=None,
+                   help=f"cutoff of that pair potential (Å), below half the cell width [{d.pair_prior_r_cut:g}]")
+    g.add_argument("--no-refresh-noise", action="store_true",
+                   help="after the freeze keep every hyperparameter fixed (FLARE's freeze); by default the signal "
+                        "variances and the noise are re-optimised at each update")
     g.add_argument("--std-tolerance", type=float, default=None,
                    help="oracle threshold: > 0 a multiple of the noise sigma_n, < 0 an absolute force std (eV/Å), "
                         f"0 only the first frame [{d.std_tolerance}]")
@@ -495,6 +512,215 @@ def _run_uq_compare(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- the user's own data
+
+
+def _add_fit(sub):
+    # lazy: keeps import jaxiap.cli light (see the module docstring)
+    from jaxiap.workflows.fit_config import PRESET_CHOICES, SOLVER_CHOICES, DEFAULTS as d
+    from jaxiap.workflows.user_model import DESCRIPTOR_NAMES
+
+    p = sub.add_parser(
+        "fit",
+        help="fit a Bayesian linear potential to your labelled structures (any file ASE reads)",
+        description=(
+            "Fit a linear potential E = c . B(x) (radial or ACE descriptor) to the energies, forces and (optionally) "
+            "stresses in DATA, a file ase.io.read reads (extended XYZ, ...), with any solver of jaxiap (default: "
+            "Bayesian regression with evidence-maximised noise and prior). A random held-out fraction measures the "
+            "errors and the calibration of the predicted stds. Writes posterior.npz and model.json (the model, for "
+            "jaxiap predict and jaxiap sweep), summary.json, parity and calibration figures and report.md to the run "
+            "folder. Units are the data's (eV, Å). docs/commands.md."),
+    )
+    p.add_argument("data", nargs="?", default=None, metavar="DATA",
+                   help="labelled structures: energy and forces per structure (calculator results, or info/arrays "
+                        "under --energy-key / --forces-key)")
+    _add_run_options(p, "runs/fit", PRESET_CHOICES, d.seed, "cpu (the defaults), tiny (4 radial functions)",
+                     devices=False)
+    g = p.add_argument_group("model")
+    g.add_argument("--descriptor", choices=DESCRIPTOR_NAMES, default=None,
+                   help=f"radial: pair radial functions; ace: ACE many-body features (docs/ace.md) [{d.descriptor}]")
+    g.add_argument("--radial", choices=("chebyshev", "bessel", "gaussian"), default=None,
+                   help=f"radial function family [{d.radial}]")
+    g.add_argument("--basis-size", type=_positive_int, default=None,
+                   help=f"radial functions (ACE: per correlation order) [{d.n_basis}]")
+    g.add_argument("--r-cut", type=_positive_float, default=None, help=f"cutoff radius (Å) [{d.r_cut}]")
+    g.add_argument("--r-min", type=_length_or_none, default=None,
+                   help="inner radius of the radial basis (Å), or none for 0.9 x the shortest distance in the data "
+                        "[none]")
+    g.add_argument("--l-max", type=_nonnegative_int, default=None, help=f"ACE: largest angular momentum [{d.l_max}]")
+    g.add_argument("--body-order", type=int, choices=(2, 3, 4), default=None,
+                   help=f"ACE: body order (correlation order + 1) [{d.body_order}]")
+    g.add_argument("--no-species-reference", action="store_true",
+                   help="no per-species reference-energy columns (one energy per atom of each species)")
+    g = p.add_argument_group("fit")
+    g.add_argument("--solver", choices=SOLVER_CHOICES, default=None,
+                   help=f"any solver of jaxiap.inference.solvers.SOLVERS, with its defaults [{d.solver}]")
+    g.add_argument("--energy-weight", type=_nonneg_float, default=None,
+                   help=f"weight of the per-atom energy rows [{d.energy_weight}]")
+    g.add_argument("--force-weight", type=_nonneg_float, default=None,
+                   help=f"weight of the force-component rows [{d.force_weight}]")
+    g.add_argument("--stress-weight", type=_nonneg_float, default=None,
+                   help="weight of the per-atom virial rows (stress x volume / atoms); they share the force "
+                        f"noise; 0: stress not fitted [{d.stress_weight}]")
+    g.add_argument("--held-out", type=_nonneg_float, default=None,
+                   help=f"fraction of structures held out for errors and calibration, in [0, 1) [{d.held_out}]")
+    g = p.add_argument_group("labels in DATA")
+    g.add_argument("--energy-key", default=None, help=f"key of the energies [{d.energy_key}]")
+    g.add_argument("--forces-key", default=None, help=f"key of the forces [{d.forces_key}]")
+    g.add_argument("--stress-key", default=None, help=f"key of the stresses (eV/Å^3, ASE's sign) [{d.stress_key}]")
+    p.set_defaults(func=_run_fit, parser=p)
+
+
+def _run_fit(args) -> int:
+    # lazy: keeps import jaxiap.cli light (see the module docstring)
+    from jaxiap.workflows.user_fit import run_fit
+
+    config = study_config(args)
+    s = _run_recorded(args, config, lambda: run_fit(config, args.out, overwrite=args.overwrite,
+                                                     progress=not args.no_progress))
+    d = s["data"]
+    m = s["model"]
+    print(f"fitted {m['n_features']} coefficients ({m['descriptor']}, {m['posterior_kind']}) to {d['n_train']} "
+          f"structures; {d['n_held_out']} held out")
+    for name in ("train", "held_out"):
+        e = s.get(name)
+        if e:
+            print(f"{name:<9} energy RMSE {e['energy_rmse_per_atom']:.3g} eV/atom, "
+                  f"force RMSE {e['force_rmse']:.3g} eV/Å")
+    c = (s.get(s["calibration_set"]) or {}).get("calibration_forces") or {}
+    if c:
+        print(f"{s['calibration_set']} force components within 1 / 2 predicted std: {c['within_1std']:.3f} / "
+              f"{c['within_2std']:.3f} (Gaussian 0.683 / 0.954); miscalibration area {c['miscalibration_area']:.3f}")
+    print(f"results in {args.out}/report.md")
+    return 0
+
+
+def _add_predict(sub):
+    p = sub.add_parser(
+        "predict",
+        help="energies, forces and their predicted stds for your structures, from a jaxiap fit",
+        description=(
+            "Predict the energy and forces of every structure in STRUCTURES (any file ase.io.read reads) with the "
+            "posterior mean of a fit, and their standard deviations (the model's uncertainty), and write them as "
+            "extended XYZ: energy and energy_std in each frame's info, forces and forces_std in its arrays, every "
+            "number at full precision. An existing output file that jaxiap predict did not write is never "
+            "overwritten. docs/commands.md."),
+    )
+    p.add_argument("model", nargs="?", default=None, metavar="RUN_OR_POSTERIOR",
+                   help="the run folder of jaxiap fit (or its posterior.npz, with model.json beside it)")
+    p.add_argument("structures", nargs="?", default=None, metavar="STRUCTURES",
+                   help="the structures to predict (labels, if any, are kept as ref_energy / ref_forces)")
+    g = p.add_argument_group("run")
+    g.add_argument("--out", default="predicted.xyz", help="output file (extended XYZ) [predicted.xyz]")
+    g.add_argument("--config", default=None, metavar="FILE.toml",
+                   help="TOML file of config fields (docs/config.md); options given here override it")
+    g.add_argument("--index", default=None,
+                   help="which structures of STRUCTURES, as ase.io.read's index: ':' all, '-1' the last, '::10' "
+                        "every tenth [:]")
+    g.add_argument("--batch-size", type=_positive_int, default=None, help="structures per compiled batch [64]")
+    g.add_argument("--no-progress", action="store_true", help="no stage messages")
+    p.set_defaults(func=_run_predict, parser=p, preset=None)
+
+
+def _run_predict(args) -> int:
+    # lazy: keeps import jaxiap.cli light (see the module docstring)
+    from jaxiap.workflows.user_predict import run_predict
+
+    config = study_config(args)
+    s = run_predict(config, args.out, progress=not args.no_progress)
+    print(f"wrote {s['n_structures']} structures to {s['out']}: energy_std (info) mean "
+          f"{s['mean_energy_std_per_atom']:.3g} eV/atom, forces_std (arrays) mean {s['mean_force_std']:.3g} eV/Å, "
+          f"max {s['max_force_std']:.3g} eV/Å")
+    return 0
+
+
+def _add_sweep(sub):
+    # lazy: keeps import jaxiap.cli light (see the module docstring)
+    from jaxiap.workflows.sweep_config import BASIN_CHOICES, PRESET_CHOICES, DEFAULTS as d
+
+    p = sub.add_parser(
+        "sweep",
+        help="Langevin MD of a jaxiap fit over posterior samples x thermostat seeds: QoIs and their "
+             "thermal / parametric variance",
+        description=(
+            "Run NVT Langevin MD (jax-md, BAOAB) from START (a free cluster, or a periodic cell with neighbour "
+            "lists) for every posterior sample x thermostat seed of a fit, vectorised, and record per trajectory "
+            "the mean potential energy per atom, the radial distribution function and the first basin-change time. "
+            "Each QoI's variance is split into thermal (within-sample) and parametric (between-sample) parts by "
+            "the law of total variance. Units: K, fs, 1/ps, Å, eV. Writes qoi.npz, summary.json, rdf.png, pe.png "
+            "and report.md; re-running the same command resumes. docs/commands.md."),
+    )
+    p.add_argument("model", nargs="?", default=None, metavar="RUN_OR_POSTERIOR",
+                   help="the run folder of jaxiap fit (or its posterior.npz, with model.json beside it)")
+    p.add_argument("start", nargs="?", default=None, metavar="START",
+                   help="the start structure (a file ase.io.read reads; --frame picks one)")
+    g = _add_run_options(p, "runs/sweep", PRESET_CHOICES, d.seed,
+                         "cpu (8 samples x 8 seeds, 11 ps), gpu (32 x 32, 51 ps)")
+    g.add_argument("--chunk-size", type=_positive_int, default=None,
+                   help="trajectories per compiled chunk and checkpoint file [chosen from memory]")
+    g = p.add_argument_group("MD")
+    g.add_argument("--frame", type=int, default=None, help=f"frame of START (-1: the last) [{d.frame}]")
+    g.add_argument("--temperature", type=_positive_float, default=None,
+                   help=f"thermostat temperature (K) [{d.temperature:g}]")
+    g.add_argument("--timestep", type=_positive_float, default=None, help=f"time step (fs) [{d.timestep:g}]")
+    g.add_argument("--friction", type=_positive_float, default=None, help=f"Langevin friction (1/ps) [{d.friction:g}]")
+    g.add_argument("--steps", type=_positive_int, default=None, help=f"recorded MD steps [{d.steps}]")
+    g.add_argument("--equilibrate", type=_nonnegative_int, default=None,
+                   help=f"MD steps before recording (basin checks run from t = 0) [{d.equilibrate}]")
+    g.add_argument("--record-every", type=_positive_int, default=None,
+                   help=f"MD steps between recorded frames (energy, RDF) [{d.record_every}]")
+    g.add_argument("--check-every", type=_positive_int, default=None,
+                   help=f"MD steps between basin checks (the MD block) [{d.check_every}]")
+    g.add_argument("--samples", type=_positive_int, default=None, help=f"posterior samples [{d.n_samples}]")
+    g.add_argument("--seeds", type=_positive_int, default=None, help=f"thermostat seeds per sample [{d.n_seeds}]")
+    g.add_argument("--skin", type=_length_or_none, default=None,
+                   help="neighbour-list skin in a periodic cell (Å), or none: 0.5 Å, or less where the cell is "
+                        "too narrow for it [none]")
+    g = p.add_argument_group("quantities of interest")
+    g.add_argument("--rdf-bins", type=_positive_int, default=None, help=f"RDF histogram bins [{d.rdf_bins}]")
+    g.add_argument("--rdf-r-max", type=_cutoff_or_none, default=None,
+                   help="RDF range (Å), or none: the model's cutoff in a cell; for a free cluster the larger of "
+                        "it and 1.25 x the largest distance in START [none]")
+    g.add_argument("--basin", choices=BASIN_CHOICES, default=None,
+                   help="basin-change criterion: graph (bond graph of quenched structures, free clusters), "
+                        "displacement (an atom left its start site, cells), off; auto: graph for a cluster, "
+                        f"displacement in a cell [{d.basin}]")
+    g.add_argument("--bond-cutoff", type=_cutoff_or_none, default=None,
+                   help="graph criterion: bond length (Å), or none for 1.2 x the median nearest-neighbour "
+                        "distance of START [none]")
+    g.add_argument("--displacement", type=_cutoff_or_none, default=None,
+                   help="displacement criterion: threshold (Å), or none for half the median nearest-neighbour "
+                        "distance of START [none]")
+    g.add_argument("--quench-steps", type=_positive_int, default=None,
+                   help=f"graph criterion: FIRE steps per basin check [{d.quench_steps}]")
+    p.set_defaults(func=_run_sweep, parser=p)
+
+
+def _run_sweep(args) -> int:
+    _split_cpu(args.devices)
+    # lazy: keeps import jaxiap.cli light (see the module docstring)
+    from jaxiap.workflows.user_sweep import run_sweep
+
+    config = study_config(args)
+    s = _run_recorded(args, config, lambda: run_sweep(config, args.out, overwrite=args.overwrite,
+                                                       progress=not args.no_progress))
+    q = s["qoi"]
+    print(f"{s['n_runs']} trajectories ({s['n_samples']} samples x {s['n_seeds']} seeds), {s['n_failed']} failed")
+    if "pe_per_atom" in q:
+        e = q["pe_per_atom"]
+        print(f"mean potential energy {e['mean']:.6g} eV/atom; variance {e['total']:.3g} eV^2 = thermal "
+              f"{e['thermal']:.3g} + parametric {e['parametric']:.3g} "
+              f"(parametric share {e['parametric_fraction']:.3g})")
+        print(f"RDF {q['rdf']['kind']}: parametric share of the integrated variance "
+              f"{q['rdf']['parametric_fraction']:.3g}")
+    if "basin" in q:
+        b = q["basin"]
+        print(f"basin changes ({b['criterion']}): {b['n_changed']} of {b['n_runs']} trajectories within "
+              f"{b['t_censor_ps']:.3g} ps")
+    print(f"results in {args.out}/report.md")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="jaxiap",
@@ -506,6 +732,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_lj13_al(sub)
     _add_otf(sub)
     _add_uq_compare(sub)
+    _add_fit(sub)
+    _add_predict(sub)
+    _add_sweep(sub)
     return parser
 
 

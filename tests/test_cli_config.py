@@ -21,11 +21,13 @@ import jaxiap.workflows.uq_compare as uq_compare
 from jaxiap.cli import STUDY_CONFIGS, _overrides, build_parser, main, study_config
 from jaxiap.errors import JaxiapInputError
 from jaxiap.runfolder import written_names
-from jaxiap.workflows import lj13_al_config, lj13_config, otf_config, uq_compare_config
+from jaxiap.workflows import (fit_config, lj13_al_config, lj13_config, otf_config, predict_config, sweep_config,
+                              uq_compare_config)
 from jaxiap.workflows.config_file import config_toml, resolve_config, toml_value
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "input-errors.md"
-MODULES = {"lj13": lj13_config, "lj13-al": lj13_al_config, "otf": otf_config, "uq-compare": uq_compare_config}
+MODULES = {"lj13": lj13_config, "lj13-al": lj13_al_config, "otf": otf_config, "uq-compare": uq_compare_config,
+           "fit": fit_config, "predict": predict_config, "sweep": sweep_config}
 
 
 def _config(argv):
@@ -52,6 +54,12 @@ def test_every_config_round_trips_through_toml(command, tmp_path):
                                        liquid_thermostat=1500.0, hyp_step_factor=None, std_tolerance=-0.05))
     if command == "lj13":
         configs.append(cls.from_preset("tiny", pce_degree=1, chunk_size=None, kT=0.1 + 0.2, attempts="mle"))
+    if command == "fit":  # input files are fields too; r_min None (automatic) and a float
+        configs.append(cls.from_preset("tiny", data="my data.xyz", r_min=1.5, descriptor="ace", solver="bootstrap",
+                                       species_reference=False))
+    if command == "sweep":
+        configs.append(cls.from_preset("gpu", model="runs/fit", start="start.xyz", rdf_r_max=4.5, skin=0.3,
+                                       chunk_size=64, basin="off"))
     for config in configs:
         text = config_toml(config, command)
         assert len([ln for ln in text.splitlines() if not ln.startswith("#")]) == len(dataclasses.fields(cls))
@@ -61,7 +69,8 @@ def test_every_config_round_trips_through_toml(command, tmp_path):
         assert dataclasses.asdict(back) == dataclasses.asdict(config)
         assert config_toml(back, command) == text
         # and through the command line, with a --preset that the file's full settings make irrelevant
-        assert _config([command, "--config", f, "--preset", "tiny"]) == config
+        # (jaxiap predict has no presets)
+        assert _config([command, "--config", f, *(["--preset", "tiny"] if "tiny" in module.PRESETS else [])]) == config
 
 
 def test_toml_values():
@@ -121,6 +130,11 @@ FLAG_SETS = {  # per command: options given on the command line, to be written a
             "--steps", "400", "--melt-ps", "1", "--std-tolerance", "-0.1"],
     "uq-compare": ["--preset", "tiny", "--datasets", "al", "--methods", "gmm,mve", "--hidden", "8,4",
                    "--members", "3", "--learning-rate", "0.01"],
+    "fit": ["--preset", "tiny", "--descriptor", "ace", "--r-min", "none", "--r-cut", "4.5", "--no-species-reference",
+            "--solver", "nig", "--stress-weight", "2", "--energy-key", "REF_energy", "--held-out", "0"],
+    "sweep": ["--preset", "tiny", "--temperature", "450", "--timestep", "2", "--samples", "3", "--basin", "off",
+              "--rdf-r-max", "none", "--skin", "0.3", "--chunk-size", "6"],
+    "predict": ["--batch-size", "8", "--index", "::2"],
 }
 
 

@@ -24,6 +24,9 @@ import jaxiap.workflows.otf_al as otf_al
 import jaxiap.workflows.otf_config as otf_config
 import jaxiap.workflows.uq_compare as uq_compare
 import jaxiap.workflows.uq_compare_config as uq_compare_config
+import jaxiap.workflows.user_fit as user_fit
+import jaxiap.workflows.user_predict as user_predict
+import jaxiap.workflows.user_sweep as user_sweep
 from jaxiap.cli import main
 from jaxiap.errors import JaxiapInputError
 
@@ -75,12 +78,43 @@ CLI_CASES = [
     ("otf", "--init-atoms", "--init-atoms 40"),
     ("otf", "--std-tolerance", "--std-tolerance nan"),
     ("otf", "--core-repulsion", "--core-repulsion 6"),
+    ("otf", "--pair-prior-frames", "--pair-prior-frames 8 --core-repulsion 2"),
+    ("otf", "--pair-prior-r-cut", "--pair-prior-frames 8 --pair-prior-r-cut 4.5"),
     ("uq-compare", "--methods", "--methods bogus"),
     ("uq-compare", "--datasets", "--datasets al,foo"),
     ("uq-compare", "--members", "--members 1"),
     ("uq-compare", "--hidden", "--hidden 0"),
     ("uq-compare", "--error-percentile", "--error-percentile 100"),
+    # the user's own files (run in a folder holding the files of user_files below)
+    ("fit", "DATA", "--held-out 0"),
+    ("fit", "missing.xyz", "missing.xyz"),
+    ("fit", "garbage.xyz", "garbage.xyz"),
+    ("fit", "nolabels.xyz", "nolabels.xyz"),
+    ("fit", "--energy-key", "data.xyz --energy-key REF_energy"),
+    ("fit", "--stress-weight", "clusters.xyz --stress-weight 1"),
+    ("fit", "--r-cut", "data.xyz --r-cut 6"),
+    ("fit", "--held-out", "data.xyz --held-out 1"),
+    ("fit", "--descriptor", "data.xyz --descriptor soap"),
+    ("fit", "--solver", "data.xyz --solver magic"),
+    ("predict", "RUN_OR_POSTERIOR", "--batch-size 4"),
+    ("predict", "nofit", "nofit data.xyz"),
+    ("predict", "model.json", "lonely/post.npz data.xyz"),
+    ("predict", "missing.xyz", "fit missing.xyz"),
+    ("predict", "Cu", "fit copper.xyz"),
+    ("predict", "--out", "fit data.xyz --out notmine.xyz"),
+    ("predict", "--batch-size", "fit data.xyz --batch-size 0"),
+    ("sweep", "START", "fit"),
+    ("sweep", "--seeds", "fit start.xyz --seeds 1"),
+    ("sweep", "--check-every", "fit start.xyz --steps 150"),
+    ("sweep", "--frame", "fit start.xyz --frame 3"),
+    ("sweep", "--basin", "fit cell.xyz --basin graph"),
+    ("sweep", "--rdf-r-max", "fit cell.xyz --rdf-r-max 5"),
+    ("sweep", "--skin", "fit cell.xyz --skin 0.5"),
+    ("sweep", "--temperature", "fit start.xyz --temperature -5"),
 ]
+
+#: commands whose cases run in the folder of user_files (their arguments name those files)
+USER_COMMANDS = ("fit", "predict", "sweep")
 
 
 def _features(T=40, K=3, seed=0):
@@ -183,7 +217,7 @@ def _doc_rows():
         if len(cells) != 4 or not cells[0].startswith("`"):
             continue
         inp, value, message = (c.strip("`") for c in cells[:3])
-        m = re.fullmatch(r"jaxiap (lj13(?:-al)?|otf|uq-compare) (\S+)", inp)
+        m = re.fullmatch(r"jaxiap (lj13(?:-al)?|otf|uq-compare|fit|predict|sweep) (\S+)", inp)
         key = ("cli", m.group(1), m.group(2), value) if m else ("function", inp, value)
         assert key not in rows, f"duplicate row {key}"
         rows[key] = message
@@ -214,14 +248,68 @@ def no_work(monkeypatch):
     monkeypatch.setattr(lj13_al, "generate_data", work_started)
     monkeypatch.setattr(otf_al, "run_otf", work_started)
     monkeypatch.setattr(uq_compare, "load_data", work_started)
+    monkeypatch.setattr(user_fit, "all_rows", work_started)
+    monkeypatch.setattr(user_predict, "predict_batched", work_started)
+    monkeypatch.setattr(user_sweep, "run_program", work_started)
+
+
+def _labelled(frames):
+    from ase.calculators.emt import EMT
+
+    for a in frames:
+        a.calc = EMT()
+        a.get_potential_energy()
+    return frames
+
+
+@pytest.fixture(scope="module")
+def user_files(tmp_path_factory):
+    """The files the fit / predict / sweep cases name: data.xyz (2 labelled 32-atom Al cells), clusters.xyz (2
+    labelled Al6 clusters, no stress), nolabels.xyz, garbage.xyz, copper.xyz, start.xyz (Al6), cell.xyz (Al32),
+    notmine.xyz (a user's file), fit/ (a model.json and posterior.npz as jaxiap fit writes them: radial, 4
+    functions inside 3.7 Å, one reference column), lonely/post.npz (a posterior without model.json)."""
+    import json
+
+    import ase.io
+    from ase import Atoms
+    from ase.build import bulk
+
+    d = tmp_path_factory.mktemp("user-files")
+    cell = lambda: bulk("Al", "fcc", a=4.05, cubic=True).repeat(2)  # noqa: E731
+    octahedron = lambda: Atoms("Al6", positions=1.9 * np.vstack([np.eye(3), -np.eye(3)]))  # noqa: E731
+    cells = [cell(), cell()]
+    cells[1].rattle(0.05, seed=1)
+    ase.io.write(d / "data.xyz", _labelled(cells), format="extxyz")
+    ase.io.write(d / "clusters.xyz", _labelled([octahedron(), octahedron()]), format="extxyz")
+    ase.io.write(d / "nolabels.xyz", cell(), format="extxyz")
+    ase.io.write(d / "copper.xyz", bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2), format="extxyz")
+    ase.io.write(d / "start.xyz", octahedron(), format="extxyz")
+    ase.io.write(d / "cell.xyz", cell(), format="extxyz")
+    (d / "garbage.xyz").write_text("this is not a structure file\n")
+    (d / "notmine.xyz").write_text("my notes\n")
+    for folder in ("fit", "lonely"):
+        (d / folder).mkdir()
+    posterior = dict(kind="blr", family="gaussian", mean=np.zeros(5), cov_factor=0.01 * np.eye(5), noise_var=1e-4)
+    np.savez(d / "fit" / "posterior.npz", **posterior)
+    np.savez(d / "lonely" / "post.npz", **posterior)
+    (d / "fit" / "model.json").write_text(json.dumps(dict(
+        jaxiap_model=1, descriptor="radial", descriptor_options=dict(family="chebyshev", n_basis=4, r_min=2.0,
+                                                                     r_cut=3.7),
+        species_names=["Al"], species_reference=True, n_features=5, cutoff=3.7)))
+    return d
 
 
 @pytest.mark.parametrize("command,option,args", CLI_CASES, ids=[f"{c} {a}" for c, _, a in CLI_CASES])
-def test_bad_cli_input_fails_at_once(command, option, args, tmp_path, capsys, no_work):
+def test_bad_cli_input_fails_at_once(command, option, args, tmp_path, capsys, no_work, request, monkeypatch):
     out = tmp_path / "run"
+    if command in USER_COMMANDS:
+        monkeypatch.chdir(request.getfixturevalue("user_files"))  # the table's messages name the files as given
+    words = shlex.split(args)
+    if "--out" not in words:
+        words += ["--out", str(out)]
     t0 = time.perf_counter()
     try:
-        rc = main([command, *shlex.split(args), "--out", str(out), "--no-progress"])
+        rc = main([command, *words, "--no-progress"])
     except SystemExit as exc:  # argparse
         rc = exc.code
     elapsed = time.perf_counter() - t0
@@ -259,10 +347,15 @@ def test_every_cli_flag_maps_to_a_config_field():
     parser = build_parser()
     subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
     run_options = {"-h", "--help", "--out", "--config", "--preset", "--overwrite", "--no-progress", "--devices"}
+    from jaxiap.workflows import fit_config, predict_config, sweep_config
+
     for command, config, flags in (("lj13", lj13_config.LJ13Config, lj13_config.CLI_FLAGS),
                                    ("lj13-al", lj13_al_config.LJ13ALConfig, lj13_al_config.CLI_FLAGS),
                                    ("otf", otf_config.OTFConfig, otf_config.CLI_FLAGS),
-                                   ("uq-compare", uq_compare_config.UQCompareConfig, uq_compare_config.CLI_FLAGS)):
+                                   ("uq-compare", uq_compare_config.UQCompareConfig, uq_compare_config.CLI_FLAGS),
+                                   ("fit", fit_config.FitConfig, fit_config.CLI_FLAGS),
+                                   ("predict", predict_config.PredictConfig, predict_config.CLI_FLAGS),
+                                   ("sweep", sweep_config.SweepConfig, sweep_config.CLI_FLAGS)):
         fields = {f.name for f in dataclasses.fields(config)}
         assert set(flags) <= fields, set(flags) - fields
         actions = subs[command]._option_string_actions
@@ -270,11 +363,18 @@ def test_every_cli_flag_maps_to_a_config_field():
         assert set(actions) - run_options == set(flags.values()), set(actions) - run_options ^ set(flags.values())
         for field, flag in flags.items():
             assert actions[flag].dest == flag[2:].replace("-", "_"), (command, field, flag)
+        # input files given as positional arguments are config fields too (so config.toml reproduces a run)
+        for field in getattr(__import__(config.__module__, fromlist=["_"]), "POSITIONAL_FIELDS", ()):
+            assert field in fields and any(a.dest == field and not a.option_strings for a in subs[command]._actions)
     # a given option overrides its field (a --no-X switch sets it to False), an option left out does not
     args = parser.parse_args(["lj13-al", "--no-frt", "--initial", "3"])
     assert _overrides(args, lj13_al_config.CLI_FLAGS) == {"n_initial": 3, "frt": False}
     args = parser.parse_args(["lj13", "--n-q", "20", "--train-trajectories", "2"])
     assert _overrides(args, lj13_config.CLI_FLAGS) == {"n_q": 20, "n_trajectories": 2}
+    from jaxiap.cli import study_config
+
+    config = study_config(parser.parse_args(["sweep", "fit", "start.xyz", "--seeds", "3", "--no-progress"]))
+    assert (config.model, config.start, config.n_seeds) == ("fit", "start.xyz", 3)
 
 
 def test_defaults_pass_and_keep_their_settings():

@@ -84,7 +84,8 @@ def test_readme_command_lines_parse_with_the_cli(capsys):
     argvs = [u[1] for u in uses if u[0] == "argv"]
     opts = [u[1:] for u in uses if u[0] == "option"]
     # the README names both studies, the GPU preset and the options of the three attempts
-    assert {a[0] for a in argvs} == {"lj13", "lj13-al", "otf", "uq-compare"} and len(argvs) >= 5, argvs
+    assert {a[0] for a in argvs} == {"lj13", "lj13-al", "otf", "uq-compare", "fit", "predict", "sweep"} \
+        and len(argvs) >= 8, argvs
     assert {o[1] for o in opts} >= {"--seeds", "--t-max", "--basis-size", "--preset", "--attempts",
                                     "--n-subsets", "--posterior-samples", "--sample-posterior", "--devices"}
     for argv in argvs:

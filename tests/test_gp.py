@@ -452,10 +452,65 @@ def test_core_repulsion_is_zbl_with_autodiff_forces_and_stress(structures):
         fd_s.append((energy(s["positions"] @ up, s["cell"] @ up) - energy(s["positions"] @ dn, s["cell"] @ dn))
                     / (2 * h) / abs(np.linalg.det(s["cell"])))
     _rel_close(b["stress"], fd_s, 1e-7, "baseline stress")
-    with pytest.raises(JaxiapInputError, match="r_outer"):
+    with pytest.raises(JaxiapInputError, match="range"):
         GaussianProcess(SETTINGS, HYP, CoreRepulsion(1.0, 5.0))
     with pytest.raises(JaxiapInputError, match="atomic numbers"):
         gp.add(s["positions"], s["cell"], None, forces=s["forces"])
+
+
+def _image_pair_energy(prior, positions, cell, n_images=2):
+    """Brute force: 1/2 sum_i sum_j sum_images V(|x_j + n cell - x_i|) (self excluded) + e_atom N."""
+    x = np.asarray(positions)
+    rng = range(-n_images, n_images + 1)
+    shifts = np.array([[a, b, c] for a in rng for b in rng for c in rng]) @ np.asarray(cell)
+    d = x[None, :, None, :] + shifts[None, None] - x[:, None, None, :]           # (N, N, S, 3)
+    r = np.linalg.norm(d, axis=-1)
+    keep = r > 1e-9
+    v = np.asarray(prior.pair_energy(jnp.asarray(np.where(keep, r, 1.0))))
+    return 0.5 * float(np.sum(np.where(keep, v, 0.0))) + prior.atom_energy * len(x)
+
+
+def test_pair_prior_equals_its_linear_potential_and_continues_below_r_min(structures):
+    """PairPrior.from_linear gives the LinearPotential's energy (32-atom cell, brute-force images); as a GP
+    baseline its energy equals the brute-force sum and its forces central differences; below r_min the pair
+    energy is the tangent line (value and slope continuous); its dict round-trips; a too-long range is refused."""
+    from jaxiap.descriptors.radial import RadialBasis, RadialDescriptor
+    from jaxiap.potentials.linear import LinearBasis, LinearPotential
+    from jaxiap.potentials.repulsion import PairPrior, prior_from_dict, prior_to_dict
+
+    basis = LinearBasis(RadialDescriptor(RadialBasis("chebyshev", 6, 1.5, 4.0)), species_reference=True)
+    c = np.random.default_rng(4).normal(size=7)
+    prior = PairPrior.from_linear(basis, c)
+    rng = np.random.default_rng(5)
+    a = 4.046
+    base = np.array([[0, 0, 0], [0, .5, .5], [.5, 0, .5], [.5, .5, 0]])
+    cell = 2 * a * np.eye(3)
+    x = (np.concatenate([base + np.array(o) for o in np.ndindex(2, 2, 2)]) * a + rng.normal(scale=0.1, size=(32, 3)))
+    e_lin = float(LinearPotential(basis, jnp.asarray(c)).energy(jnp.asarray(x), box=jnp.asarray(cell)))
+    assert abs(_image_pair_energy(prior, x, cell) - e_lin) <= 1e-10 * max(1.0, abs(e_lin))
+    # as the GP's prior mean (the environments of the GP's own cutoff, images included)
+    gp = GaussianProcess(SETTINGS, HYP, prior)
+    s, h = structures[0], 1e-5
+    b = gp._baseline_terms(s["positions"], s["cell"], s["species"])
+    assert abs(b["energy"] - _image_pair_energy(prior, s["positions"], s["cell"])) <= 1e-10
+    for i, comp in ((0, 0), (2, 1)):
+        d = np.zeros_like(s["positions"])
+        d[i, comp] = h
+        e = lambda y: gp._baseline_terms(y, s["cell"], s["species"])["energy"]  # noqa: E731
+        assert abs(-(e(s["positions"] + d) - e(s["positions"] - d)) / (2 * h) - b["forces"][i, comp]) <= 1e-6
+    # below r_min: the tangent line, C1 at r_min
+    v0, dv0 = prior.wall()
+    r0 = 1.5
+    vals = np.asarray(prior.pair_energy(jnp.asarray([r0 - 1e-6, r0, r0 + 1e-6, r0 - 0.4])))
+    assert abs(vals[0] - v0) < 1e-4 and abs(vals[2] - v0) < 1e-4 and abs(vals[1] - v0) < 1e-12
+    assert abs((vals[2] - vals[0]) / 2e-6 - dv0) <= 1e-5 * max(1.0, abs(dv0))
+    assert abs(vals[3] - (v0 - 0.4 * dv0)) <= 1e-12 * max(1.0, abs(v0))
+    assert float(prior.pair_energy(jnp.asarray(4.2))) == 0.0
+    assert prior_from_dict(prior_to_dict(prior)) == prior
+    with pytest.raises(JaxiapInputError, match="range"):
+        GaussianProcess(SETTINGS, HYP, PairPrior(prior.coefficients, 1.5, 5.0))
+    with pytest.raises(JaxiapInputError, match="r_min < r_cut"):
+        PairPrior(prior.coefficients, 4.0, 3.0)
 
 
 @pytest.mark.slow  # CI budget: two more GPs, their predictions, a GPPotential and a reloaded GP (about 40 s)

@@ -19,8 +19,8 @@ Cholesky factor by the new row block (O(n^2 b), hyperparameters fixed) and
 log marginal likelihood. :meth:`GaussianProcess.predict` gives energies,
 forces and stresses with their epistemic standard deviations; the posterior
 mean is a :class:`GPPotential` (a Potential: every MD program runs it).
-An optional ``baseline`` (:class:`~jaxiap.potentials.repulsion.CoreRepulsion`)
-is a fixed prior mean: labels are fitted as residuals from it and it is
+An optional ``baseline`` (:class:`~jaxiap.potentials.repulsion.CoreRepulsion`
+or a fitted :class:`~jaxiap.potentials.repulsion.PairPrior`) is a fixed prior mean: labels are fitted as residuals from it and it is
 added back to every prediction. Units: eV, Å.
 """
 
@@ -41,7 +41,7 @@ from jaxiap.descriptors.environments import (Environments, check_environments, c
 from jaxiap.errors import JaxiapInputError
 from jaxiap.potentials.base import Potential
 from jaxiap.potentials.gp_blocks import pair_elements, se_blocks, triplet_elements
-from jaxiap.potentials.repulsion import CoreRepulsion
+from jaxiap.potentials.repulsion import PRIOR_MEANS, CoreRepulsion, PairPrior, prior_from_dict, prior_to_dict
 
 #: Voigt order of ASE stresses (xx yy zz yz xz xy) as pairs of strain indices.
 VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
@@ -186,15 +186,16 @@ class GaussianProcess:
 
     settings: GPSettings = field(default_factory=GPSettings)
     hyperparameters: GPHyperparameters = field(default_factory=GPHyperparameters)
-    baseline: CoreRepulsion | None = None
+    baseline: CoreRepulsion | PairPrior | None = None
 
     def __post_init__(self):
         self.hyperparameters = GPHyperparameters(*self.hyperparameters).check()
         if self.baseline is not None:
-            if not isinstance(self.baseline, CoreRepulsion):
-                raise JaxiapInputError(f"GaussianProcess: baseline must be a CoreRepulsion or None; got {self.baseline!r}")
-            if self.baseline.r_outer > self.settings.r_cut:
-                raise JaxiapInputError(f"GaussianProcess: the baseline's r_outer={self.baseline.r_outer} Å exceeds "
+            if not isinstance(self.baseline, tuple(PRIOR_MEANS.values())):
+                raise JaxiapInputError(f"GaussianProcess: baseline must be a CoreRepulsion, a PairPrior or None; got "
+                                       f"{self.baseline!r}")
+            if self.baseline.range > self.settings.r_cut:
+                raise JaxiapInputError(f"GaussianProcess: the baseline's range {self.baseline.range} Å exceeds "
                                        f"r_cut={self.settings.r_cut} Å; lower it or raise r_cut")
         self._envs: list[Environments] = []      # single environments, leading axis 1
         self._env_keys: dict = {}
@@ -308,7 +309,8 @@ class GaussianProcess:
         n = len(positions)
         if self.baseline is None:
             return {"energy": 0.0, "forces": np.zeros((n, 3)), "stress": np.zeros(6)}
-        if self.baseline.z is None and (species is None or np.min(np.asarray(species)) < 1):
+        if isinstance(self.baseline, CoreRepulsion) and self.baseline.z is None and (
+                species is None or np.min(np.asarray(species)) < 1):
             raise JaxiapInputError("GaussianProcess: the CoreRepulsion baseline needs atomic numbers; pass species= "
                                    "(atomic numbers) or set CoreRepulsion(z=...)")
         cell_j = None if cell is None else jnp.asarray(np.asarray(cell, float))
@@ -530,7 +532,7 @@ class GaussianProcess:
 
         meta = {"settings": dataclasses.asdict(self.settings), "hyperparameters": self.hyperparameters._asdict(),
                 "n": len(self._records),
-                "baseline": None if self.baseline is None else dataclasses.asdict(self.baseline)}
+                "baseline": None if self.baseline is None else prior_to_dict(self.baseline)}
         arrays = {"meta": np.array(json.dumps(meta))}
         for k, rec in enumerate(self._records):
             for name, val in rec.items():
@@ -552,7 +554,7 @@ class GaussianProcess:
                        for k in range(meta["n"])]
         baseline = meta.get("baseline")
         gp = cls(GPSettings(**meta["settings"]), GPHyperparameters(**meta["hyperparameters"]),
-                 None if baseline is None else CoreRepulsion(**baseline))
+                 None if baseline is None else prior_from_dict(baseline))
         for rec in records:
             energy = rec["energy"]
             gp.add(rec["positions"], rec["cell"], rec["species"], forces=rec["forces"], atoms=rec["atoms"],
@@ -689,7 +691,7 @@ class GPPotential(Potential):
     cell: jnp.ndarray | None
     settings: GPSettings = eqx.field(static=True)
     shifts: tuple = eqx.field(static=True)
-    baseline: CoreRepulsion | None = eqx.field(static=True, default=None)
+    baseline: CoreRepulsion | PairPrior | None = eqx.field(static=True, default=None)
 
     @property
     def cutoff(self):

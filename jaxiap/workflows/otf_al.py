@@ -29,7 +29,7 @@ from jaxiap import runfolder
 from jaxiap.active.otf import OTFSettings, maxwell_boltzmann, run_otf
 from jaxiap.errors import JaxiapInputError
 from jaxiap.potentials.gp import GaussianProcess, GPHyperparameters, GPSettings
-from jaxiap.potentials.repulsion import CoreRepulsion
+from jaxiap.potentials.repulsion import CoreRepulsion, PairPrior
 from jaxiap.workflows.otf_config import OTFConfig
 from jaxiap.workflows.timing import StageTimer
 
@@ -60,6 +60,7 @@ def otf_settings(config: OTFConfig) -> OTFSettings:
     return OTFSettings(n_steps=config.n_steps, dt_fs=config.dt_fs, std_tolerance=config.std_tolerance,
                        max_atoms_added=config.max_atoms_added, init_atoms=config.init_atoms,
                        freeze_hyps=config.freeze_hyps, hyp_max_iterations=config.hyp_max_iterations,
+                       refresh_noise=config.refresh_noise,
                        reoptimize_every=config.reoptimize_every, distance_guard=config.distance_guard,
                        max_noise=config.max_noise, hyp_step_factor=config.hyp_step_factor,
                        rescale=((config.melt_step, config.melt_temperature),), min_noise=config.min_noise,
@@ -116,6 +117,53 @@ def core_repulsion(config: OTFConfig) -> CoreRepulsion | None:
     return CoreRepulsion(r_inner=0.5 * config.core_repulsion, r_outer=config.core_repulsion)
 
 
+def pair_prior(config: OTFConfig, out) -> tuple:
+    """(PairPrior or None, oracle calls it took): a Chebyshev pair potential fitted by least squares to the
+    energies and forces of ``pair_prior_frames`` rattled copies of the initial cell (stds 0.1 Å to
+    ``pair_prior_max_stdev``), labelled by the oracle. The labelled frames are kept in ``out`` so a resumed
+    run does not call the oracle again."""
+    if not config.pair_prior_frames:
+        return None, 0
+    from jaxiap.data import from_atoms_list  # lazy: only with a pair prior
+    from jaxiap.systems.aluminium import fit_al_potential
+
+    path = out / "pair_prior_frames.npz"
+    if path.exists():
+        with runfolder.read_npz(path, "pair-prior frames") as z:
+            xs, es, fs = np.asarray(z["positions"]), np.asarray(z["energy"]), np.asarray(z["forces"])
+    else:
+        rng = np.random.default_rng(config.seed + 7919)
+        calc = make_calculator(config.calculator)
+        xs, es, fs = [], [], []
+        for std in np.linspace(0.1, config.pair_prior_max_stdev, config.pair_prior_frames):
+            atoms = initial_atoms(config)
+            atoms.positions += rng.normal(scale=std, size=atoms.positions.shape)
+            atoms.calc = calc
+            xs.append(atoms.positions.copy())
+            es.append(atoms.get_potential_energy())
+            fs.append(atoms.get_forces())
+        xs, es, fs = np.array(xs), np.array(es), np.array(fs)
+        runfolder.savez(path, positions=xs, energy=es, forces=fs)
+    from ase.calculators.singlepoint import SinglePointCalculator  # lazy: only with a pair prior
+
+    frames = []
+    for x, e, f in zip(xs, es, fs):
+        atoms = initial_atoms(config)
+        atoms.positions = x
+        atoms.calc = SinglePointCalculator(atoms, energy=float(e), forces=f)   # the stored labels, no new call
+        frames.append(atoms)
+    data = from_atoms_list(frames)
+    potential, post = fit_al_potential(data, r_cut=config.pair_prior_r_cut, n_basis=config.pair_prior_n_basis,
+                                       r_min=config.pair_prior_r_min)
+    prior = PairPrior.from_linear(potential.basis, post.mean)
+    v0, dv0 = prior.wall()
+    if not dv0 < 0:
+        raise JaxiapInputError(f"the fitted pair prior is attractive at pair_prior_r_min={config.pair_prior_r_min} Å "
+                               f"(V' = {dv0:.3g} eV/Å), so its continuation below it would be a hole; raise "
+                               "--pair-prior-max-stdev (shorter distances in the fit) or pair_prior_r_min")
+    return prior, len(xs)
+
+
 def run_otf_study(config: OTFConfig = OTFConfig(), out_dir="runs/otf", overwrite: bool = False,
                   progress: bool = True) -> dict:
     """Run the study into ``out_dir``; returns the summary dict (also in summary.json). Resumable."""
@@ -125,9 +173,11 @@ def run_otf_study(config: OTFConfig = OTFConfig(), out_dir="runs/otf", overwrite
     out = runfolder.open_run_folder(out_dir, dataclasses.asdict(config), kind="otf", overwrite=overwrite)
     timer = StageTimer(verbose=progress)
     cell, numbers = np.asarray(atoms.cell), atoms.numbers
+    with timer("prior mean"):
+        prior, prior_calls = pair_prior(config, out)
     gp = GaussianProcess(gp_settings(config), GPHyperparameters(sig2=0.1, l2=0.5, sig3=0.01, l3=0.5,
                                                                 noise=max(0.05, config.min_noise)),
-                         core_repulsion(config))
+                         prior if prior is not None else core_repulsion(config))
     with timer("otf"):
         t0 = time.perf_counter()
         result = run_otf(atoms, gp, otf_settings(config), temperature_k=config.temperature, seed=config.seed,
@@ -153,7 +203,12 @@ def run_otf_study(config: OTFConfig = OTFConfig(), out_dir="runs/otf", overwrite
     calls = result["calls"]
     oracle = np.asarray(result["oracle"], bool)
     summary = {
-        "oracle_calls": int(oracle.sum()),
+        "oracle_calls": int(oracle.sum()) + prior_calls,
+        "oracle_calls_md": int(oracle.sum()),
+        "oracle_calls_prior_mean": prior_calls,
+        "pair_prior": None if prior is None else {"coefficients": list(prior.coefficients),
+                                                  "atom_energy": prior.atom_energy, "r_min": prior.r_min,
+                                                  "r_cut": prior.r_cut, "wall_eV_and_eV_per_A": list(prior.wall())},
         "oracle_calls_before_melt": int(oracle[:melt].sum()),
         "oracle_calls_by_distance_guard": int(sum(bool(c.get("guard")) for c in calls)),
         "oracle_calls_after_melt": int(oracle[melt:].sum()),

@@ -35,6 +35,8 @@ CLI_FLAGS = {
     "min_noise": "--min-noise", "n_test": "--test-frames", "reoptimize_every": "--reoptimize-every",
     "distance_guard": "--distance-guard", "max_noise": "--max-noise", "core_repulsion": "--core-repulsion",
     "liquid_thermostat": "--liquid-thermostat", "thermostat_tau_fs": "--thermostat-tau-fs",
+    "pair_prior_frames": "--pair-prior-frames", "pair_prior_max_stdev": "--pair-prior-max-stdev",
+    "pair_prior_r_cut": "--pair-prior-r-cut", "refresh_noise": "--no-refresh-noise",
 }
 
 
@@ -60,11 +62,18 @@ class OTFConfig:
     max_triplet_neighbors: int = 24
     max_triplets: int = 96
     core_repulsion: float | None = None  # Å: r_outer of a ZBL prior mean (switched on from r_outer / 2); None: zero
+    # a pair potential fitted to pair_prior_frames oracle labels of rattled cells as the prior mean (0: none)
+    pair_prior_frames: int = 0
+    pair_prior_max_stdev: float = 0.4   # Å: the rattles' stds run from 0.1 Å to this
+    pair_prior_r_cut: float = 4.0       # Å: < half the cell width (the fit uses the minimum image)
+    pair_prior_r_min: float = 1.5       # Å: inner end of the Chebyshev basis; below it, the tangent line
+    pair_prior_n_basis: int = 8
     # on-the-fly rule
     std_tolerance: float = 1.0
     max_atoms_added: int = 2
     init_atoms: int = 4
     freeze_hyps: int = 10
+    refresh_noise: bool = True       # after the freeze: re-optimise signal variances and noise (False: FLARE's freeze)
     reoptimize_every: int = 0
     hyp_max_iterations: int = 30
     min_noise: float = 0.01          # eV/Å
@@ -115,6 +124,21 @@ class OTFConfig:
         if self.core_repulsion is not None and not (isinstance(self.core_repulsion, (int, float))
                                                     and 0 < self.core_repulsion <= self.r_cut):
             bad("core_repulsion", f"must be a length in (0, r_cut={self.r_cut}] Å, or none for a zero prior mean")
+        if not (isinstance(self.pair_prior_frames, (int, np.integer)) and self.pair_prior_frames >= 0):
+            bad("pair_prior_frames", "must be an integer >= 0 (0: no fitted prior mean)")
+        if self.pair_prior_frames:
+            if self.core_repulsion is not None:
+                bad("pair_prior_frames", f"choose one prior mean: {field_text(self, 'core_repulsion', CLI_FLAGS)} "
+                                         "is set too")
+            if not (isinstance(self.pair_prior_n_basis, (int, np.integer)) and self.pair_prior_n_basis >= 1):
+                bad("pair_prior_n_basis", "must be a positive integer")
+            if not (math.isfinite(self.pair_prior_max_stdev) and self.pair_prior_max_stdev >= 0.1):
+                bad("pair_prior_max_stdev", "must be >= 0.1 Å (the rattles run from 0.1 Å to it)")
+            half = self.repeat * self.lattice / 2
+            if not (0 < self.pair_prior_r_min < self.pair_prior_r_cut < half
+                    and self.pair_prior_r_cut <= self.r_cut):
+                bad("pair_prior_r_cut", f"need 0 < pair_prior_r_min ({self.pair_prior_r_min}) < pair_prior_r_cut < "
+                                        f"half the cell width ({half:g} Å) and <= r_cut ({self.r_cut} Å)")
         if self.r_cut_3 is not None and not (0 < self.r_cut_3 <= self.r_cut):
             bad("r_cut_3", f"must be in (0, r_cut={self.r_cut}] Å")
         n_atoms = 4 * self.repeat**3
