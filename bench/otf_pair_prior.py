@@ -5,7 +5,8 @@ the EMT energies and forces of ``--frames`` rattled copies of the 32-atom FCC Al
 ``--max-stdev``, a Chebyshev pair basis on [r_min, r_cut] with the tangent-line wall below r_min) and
 scored, with no Gaussian process on top, on held-out EMT Langevin frames of the solid and the liquid
 (:func:`jaxiap.workflows.otf_al.test_frames`: ``--test-frames`` frames 0.1 ps apart after 2 ps at each
-temperature). Prints the force MAE and RMSE (meV/Å) next to FLARE's table (the GP's targets: 32.9 solid,
+temperature), and checks that EMT itself conserves energy in NVE at the study's 5 fs step from the melt's
+10^4 K (velocity Verlet, 5 ps). Prints the force MAE and RMSE (meV/Å) next to FLARE's table (the GP's targets: 32.9 solid,
 90.2 liquid) and the mean |F| of the frames; one line per (n_basis, temperature).
 
 Usage: ``python bench/otf_pair_prior.py [--frames 8] [--max-stdev 0.4] [--test-frames 20]
@@ -56,8 +57,30 @@ def main(argv=None):
                 err = 1000 * (pred - fs)
                 print(f"{nb:>7} {t:>6} {np.mean(ts):7.0f} {np.mean(np.abs(err)):7.1f} {np.sqrt(np.mean(err**2)):7.1f} "
                       f"{1000 * np.mean(np.abs(fs)):9.1f}")
+    _emt_nve(base)
     print("FLARE's table (meV/Å, solid / liquid): " + ", ".join(f"{k} {s} / {liq}" for k, (s, liq) in PAPER_TABLE.items()))
     print(f"wall {time.perf_counter() - t0:.0f} s")
+
+
+def _emt_nve(config: OTFConfig, ps: float = 5.0):
+    """Does the oracle itself conserve energy at the study's time step in the hot liquid? EMT velocity Verlet
+    from 10^4 K Maxwell-Boltzmann velocities (the melt's rescaling), ``ps`` ps at ``config.dt_fs``."""
+    from ase import units
+    from ase.md.verlet import VelocityVerlet
+
+    from jaxiap.active.otf import maxwell_boltzmann
+
+    atoms = initial_atoms(config)
+    atoms.set_velocities(maxwell_boltzmann(atoms.get_masses(), config.melt_temperature, np.random.default_rng(0)))
+    dyn = VelocityVerlet(atoms, config.dt_fs * units.fs)
+    e0 = atoms.get_total_energy()
+    drift, temps = [], []
+    for _ in range(int(ps * 1000 / config.dt_fs) // 50):
+        dyn.run(50)
+        drift.append(atoms.get_total_energy() - e0)
+        temps.append(atoms.get_temperature())
+    print(f"EMT NVE, {config.dt_fs} fs, from {config.melt_temperature:g} K, {ps} ps: mean T {np.mean(temps):.0f} K, "
+          f"max |E - E0| {np.max(np.abs(drift)):.3f} eV (32 atoms)")
 
 
 def _environment(x, cell, r_cut):
