@@ -16,9 +16,18 @@ Units: those of the potential (eV and Å for ASE's dynamics and optimisers;
 a reduced-unit potential such as LJ(sigma=1) is read as eV and Å).
 Mixed periodicity (some pbc False) is not supported; free clusters
 (pbc all False) use no cell and have no stress.
+
+``PosteriorCalculator(posterior, basis=None)`` runs any
+:class:`~jaxiap.inference.posterior.Posterior` the same way: energy, forces
+and stress of its mean potential (``posterior.mean_potential(basis=...)``,
+through a ``JaxiapCalculator``), plus ``energy_std`` and ``forces_std`` in
+``results`` from ``posterior.predict_structures``. ``GPCalculator`` is the
+Gaussian-process counterpart.
 """
 
 from __future__ import annotations
+
+import collections
 
 import equinox as eqx
 import jax
@@ -29,7 +38,10 @@ from ase.stress import full_3x3_to_voigt_6_stress
 
 from jaxiap.errors import JaxiapInputError
 from jaxiap.geometry import periodic_space
+from jaxiap.inference.gp_posterior import GPPosterior
+from jaxiap.inference.posterior import Posterior
 from jaxiap.potentials.base import Potential
+from jaxiap.structures import Structures
 
 
 def _efs(potential, positions, cell, species, neighbor, with_stress: bool):
@@ -68,6 +80,19 @@ class _Candidates(eqx.Module):
 _update_jit = jax.jit(lambda nbrs, positions: nbrs.update(positions))  # jax-md's update is not jitted itself
 
 
+def _species_indices(species_names, atoms, who: str):
+    """(N,) int32 indices of the atoms' symbols in ``species_names``; None when species_names is None."""
+    if species_names is None:
+        return None
+    index = {s: i for i, s in enumerate(species_names)}
+    out = []
+    for sym in atoms.get_chemical_symbols():
+        if sym not in index:
+            raise JaxiapInputError(f"{who}: species {sym!r} is not in species_names={species_names}; add it")
+        out.append(index[sym])
+    return jnp.asarray(out, jnp.int32)
+
+
 class JaxiapCalculator(Calculator):
     """ASE calculator of a jaxiap Potential.
 
@@ -104,17 +129,7 @@ class JaxiapCalculator(Calculator):
         self._nl = None  # (cell key, neighbor_fn, neighbor)
 
     def _species(self, atoms):
-        if self.species_names is None:
-            return None
-        index = {s: i for i, s in enumerate(self.species_names)}
-        out = []
-        for sym in atoms.get_chemical_symbols():
-            if sym not in index:
-                raise JaxiapInputError(
-                    f"JaxiapCalculator: species {sym!r} is not in species_names={self.species_names}; add it"
-                )
-            out.append(index[sym])
-        return jnp.asarray(out, jnp.int32)
+        return _species_indices(self.species_names, atoms, "JaxiapCalculator")
 
     def _neighbor(self, positions, cell):
         key = (positions.shape[0], None if cell is None else np.asarray(cell).tobytes())
@@ -153,6 +168,108 @@ class JaxiapCalculator(Calculator):
         self.results["forces"] = np.asarray(f)
         if periodic and self.with_stress:
             self.results["stress"] = full_3x3_to_voigt_6_stress(np.asarray(s))
+
+
+#: traces of the jitted std function, by atom count (a test checks one compilation per count)
+STD_TRACES: collections.Counter = collections.Counter()
+
+
+@eqx.filter_jit
+def _predict_one(posterior, basis, positions, species, cell, species_names):
+    """posterior.predict_structures of one structure (a batch of 1, no padding); compiled once per atom count."""
+    STD_TRACES[positions.shape[0]] += 1  # runs at trace time only
+    n = positions.shape[0]
+    st = Structures(positions[None], species[None], jnp.ones((1, n), bool), None if cell is None else cell[None],
+                    species_names)
+    p = posterior.predict_structures(st, basis=basis)
+    return p.energy[0], p.energy_std[0], p.forces[0], p.forces_std[0]
+
+
+class PosteriorCalculator(Calculator):
+    """ASE calculator of a jaxiap Posterior: the mean prediction and its standard deviations.
+
+    posterior: any :class:`~jaxiap.inference.posterior.Posterior` whose
+        ``predict_structures`` is traceable: Gaussian, Student-t, sample
+        (committee / bootstrap / MCMC) and model-error posteriors of a linear
+        model, and :class:`~jaxiap.uq.nn_uq.NNPosterior` (every method). A GP
+        posterior is refused: use :class:`GPCalculator`.
+    basis: the :class:`~jaxiap.potentials.linear.LinearBasis` of a linear
+        posterior (required for those; ignored by NN posteriors).
+    species_names, neighbor_list, skin, stress: as :class:`JaxiapCalculator`
+        (the neighbour list serves the mean potential; the stds use the dense
+        path, as ``predict_structures``).
+    always_std: compute the stds on every call (default; an MD observer then
+        reads ``calc.results["energy_std"]`` after each step). False: only when
+        ``get_property("energy_std")`` / ``("forces_std")`` asks, so MD and
+        optimisers pay for the mean alone (for a linear posterior the stds need
+        the K force rows of the design matrix, K backward passes).
+
+    Properties: ``energy`` (= ``free_energy``), ``forces`` and, for periodic
+    cells, ``stress``, all of the posterior's mean potential
+    (``posterior.mean_potential(basis=basis)``: ``LinearPotential(basis,
+    mean)`` for a linear posterior, the members' mean for an NN ensemble) run
+    by a :class:`JaxiapCalculator`; ``energy_std`` (eV) and ``forces_std``
+    (N, 3) eV/Å, the push-forward (epistemic, no data noise) stds of
+    ``posterior.predict_structures``. The mean energy and forces equal
+    ``predict_structures``' to round-off. A posterior whose ``mean_potential``
+    returns None (no single mean potential) gets energy and forces from
+    ``predict_structures`` and no stress. Both jitted functions are compiled
+    once per atom count.
+    """
+
+    implemented_properties = ["energy", "free_energy", "forces", "stress", "energy_std", "forces_std"]
+
+    def __init__(self, posterior: Posterior, basis=None, species_names=None, neighbor_list: bool = False,
+                 skin: float = 0.5, stress: bool = True, always_std: bool = True, **kwargs):
+        if not isinstance(posterior, Posterior):
+            raise JaxiapInputError(f"PosteriorCalculator: posterior must be a jaxiap Posterior, got "
+                                   f"{type(posterior).__name__}")
+        if isinstance(posterior, GPPosterior):
+            raise JaxiapInputError("PosteriorCalculator: a GP posterior predicts on the host, not in a jitted "
+                                   "function; use GPCalculator(posterior.gp)")
+        mean = posterior.mean_potential(basis=basis)
+        super().__init__(**kwargs)
+        self.posterior = posterior
+        self.basis = basis
+        self.always_std = bool(always_std)
+        self.mean_calculator = None if mean is None else JaxiapCalculator(
+            mean, species_names=species_names, neighbor_list=neighbor_list, skin=skin, stress=stress)
+        self.species_names = None if species_names is None else tuple(species_names)
+        self.with_stress = bool(stress)
+
+    def _std(self, atoms):
+        pbc = np.asarray(atoms.pbc)
+        if pbc.any() and not pbc.all():
+            raise JaxiapInputError(f"PosteriorCalculator: mixed periodicity pbc={tuple(pbc)} is not supported; use "
+                                   "a fully periodic cell or a free cluster")
+        periodic = bool(pbc.all())
+        cell = jnp.asarray(np.asarray(atoms.cell[:], float)) if periodic else None
+        positions = jnp.asarray(atoms.get_positions(), float)
+        if self.species_names is None:
+            species, names = jnp.zeros(len(atoms), jnp.int32), ("X",)
+        else:
+            species, names = _species_indices(self.species_names, atoms, "PosteriorCalculator"), self.species_names
+        return _predict_one(self.posterior, self.basis, positions, species, cell, names)
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        atoms = self.atoms
+        if system_changes:  # a new configuration; [] when ASE asks for one more property of the same one
+            self.results = {}
+        want_std = self.always_std or any(p in properties for p in ("energy_std", "forces_std"))
+        if "energy" not in self.results:
+            if self.mean_calculator is not None:
+                self.mean_calculator.results = {}
+                self.mean_calculator.calculate(atoms, properties, all_changes)
+                self.results.update(self.mean_calculator.results)
+            else:
+                want_std = True
+        if want_std and "energy_std" not in self.results:
+            e, e_std, f, f_std = self._std(atoms)
+            self.results["energy_std"] = float(e_std)
+            self.results["forces_std"] = np.asarray(f_std)
+            if self.mean_calculator is None:
+                self.results.update(energy=float(e), free_energy=float(e), forces=np.asarray(f))
 
 
 class GPCalculator(Calculator):

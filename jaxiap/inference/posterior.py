@@ -10,7 +10,11 @@ posterior, whatever its family or model, offers
   committee's members in stored order; for the other kinds ``sample``);
 - ``covariance()``: (K, K); ``precision(ridge=0.0)``: its inverse;
 - ``predict_structures(structures, *, basis=None)``: a ``StructurePrediction``
-  of energy and forces with their push-forward standard deviations.
+  of energy and forces with their push-forward standard deviations;
+- ``mean_potential(*, basis=None)``: the Potential of the posterior mean
+  (``LinearPotential(basis, mean)`` for a linear posterior), or None where
+  there is no single mean potential (what :class:`jaxiap.calculator.PosteriorCalculator`
+  runs for energies, forces and stress).
 
 Covariance access is a method of the protocol: callers never probe for
 attributes (``cov_factor``, ``cov``) of one family.
@@ -51,7 +55,7 @@ import numpy as np
 
 from jaxiap import runfolder
 from jaxiap.errors import JaxiapInputError
-from jaxiap.potentials.linear import structure_rows
+from jaxiap.potentials.linear import LinearPotential, structure_rows
 
 
 class Prediction(NamedTuple):
@@ -169,6 +173,24 @@ class Posterior(eqx.Module):
         var = jnp.sum((rows @ self.covariance()) * rows, axis=1)
         noise = _noise_std(self.noise_var, row_weight, rows.shape[0], mean.dtype) ** 2
         return Prediction(mean, jnp.sqrt(var), jnp.sqrt(var + noise))
+
+    def mean_potential(self, *, basis=None):
+        """The Potential of the posterior mean: ``LinearPotential(basis, mean)`` for E = c . B(x).
+
+        Its energies and forces equal ``predict_structures(...).energy / .forces``
+        (the push-forward mean of a linear model is the model of the mean), and
+        it gives the stress of periodic cells by autodiff. A nonlinear posterior
+        overrides this (an NN ensemble: the mean of its members) or returns None
+        when it has no single mean potential.
+        """
+        if basis is None:
+            raise JaxiapInputError(f"{type(self).__name__}.mean_potential needs basis=, the LinearBasis the "
+                                   "coefficients were fitted with (a linear posterior has no model of its own)")
+        k = jnp.shape(self.mean)[-1]
+        if basis.n_features != k:
+            raise JaxiapInputError(f"basis has {basis.n_features} features but the posterior has K = {k} "
+                                   "coefficients; pass basis= the LinearBasis the posterior was fitted with")
+        return LinearPotential(basis, jnp.asarray(self.mean))
 
     def predict_structures(self, structures, *, basis=None) -> StructurePrediction:
         """Energy and forces of C structures with push-forward stds, for E = c . B(x).
@@ -313,10 +335,20 @@ class StudentTPosterior(Posterior):
 
     def sample(self, key, n_samples: int) -> jnp.ndarray:
         """(n_samples, K) draws: Gaussian draws divided by sqrt(chi2_df / df)."""
+        return self.sample_with_noise(key, n_samples)[0]
+
+    def sample_with_noise(self, key, n_samples: int) -> tuple[jnp.ndarray, jnp.ndarray]:
+        """Joint draws (c (n_samples, K), noise variance (n_samples,)) of the normal-inverse-gamma posterior.
+
+        sigma^2 = b_n / g with g = u / 2 ~ Gamma(a_n) (so sigma^2 ~ IG(a_n, b_n)) and
+        c | sigma^2 ~ N(mean, sigma^2 (a_n / b_n) Sigma); the c are exactly those of
+        ``sample(key, n_samples)`` (the same key gives the same draws).
+        """
         kz, ku = jax.random.split(key)
         z = jax.random.normal(kz, (n_samples, self.scale_factor.shape[1]), self.mean.dtype)
         u = 2.0 * jax.random.gamma(ku, self.df / 2, (n_samples,), self.mean.dtype)  # chi2(df)
-        return self.mean + (z @ self.scale_factor.T) / jnp.sqrt(u / self.df)[:, None]
+        c = self.mean + (z @ self.scale_factor.T) / jnp.sqrt(u / self.df)[:, None]
+        return c, self.bn / (u / 2)
 
     def predict_scale(self, rows, row_weight=None) -> Prediction:
         """Like ``predict`` but with Student-t scales (not stds) in the std fields."""

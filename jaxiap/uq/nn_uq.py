@@ -42,6 +42,12 @@ same way. Units: eV, Å; n the number of atoms, s the potential's
   :func:`~jaxiap.potentials.nn.latent_projection`) of one MSE-trained network, its noise and prior scale by
   type-II maximum likelihood (evidence); the mean is the refitted last
   layer, the stds the Gaussian push-forward.
+
+``NNPosterior.mean_potential()`` is the Potential of the mean prediction (the
+members' mean for the ensemble and the Bayesian methods), which
+:class:`jaxiap.calculator.PosteriorCalculator` runs in ASE with the stds;
+``to_inference_data`` (:mod:`jaxiap.inference.arviz_export`) exports the
+members' flattened weights to ArviZ (docs/interop.md).
 """
 
 from __future__ import annotations
@@ -55,8 +61,10 @@ from jaxiap.data import Dataset
 from jaxiap.errors import JaxiapInputError
 from jaxiap.inference.nn_train import (TrainSettings, batch_outputs, nig_parameters, stack_members, train_members,
                                        unstack_member)
+from jaxiap.inference.arviz_export import export_stored, to_inference_data
 from jaxiap.inference.linear import optimize_hyperparameters
 from jaxiap.inference.posterior import Posterior, StructurePrediction
+from jaxiap.potentials.base import Potential
 from jaxiap.potentials.linear import LinearBasis, design_matrix
 from jaxiap.potentials.nn import LatentDescriptor, NNPotential, init_nn_potential, latent_projection
 from jaxiap.uq.gmm import fit_gmm
@@ -94,6 +102,24 @@ class NNPosterior(Posterior):
     def potential(self, i: int = 0) -> NNPotential:
         """Member i as a Potential (its mean energy drives MD)."""
         return unstack_member(self.members, i)
+
+    def mean_potential(self, *, basis=None) -> Potential:
+        """The Potential of the mean prediction (``basis`` is ignored).
+
+        ensemble / SVI / NUTS: :class:`MemberMeanPotential`, the mean of the members' energies (its forces
+        are the members' mean forces, as in ``predict_structures``); mve / evidential / gmm: the one network
+        (output 0 is its energy); last-layer: the refitted last layer, a LinearPotential on the latent basis.
+        """
+        if self.kind == "last-layer":
+            return self.extra["posterior"].mean_potential(basis=self.extra["basis"])
+        if self.kind == "ensemble" or self.kind in BAYESIAN:
+            return MemberMeanPotential(self.members)
+        return self.potential(0)
+
+    def flat_weights(self) -> jnp.ndarray:
+        """(M, W) each member's network weights, raveled as ``mean`` ravels member 0's (``jax.tree`` order)."""
+        leaves = jax.tree_util.tree_leaves(eqx.filter(self.members.network, eqx.is_array))
+        return jnp.concatenate([jnp.reshape(a, (a.shape[0], -1)) for a in leaves], axis=1)
 
     def sample(self, key, n_samples: int):
         raise JaxiapInputError(f"an NN '{self.kind}' posterior has no coefficient distribution to sample; use "
@@ -139,6 +165,36 @@ class NNPosterior(Posterior):
             raise JaxiapInputError(f"unknown NN posterior kind {self.kind!r}; one of {METHODS}")
         f_std = jnp.where(mask[..., None], f_std, 0.0)
         return StructurePrediction(e, e_std, f, f_std)
+
+
+class MemberMeanPotential(Potential):
+    """E(x) = mean over members of E_m(x), for networks stacked by ``stack_members`` (leading axis M on every
+    array leaf); forces and stress by autodiff are the members' means."""
+
+    members: NNPotential
+
+    @property
+    def cutoff(self):
+        return unstack_member(self.members, 0).cutoff
+
+    def energy(self, positions, **kwargs):
+        return jnp.mean(eqx.filter_vmap(lambda p: p.energy(positions, **kwargs))(self.members))
+
+
+@to_inference_data.register(NNPosterior)
+def _nn_inference_data(obj: NNPosterior, *, n_samples: int = 1000, key=None, n_chains: int = 1):
+    """ArviZ export of an NN posterior (see :mod:`jaxiap.inference.arviz_export`): the members' flattened weights
+    (ensemble, SVI, NUTS), the last layer's Gaussian (last-layer), else an error."""
+    if obj.kind == "last-layer":
+        idata = to_inference_data(obj.extra["posterior"], n_samples=n_samples, key=key, n_chains=n_chains)
+        idata.posterior.attrs.update(jaxiap_kind="last-layer", jaxiap_class=type(obj).__name__)
+        return idata
+    if obj.kind == "ensemble" or obj.kind in BAYESIAN:
+        return export_stored(obj, "weights", np.asarray(obj.flat_weights()), dim="weight", n_chains=n_chains)
+    raise JaxiapInputError(f"to_inference_data: an NN '{obj.kind}' posterior is one network whose uncertainty is a "
+                           "per-prediction head or score, not a distribution over weights, so it has no draws to "
+                           "export; use predict_structures for its stds (ensemble, svi-*, nuts and last-layer "
+                           "posteriors export)")
 
 
 def _nig_variance(nu, alpha, beta, which: str):
