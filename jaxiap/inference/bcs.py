@@ -64,7 +64,7 @@ def _posterior(A, y, active, alpha, sig2):
 def _s_q(A, y, Phi, Sigma, sig2):
     """S_k, Q_k (K,) for every column given the current active set."""
     AtPhi = A.T @ Phi / sig2  # (K, K_act)
-    S = np.sum(A**2, axis=0) / sig2 - np.einsum("ka,ab,kb->k", AtPhi, Sigma, AtPhi)
+    S = np.sum(A**2, axis=0) / sig2 - np.sum((AtPhi @ Sigma) * AtPhi, axis=1)  # BLAS, not a 3-operand einsum loop
     Q = A.T @ y / sig2 - AtPhi @ (Sigma @ (Phi.T @ y) / sig2)
     return S, Q
 
