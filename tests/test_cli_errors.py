@@ -398,6 +398,7 @@ def test_defaults_pass_and_keep_their_settings():
     assert (a.kT, a.gamma, a.dt, a.n_q, a.t_max, a.r_b, a.dtype) == (0.30, 1.0, 0.005, 100, 40.0, 1.35, "float64")
 
 
+@pytest.mark.slow  # CI budget (2026-11-30): runs with -m slow; a cheaper default-run test covers the same code path
 def test_reference_md_blow_up_stops_after_data(tmp_path, capsys):
     """--dt 0.5 evaporates every reference trajectory: one clear error before any fit or MD ensemble."""
     out = tmp_path / "run"

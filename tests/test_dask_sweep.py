@@ -18,6 +18,7 @@ import time
 import jax
 import numpy as np
 import pytest
+
 from distributed import Client, LocalCluster
 
 import jaxiap  # noqa: F401  (float64)
@@ -29,6 +30,8 @@ from jaxiap.md.runner import run_program
 from jaxiap.systems.lj import icosahedron
 from jaxiap.workflows.lj13 import true_lj_energy
 from test_runner import PARAMS, SEEDS, SHARED, walk_program
+
+pytestmark = pytest.mark.slow  # CI budget (2026-11-30): a dask cluster per run; dask is an optional extra
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TINY = FRTSettings(kT=0.30, t_max=1.0)

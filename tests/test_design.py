@@ -156,6 +156,7 @@ def test_posterior_precision_kinds():
     assert np.all(np.linalg.eigvalsh(P) > 0)
 
 
+@pytest.mark.slow  # CI budget (2026-11-30): runs with -m slow; a cheaper default-run test covers the same code path
 def test_design_strategies_work_on_model_error_posteriors(lj_pool):
     """Covariance access is a protocol method: D/A-optimal and uncertainty selection accept a
     model-error posterior (its precision is the inverse of the total covariance, model error included)."""

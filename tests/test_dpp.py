@@ -219,6 +219,7 @@ def test_fast_projection_sampler_chi_square_and_matches_full_width():
     assert dpp._bucket(0, 40) == 8 and dpp._bucket(9, 40) == 16 and dpp._bucket(33, 40) == 40
 
 
+@pytest.mark.slow  # CI budget (2026-11-30): runs with -m slow; a cheaper default-run test covers the same code path
 def test_spectral_path_equals_one_shot():
     L = _qd_L(5, 7)
     spec = dpp.dpp_spectrum(L)

@@ -347,6 +347,7 @@ def test_save_load_roundtrip(tmp_path, hot_base):
         assert "settings_json" in z
 
 
+@pytest.mark.slow  # CI budget (2026-11-30): runs with -m slow; a cheaper default-run test covers the same code path
 def test_four_faked_devices_match_one_device(tmp_path):
     """A (3 samples x 8 seeds) sweep sharded over 4 faked CPU devices (subprocess) reproduces the 1-device run.
 

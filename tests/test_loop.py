@@ -60,6 +60,7 @@ def _run(setup, strategy="d-optimal", n_iterations=4, run_dir=None, oracle=None,
                          run_dir=run_dir, progress=False, **kw), oracle
 
 
+@pytest.mark.slow  # CI budget (2026-11-30): runs with -m slow; a cheaper default-run test covers the same code path
 def test_interrupted_loop_equals_uninterrupted(setup, tmp_path):
     full, _ = _run(setup, "dpp-sample", 4, tmp_path / "a")
     part, o1 = _run(setup, "dpp-sample", 2, tmp_path / "b")

@@ -186,6 +186,7 @@ print(json.dumps(dict(devices=len(jax.devices()), **out)))
 """
 
 
+@pytest.mark.slow  # CI budget (2026-11-30): runs with -m slow; a cheaper default-run test covers the same code path
 def test_parallel_chains_on_two_devices_equal_vectorized():
     """chain_method="parallel" (a shard_map over one device per chain, the step size pooled across
     devices) gives the draws of the vectorised chains."""

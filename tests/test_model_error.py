@@ -404,6 +404,7 @@ def sin4_coverage(seeds=(0, 1, 2)):
     return {m: v.mean(0) for m, v in cov.items()}, cov
 
 
+@pytest.mark.slow  # CI budget (2026-11-30): runs with -m slow; a cheaper default-run test covers the same code path
 def test_sin4_coverage():
     mean_cov, per_seed = sin4_coverage()
     print("\nsin^4 demo: coverage of the truth by the 95% band (mean over 3 seeds)")
@@ -451,6 +452,7 @@ def svi_fits():
     return lowrank, info, meanfield
 
 
+@pytest.mark.slow  # CI budget (2026-11-30): runs with -m slow; a cheaper default-run test covers the same code path
 def test_svi_lowrank_matches_nuts(svi_fits):
     post, info, _ = svi_fits
     assert post.n_samples == 2000 and post.kind == "model_error"

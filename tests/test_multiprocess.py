@@ -20,6 +20,7 @@ import time
 
 import jax
 import numpy as np
+import pytest
 
 import jaxiap  # noqa: F401  (float64)
 from jaxiap.md.runner import run_program
@@ -64,6 +65,7 @@ def finish(procs, timeout=240):
     return logs
 
 
+@pytest.mark.slow  # CI budget (2026-11-30): runs with -m slow; a cheaper default-run test covers the same code path
 def test_two_processes_equal_one_process(tmp_path):
     run_dir, port = tmp_path / "walk", free_port()
     outs = [tmp_path / f"proc{i}.npz" for i in range(2)]

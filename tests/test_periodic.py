@@ -140,6 +140,7 @@ def test_quench_periodic_with_neighbor_list(fitted):
     assert float(pot.energy(r, box=setup["box"])) < float(pot.energy(x0, box=setup["box"]))
 
 
+@pytest.mark.slow  # CI budget (2026-11-30): runs with -m slow; a cheaper default-run test covers the same code path
 def test_fitted_al_nvt_holds_temperature(fitted):
     """BAOAB Langevin of the fitted potential with a neighbour list, 300 K, in the MD runner (jaxiap.md.nvt).
 

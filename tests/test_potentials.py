@@ -184,6 +184,7 @@ def test_morse_ase_calculator():
     np.testing.assert_allclose(atoms.get_forces(), f, atol=1e-10)
 
 
+@pytest.mark.slow  # CI budget (2026-11-30): runs with -m slow; a cheaper default-run test covers the same code path
 def test_morse_frt_ensemble():
     from jaxiap.md.ensemble import FRTSettings, run_frt_ensemble
     from jaxiap.md.qoi import CENSORED, EVENT, EVAPORATED

@@ -319,7 +319,8 @@ def test_cli_overwrite_keeps_foreign_file(tmp_path, uninterrupted, monkeypatch, 
         main(["lj13", "--out", str(out), *ARGS, "--seed", "5", "--overwrite"])
     err = capsys.readouterr().err
     assert "removed" in err and "files jaxiap wrote" in err and "kept 1 other files" in err
-    assert sorted(p.name for p in out.iterdir()) == [".jaxiap-files", "config.json", "notes.txt"]
+    # the interrupted run keeps its config.json and the resolved config.toml the CLI writes even on failure
+    assert sorted(p.name for p in out.iterdir()) == [".jaxiap-files", "config.json", "config.toml", "notes.txt"]
     assert (out / "notes.txt").read_text() == "my notes"
 
 

@@ -65,6 +65,7 @@ def hs_svi(sparse_problem):
     return {g: fit_sparse(A, y, guide=g, **SVI_KW) for g in ("meanfield", "lowrank")}
 
 
+@pytest.mark.slow  # CI budget (2026-11-30): runs with -m slow; a cheaper default-run test covers the same code path
 @pytest.mark.parametrize("guide", ["meanfield", "lowrank"])
 def test_horseshoe_svi_close_to_nuts(hs_svi, hs_nuts, guide):
     post = hs_svi[guide]
@@ -74,6 +75,7 @@ def test_horseshoe_svi_close_to_nuts(hs_svi, hs_nuts, guide):
     assert 0.4 * NOISE**2 < float(post.noise_var) < 2.5 * NOISE**2
 
 
+@pytest.mark.slow  # CI budget (2026-11-30): runs with -m slow; a cheaper default-run test covers the same code path
 @pytest.mark.parametrize("prior", ["reg_horseshoe", "laplace"])
 def test_other_priors_shrink(sparse_problem, prior):
     A, y = sparse_problem

@@ -276,3 +276,21 @@ def test_commands_doc_lists_every_option_and_its_commands_parse():
     assert [shlex.split(ln)[1] for ln in lines] == ["fit", "predict", "sweep"]
     for ln in lines:
         parser.parse_args(shlex.split(ln)[1:])
+
+
+@pytest.mark.slow  # CI budget: a fit and a 2 x 2 sweep inside a notebook kernel (about 35 s on 2 cores)
+def test_from_extxyz_notebook_runs_at_the_tiny_size(tmp_path, monkeypatch):
+    """notebooks/from_extxyz.ipynb: extxyz -> posterior -> MD ensemble -> figure; its numbers equal the run
+    folders' summaries and are sane (a held-out force RMSE of a radial fit to EMT Al well below the forces)."""
+    from notebooks import execute_notebook, outputs_text  # tests/notebooks.py
+
+    monkeypatch.setenv("JAXIAP_NOTEBOOK_OUT", str(tmp_path / "nb"))
+    nb = execute_notebook("from_extxyz.ipynb", size="tiny", timeout=600)
+    line = [x for x in outputs_text(nb).splitlines() if x.startswith('{"size": "tiny"')][-1]
+    out = json.loads(line)
+    fit = _json(tmp_path / "nb" / "fit" / "summary.json")
+    sweep = _json(tmp_path / "nb" / "sweep" / "summary.json")
+    assert out["force_rmse"] == fit["held_out"]["force_rmse"] and 0 < out["force_rmse"] < 0.1
+    assert out["rdf_parametric_fraction"] == sweep["qoi"]["rdf"]["parametric_fraction"]
+    assert 0 <= out["rdf_parametric_fraction"] <= 1
+    assert (tmp_path / "nb" / "rdf_band.png").stat().st_size > 10_000
