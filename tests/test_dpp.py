@@ -194,6 +194,7 @@ def test_samplers_deterministic_and_jittable():
 
 # ----------------------------------------------------------------------------- reusable spectrum, fast projection
 
+@pytest.mark.slow  # CI budget (2026-11-30): runs with -m slow; a cheaper default-run test covers the same code path
 def test_fast_projection_sampler_chi_square_and_matches_full_width():
     # the bucketed O(N |Y|^2) projection phase (eager keys) against exact subset probabilities,
     # and draw for draw against the full-width (R = N) projection of the pre-fix sampler

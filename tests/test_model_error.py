@@ -473,6 +473,7 @@ def test_svi_lowrank_matches_nuts(svi_fits):
     assert set(info) == {"map", "svi"}
 
 
+@pytest.mark.slow  # CI budget (2026-11-30): runs with -m slow; a cheaper default-run test covers the same code path
 def test_svi_meanfield_through_the_registry_understates_the_spread(svi_fits):
     lowrank, _, post = svi_fits
     assert post.n_samples == 2000

@@ -4,6 +4,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "model_error.ipynb"
 
@@ -25,6 +27,7 @@ def _private_kernel(tmp_path, monkeypatch) -> str:
     return name
 
 
+@pytest.mark.slow  # CI budget (2026-11-30): runs with -m slow; a cheaper default-run test covers the same code path
 def test_model_error_notebook_runs_tiny(tmp_path, monkeypatch):
     import ipykernel  # noqa: F401  (test extras: a missing kernel is an error, not a skip)
     import nbclient

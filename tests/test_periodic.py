@@ -108,6 +108,7 @@ def test_cell_narrower_than_twice_cutoff_is_rejected(al32):
         LJ().energy(x, box=box)
 
 
+@pytest.mark.slow  # CI budget (2026-11-30): runs with -m slow; a cheaper default-run test covers the same code path
 def test_fitted_al_force_rmse_against_emt(fitted):
     pot, post, test = fitted
     e, f = pot.batch_energy_and_forces(test.structures)

@@ -220,6 +220,7 @@ class MorsePair(PairPotential):
         return self.D * (jnp.expm1(-self.a * (r - self.r_e)) ** 2 - 1.0)
 
 
+@pytest.mark.slow  # CI budget (2026-11-30): runs with -m slow; a cheaper default-run test covers the same code path
 def test_unique_pair_sums_equal_the_dense_path(rng):
     """cluster_pair_sum (unique pairs, custom JVP) against the dense N x N path (taken with a mask).
 

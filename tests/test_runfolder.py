@@ -298,6 +298,7 @@ def _no_work(monkeypatch):
     monkeypatch.setattr(ens, "run_frt_ensemble", refuse)
 
 
+@pytest.mark.slow  # CI budget (2026-11-30): runs with -m slow; a cheaper default-run test covers the same code path
 def test_cli_overwrite_keeps_foreign_file(tmp_path, uninterrupted, monkeypatch, capsys):
     out = _copy_run(uninterrupted, tmp_path)
     (out / "notes.txt").write_text("my notes")
@@ -324,6 +325,7 @@ def test_cli_overwrite_keeps_foreign_file(tmp_path, uninterrupted, monkeypatch, 
     assert (out / "notes.txt").read_text() == "my notes"
 
 
+@pytest.mark.slow  # CI budget (2026-11-30): runs with -m slow; a cheaper default-run test covers the same code path
 @pytest.mark.parametrize("victim", ["config.json", "data/train.npz", "posterior.npz", "frt_true/ensemble_meta.json"])
 def test_cli_corrupt_file_is_one_line_error(tmp_path, uninterrupted, victim, capsys):
     out = _copy_run(uninterrupted, tmp_path)

@@ -34,6 +34,7 @@ def hs_nuts(sparse_problem):
                           n_samples=300, num_chains=2, progress=False, return_info=True)
 
 
+@pytest.mark.slow  # CI budget (2026-11-30): runs with -m slow; a cheaper default-run test covers the same code path
 def test_horseshoe_nuts_shrinks_zeros(sparse_problem, hs_nuts):
     A, y = sparse_problem
     post, res = hs_nuts
@@ -91,6 +92,7 @@ def test_other_priors_shrink(sparse_problem, prior):
     assert 0.4 * NOISE**2 < float(post.noise_var) < 2.5 * NOISE**2
 
 
+@pytest.mark.slow  # CI budget (2026-11-30): runs with -m slow; a cheaper default-run test covers the same code path
 def test_standardization_is_scale_equivariant(sparse_problem, hs_svi, tmp_path):
     """Rescaling a column by D rescales its coefficient by 1/D exactly (priors act on standardised data)."""
     A, y = sparse_problem
