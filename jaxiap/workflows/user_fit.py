@@ -134,16 +134,20 @@ def volumes(structures) -> np.ndarray:
     return np.prod(box, axis=1) if box.ndim == 2 else np.abs(np.linalg.det(box))
 
 
+def _padded_chunks(structures, chunk: int):
+    """(n_real, indices) per chunk of ``chunk`` structures, the last padded by repeating its final index, so
+    every chunk has one shape (one compilation)."""
+    s = structures.positions.shape[0]
+    chunk = max(1, min(int(chunk), s))
+    for start in range(0, s, chunk):
+        idx = np.arange(start, min(start + chunk, s))
+        yield idx.size, np.concatenate([idx, np.full(chunk - idx.size, idx[-1])])
+
+
 def all_rows(basis, structures, chunk: int) -> np.ndarray:
     """Unit-weight design rows (S, 1 + 3N, K) of every structure (:func:`structure_rows`), in chunks of
     ``chunk`` structures with the last one padded, so the rows compile once."""
-    s = structures.positions.shape[0]
-    chunk = max(1, min(int(chunk), s))
-    parts = []
-    for start in range(0, s, chunk):
-        idx = np.arange(start, min(start + chunk, s))
-        pad = np.concatenate([idx, np.full(chunk - idx.size, idx[-1])])
-        parts.append(np.asarray(structure_rows(basis, structures[pad]))[: idx.size])
+    parts = [np.asarray(structure_rows(basis, structures[pad]))[:n] for n, pad in _padded_chunks(structures, chunk)]
     return np.concatenate(parts)
 
 
@@ -190,14 +194,8 @@ def predict_rows(posterior, rows, mask):
 def predict_batched(posterior, basis, structures, chunk: int = 64):
     """``posterior.predict_structures`` in chunks of ``chunk`` structures (the last padded, so one compile):
     numpy (energy (S,), energy_std, forces (S, N, 3), forces_std)."""
-    s = structures.positions.shape[0]
-    chunk = max(1, min(int(chunk), s))
-    parts = []
-    for start in range(0, s, chunk):
-        idx = np.arange(start, min(start + chunk, s))
-        pad = np.concatenate([idx, np.full(chunk - idx.size, idx[-1])])
-        p = posterior.predict_structures(structures[pad], basis=basis)
-        parts.append([np.asarray(a)[: idx.size] for a in p])
+    parts = [[np.asarray(a)[:n] for a in posterior.predict_structures(structures[pad], basis=basis)]
+             for n, pad in _padded_chunks(structures, chunk)]
     return tuple(np.concatenate(col) for col in zip(*parts))
 
 
