@@ -331,6 +331,23 @@ def test_run_from_config_file_writes_and_reproduces_its_config_toml(tmp_path, ca
     assert (a / "config.toml").read_text() == text
 
 
+@pytest.mark.slow  # two small lj13 runs (~1 minute each on 2 cores)
+def test_lj13_run_by_config_file_equals_flags_and_reruns_from_its_folder(tmp_path):
+    """Issue 16's acceptance, as runs: ``jaxiap lj13 --config f.toml`` gives the same summary numbers as
+    the same options given as flags, and a run from the folder's own config.toml into a new folder
+    reproduces them."""
+    small = ["--attempts", "mle", "--seeds", "6", "--t-max", "3"]
+    f = _write(tmp_path / "run.toml", 'preset = "tiny"\nseed = 3\nattempts = "mle"\nn_seeds = 6\nt_max = 3\n')
+    a, b, c = tmp_path / "flags", tmp_path / "file", tmp_path / "rerun"
+    assert main(["lj13", "--preset", "tiny", "--seed", "3", *small, "--out", str(a), "--no-progress"]) == 0
+    assert main(["lj13", "--config", f, "--out", str(b), "--no-progress"]) == 0
+    assert (a / "config.toml").read_text() == (b / "config.toml").read_text()
+    assert main(["lj13", "--config", str(b / "config.toml"), "--out", str(c), "--no-progress"]) == 0
+    sa, sb, sc = (_flat(_numbers(json.loads((d / "summary.json").read_text()))) for d in (a, b, c))
+    assert sa == sb == sc
+    assert any(isinstance(v, float) for v in sa.values())  # numbers were compared, not only names
+
+
 def test_foreign_config_toml_in_the_run_folder_is_never_overwritten(tmp_path, capsys, no_work):
     """A config.toml jaxiap did not write (e.g. the user's input file put into the run folder) stops the
     command before any work."""
