@@ -285,6 +285,21 @@ def test_rotating_a_structure_rotates_the_predicted_forces(force_gp, structures)
                    "force std norms")
 
 
+def test_moving_atoms_by_lattice_vectors_changes_nothing(force_gp, structures):
+    """Atoms carried several cells away (as MD leaves them, unwrapped) have the same environments: energy,
+    forces and stds equal those of the wrapped structure to 1e-10. Without wrapping, a neighbour more
+    than one cell away falls outside the image shifts and is silently lost."""
+    s = structures[3]
+    n = np.array([[3, 0, 0], [0, -2, 1], [-4, 5, 0], [0, 0, 0]])[: len(s["positions"])]
+    far = s["positions"] + n @ s["cell"]
+    p, q = _predict(force_gp, s["positions"], s["cell"], s["species"]), _predict(force_gp, far, s["cell"], s["species"])
+    assert np.max(np.abs(p["forces"])) > 1e-3
+    for k in ("forces", "forces_std"):
+        _rel_close(q[k], p[k], 1e-10, f"{k} of the unwrapped structure")
+    assert abs(q["energy"] - p["energy"]) <= 1e-10 * abs(p["energy"])
+    assert abs(q["energy_std"] - p["energy_std"]) <= 1e-10 * p["energy_std"]
+
+
 # --------------------------------------------------------------------------- 4. dense numpy reference
 def _reference_rows(structures, spec):
     """Design rows W (2, R, 16 Q) over (environment 4 k + i, component) and targets y (R,), built from the

@@ -64,7 +64,8 @@ def environments(positions, cell, species, r_cut: float, r_cut_3: float, max_nei
                  max_triplet_neighbors: int, max_triplets: int, shifts=None) -> Environments:
     """Environments of one structure (see the module docstring).
 
-    positions (N, 3) Å; cell None (free cluster) or (3, 3) rows; species (N,)
+    positions (N, 3) Å, wrapped or not (they are wrapped into the cell here); cell None (free cluster) or
+    (3, 3) rows; species (N,)
     int or None; ``shifts`` the integer image offsets of :func:`image_shifts`
     (static: computed from the cell when None, which needs a concrete cell).
     ``max_triplet_neighbors``: the nearest neighbours considered for triplets.
@@ -80,7 +81,11 @@ def environments(positions, cell, species, r_cut: float, r_cut_3: float, max_nei
     if cell is None:
         offsets = jnp.zeros((1, 3), positions.dtype)
     else:
-        offsets = shifts @ jnp.asarray(cell, positions.dtype)  # (M, 3)
+        cell = jnp.asarray(cell, positions.dtype)
+        # wrap into the home cell first: the shifts reach every image within r_cut only for fractional
+        # differences in (-1, 1), and MD leaves atoms unwrapped (floor has zero gradient: forces unchanged)
+        positions = positions - jnp.floor(positions @ jnp.linalg.inv(cell)) @ cell
+        offsets = shifts @ cell  # (M, 3)
     # candidates j + image for each i: (N, N * M, 3)
     images = positions[:, None, :] + offsets[None, :, :]          # (N, M, 3) atom j at image m
     cand = images.reshape(1, -1, 3) - positions[:, None, :]        # (N, N*M, 3)
