@@ -18,7 +18,13 @@ Prints the markdown tables, writes ``--json`` and the figure
 ``bench/figures/al_accuracy.png`` (test force RMSE against the number of
 basis functions).
 
+The horseshoe on the largest ACE basis (Gibbs sampler on the QR-compressed
+rows, started at the BLR fit): ``--horseshoe`` adds it to the study,
+``--horseshoe-only`` runs it alone (data and that basis's rows cached in
+``--work``; ~1 min of rows on the first run).
+
     python bench/al_accuracy.py [--json out.json] [--figure PATH] [--work DIR] [--no-gp] [--blas-threads N] [--quick]
+                                [--horseshoe | --horseshoe-only] [--horseshoe-method gibbs|nuts|svi]
 """
 
 from __future__ import annotations
@@ -61,15 +67,34 @@ def main(argv=None) -> int:
                     help="numpy BLAS threads (default 1: on 2 shared cores threaded OpenBLAS made the BCS search "
                          "80x slower and the GP's small factorisations slower)")
     ap.add_argument("--quick", action="store_true", help="smoke run (32-atom cells, tiny bases; numbers mean nothing)")
+    ap.add_argument("--horseshoe", action="store_true", help="add the horseshoe on the largest ACE basis")
+    ap.add_argument("--horseshoe-only", action="store_true",
+                    help="run only the horseshoe on the largest ACE basis (and its BLR fit)")
+    ap.add_argument("--horseshoe-method", default="gibbs", choices=("gibbs", "nuts", "svi"))
     args = ap.parse_args(argv)
     t_all = time.perf_counter()
     header("al_accuracy")
     print(f"# numpy BLAS threads: {os.environ['OPENBLAS_NUM_THREADS']}", flush=True)
 
-    from jaxiap.workflows.al_accuracy import (AccuracySettings, plot_accuracy, quick_settings, report_markdown,
-                                              run_study)
+    from jaxiap.workflows.al_accuracy import (AccuracySettings, plot_accuracy, quick_settings, report_horseshoe,
+                                              report_markdown, run_horseshoe, run_study)
 
-    settings = quick_settings(gp=not args.no_gp) if args.quick else AccuracySettings(gp=not args.no_gp)
+    opts = dict(gp=not args.no_gp, horseshoe=args.horseshoe or args.horseshoe_only,
+                horseshoe_method=args.horseshoe_method)
+    settings = quick_settings(**opts) if args.quick else AccuracySettings(**opts)
+    if args.horseshoe_only:
+        res = run_horseshoe(settings, args.work, progress=True)
+        b = res["blr_test"]
+        print(f"\nBLR on the same basis: test E {b['energy_meV_atom']:.2f} meV/atom, F {b['force_meV_A']:.1f} meV/Å, "
+              f"sigma_F {1e3 * res['blr_sigma_force']:.1f} meV/Å; rows and data {res['rows_seconds']:.0f} s, "
+              f"total {res['wall_seconds']:.0f} s\n")
+        print(report_horseshoe(res))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(res, f, indent=1, default=float)
+            print(f"# wrote {args.json}")
+        footer(time.perf_counter() - t_all)
+        return 0
     result = run_study(settings, args.work, progress=True)
     result["wall_seconds"] = time.perf_counter() - t_all
     n_cat = len(settings.categories)

@@ -359,3 +359,85 @@ def test_bad_input_names_the_argument():
         DESC.atomic(jnp.zeros((3, 3)))
     with pytest.raises(JaxiapInputError, match="narrower than"):
         DESC.atomic(jnp.zeros((3, 3)), species=jnp.zeros(3, int), box=jnp.ones(3) * 3.0)
+
+
+# ----------------------------------------------------------------------------- design rows (chain rule)
+
+
+def _dataset(positions, mask, box, seed, species=None):
+    """A Dataset of stacked structures (one species unless ``species`` (S, N)) with random labels."""
+    from jaxiap.data import Dataset
+    from jaxiap.structures import Structures
+
+    s, n = mask.shape
+    rng = np.random.default_rng(seed)
+    sp = np.zeros((s, n), np.int32) if species is None else np.asarray(species, np.int32)
+    st = Structures(jnp.asarray(positions), jnp.asarray(sp), jnp.asarray(mask),
+                    None if box is None else jnp.asarray(box), ("A", "B"))
+    return Dataset(st, rng.normal(size=s), rng.normal(size=(s, n, 3)))
+
+
+@pytest.mark.parametrize("system", ["cell", "cluster"])
+def test_design_matrix_fast_rows_equal_autodiff(system, cluster, fcc_cell):
+    """design_matrix of a single-species ACE LinearBasis takes the chain-rule rows (descriptors/ace_rows.py);
+    they equal the generic K-reverse-pass rows, reference column and padded atoms included, over a padded
+    last chunk. Periodic: the rattled 32-atom FCC cell (a (3, 3) diagonal cell, 4 wide, r_cut 1.9) three
+    times, the last with atom 5 padded; cluster: the 8 + 3 padded atoms of ``cluster`` (padded atoms on top
+    of a real one and at r = 0), and a rattled copy."""
+    from jaxiap.potentials.linear import LinearBasis, design_matrix, structure_rows
+
+    rng = np.random.default_rng(11)
+    if system == "cell":
+        x0, _, cell = (np.asarray(a) for a in fcc_cell)
+        pos = np.stack([x0, x0 + rng.normal(scale=0.05, size=x0.shape), x0 + rng.normal(scale=0.05, size=x0.shape)])
+        mask = np.ones((3, 32), bool)
+        mask[2, 5] = False
+        box = np.stack([cell] * 3)
+    else:
+        x0, _, m0 = (np.asarray(a) for a in cluster)
+        pos = np.stack([x0, x0 + rng.normal(scale=0.05, size=x0.shape)])
+        mask, box = np.stack([m0, m0]), None
+    ds = _dataset(pos, mask, box, 1)
+    desc = ACEDescriptor((3, 2, 2), (2, 1), R_CUT, R_MIN)  # 3 + 9 + 10 = 22 features
+    basis = LinearBasis(desc, species_reference=True)
+    assert desc.design_rows_fn(ds.structures) is not None  # the fast path is taken
+    fast = design_matrix(basis, ds, chunk_size=2)
+    slow = design_matrix(basis, ds, chunk_size=2, fast_rows=False)
+    a, ref = np.asarray(fast.A), np.asarray(slow.A)
+    assert a.shape == ref.shape == (len(pos) * (1 + 3 * pos.shape[1]), 23)
+    assert np.abs(ref).max() > 1.0 and np.abs(ref[1:1 + 3 * pos.shape[1], :22]).max() > 0.1
+    np.testing.assert_allclose(a, ref, rtol=0, atol=1e-10)
+    for f, s in zip(fast[1:], slow[1:]):
+        np.testing.assert_array_equal(np.asarray(f), np.asarray(s))
+    rows = np.asarray(structure_rows(basis, ds.structures))
+    np.testing.assert_allclose(rows.reshape(a.shape), ref, rtol=0, atol=1e-10)
+    assert rows[-1, 0, 22] == mask[-1].sum()  # the count column: atoms of the structure
+
+
+def test_design_rows_fall_back_to_autodiff(fcc_cell):
+    """No chain-rule rows for 2 species, centre-resolved features or a triclinic cell: design_rows_fn is None
+    and design_matrix/structure_rows use autodiff; the direct API raises a clear error."""
+    from jaxiap.descriptors.ace_rows import ace_rows_function, neighbor_table
+    from jaxiap.potentials.linear import LinearBasis, design_matrix, structure_rows
+
+    x, sp, cell = fcc_cell
+    ds = _dataset(np.asarray(x)[None, :8], np.ones((1, 8), bool), np.asarray(cell)[None] * 2.0, 2,
+                  np.asarray(sp)[None, :8])
+    two = ACEDescriptor((2, 2), 1, R_CUT, R_MIN, n_species=2, body_order=3)
+    centre = ACEDescriptor((2, 2), 1, R_CUT, R_MIN, center_resolved=True, body_order=3)
+    for desc in (two, centre):
+        assert desc.design_rows_fn(ds.structures) is None
+        with pytest.raises(JaxiapInputError, match="structure_rows, which falls back"):
+            ace_rows_function(desc)
+    st = ds.structures
+    one = ACEDescriptor((2, 2), 1, R_CUT, R_MIN, body_order=3)
+    tri = type(st)(st.positions, st.species, st.mask, st.box.at[:, 1, 0].set(0.5), st.species_names)
+    assert one.design_rows_fn(tri) is None
+    with pytest.raises(JaxiapInputError, match="not orthorhombic"):
+        neighbor_table(np.asarray(x)[:8], np.ones(8, bool), np.asarray(tri.box[0]), R_CUT)
+    basis = LinearBasis(two)
+    dm = design_matrix(basis, ds)
+    rows = np.asarray(structure_rows(basis, ds.structures, fast_rows=False))
+    assert dm.A.shape == (25, two.n_features)
+    np.testing.assert_allclose(np.asarray(dm.A), rows.reshape(25, -1), rtol=0, atol=1e-12)
+    assert np.abs(rows[:, 1:]).max() > 0.1

@@ -6,9 +6,7 @@ minimum image, so the cell must be wider than 2 r_cut, and a 4.05 Å cell
 would leave r_cut < 2.03 Å, below the nearest-neighbour distance (2.86 Å).
 
 What is checked, each a number that could be wrong:
-- the study's ACE force rows (chain rule through the atomic base with
-  hand-written sparse derivatives of the invariants) equal the library's
-  generic autodiff rows, padded atom included;
+- (the chain-rule ACE rows equal the generic autodiff rows: tests/test_ace.py);
 - a smaller ACE basis equals the label-matched columns of a larger one;
 - ACE at body order 2 and the radial basis with the same radial functions
   give the same BLR fit (they span the same space up to the constant
@@ -27,7 +25,7 @@ import pytest
 import jaxiap  # noqa: F401  (float64)
 from jaxiap.descriptors.ace import ACEDescriptor
 from jaxiap.descriptors.radial import RadialBasis, RadialDescriptor
-from jaxiap.potentials.linear import LinearBasis, structure_rows
+from jaxiap.inference import compressed
 from jaxiap.workflows import al_accuracy as alacc
 
 R_CUT, R_MIN = 3.5, 1.9
@@ -68,13 +66,6 @@ def full_ace():
 @pytest.fixture(scope="module")
 def full_rows(full_ace, dataset):
     return alacc.ace_design_rows(full_ace, [dataset], chunk=3)[0]
-
-
-def test_ace_rows_equal_library_rows(full_ace, dataset, full_rows):
-    ref = np.asarray(structure_rows(LinearBasis(full_ace), dataset.structures))
-    assert full_rows.shape == ref.shape == (3, 1 + 3 * 32, full_ace.n_features)
-    assert np.abs(ref).max() > 0.1
-    np.testing.assert_allclose(full_rows, ref, rtol=0, atol=1e-11 * np.abs(ref).max())
 
 
 def test_smaller_basis_is_a_column_subset(full_ace, dataset, full_rows):
@@ -129,3 +120,28 @@ def test_bcs_on_compressed_rows_picks_the_same_support(dataset, full_rows):
     np.testing.assert_array_equal(sup, full.support)
     np.testing.assert_allclose(alpha, full.alpha, rtol=1e-3)  # same path; the last re-estimates may differ
     assert np.count_nonzero(mean) == len(sup)
+
+
+def test_horseshoe_on_compressed_rows():
+    """The QR-compressed statistics give the exact weighted residual sum of squares, and the study's horseshoe
+    (Gibbs, started away from the truth) recovers a 2-sparse vector of 30: the two signals kept (kappa < 0.5,
+    95% intervals excluding 0, means within 0.01), the 28 zeros shrunk (kappa > 0.5, |mean| < 0.01)."""
+    rng = np.random.default_rng(5)
+    a = rng.normal(size=(200, 30))
+    truth = np.zeros(30)
+    truth[[0, 3]] = 3.0, -2.0
+    w = np.where(np.arange(200) < 190, 1.0, 0.0)
+    w[:20] = 4.0
+    y = a @ truth + rng.normal(scale=0.1, size=200) / np.sqrt(np.maximum(w, 1.0))
+    r, z, n, rss = compressed.compressed_statistics((a, y, w))
+    c = rng.normal(size=30)
+    keep = w > 0
+    direct = np.sum(w[keep] * (y[keep] - a[keep] @ c) ** 2)
+    assert n == 190 and rss + np.sum((z - r @ c) ** 2) == pytest.approx(direct, rel=1e-12)
+    hs = compressed.fit_horseshoe((a, y, w), method="gibbs", num_warmup=500, n_samples=2000, num_chains=2,
+                             init_mean=np.ones(30), init_sigma=1.0)
+    np.testing.assert_allclose(hs["mean"][[0, 3]], truth[[0, 3]], atol=0.01)
+    zeros = np.delete(np.arange(30), [0, 3])
+    assert np.all(np.abs(hs["mean"][zeros]) < 0.01)
+    assert hs["n_active"] == 2 and hs["n_interval_excludes_0"] == 2 and np.all(hs["kappa"][zeros] > 0.5)
+    assert hs["sigma"] == pytest.approx(0.1, rel=0.15) and hs["diagnostics"]["r_hat_max"] < 1.2

@@ -450,3 +450,12 @@ class ACEDescriptor(Descriptor):
         sp = jnp.zeros(positions.shape[0], jnp.int32) if self.n_species == 1 else species
         onehot = jax.nn.one_hot(sp, self.n_species, dtype=feats.dtype)
         return (onehot[:, :, None] * feats[:, None, :]).reshape(positions.shape[0], -1)
+
+    def design_rows_fn(self, structures):
+        """Chain-rule design rows (:mod:`jaxiap.descriptors.ace_rows`) of ``structures``, or None when not
+        supported (several species, ``center_resolved``, triclinic cells, traced arrays): see
+        :meth:`jaxiap.descriptors.base.Descriptor.design_rows_fn`."""
+        # lazy: ace_rows imports this module (the invariants and harmonics), so a top-level import is circular
+        from jaxiap.descriptors.ace_rows import design_rows_fn
+
+        return design_rows_fn(self, structures)

@@ -13,6 +13,12 @@ Design-matrix layout, per structure: one energy row B(x), then 3N force rows
 -dB/dx_{i,a} in atom-major order (i, a) for a = x, y, z. Rows of padded
 atoms are present with weight 0, so every structure has 1 + 3 N_max rows and
 chunks have fixed shapes.
+
+Rows come from the descriptor's fast path when it has one
+(:meth:`~jaxiap.descriptors.base.Descriptor.design_rows_fn`: the ACE
+descriptor's chain-rule rows, :mod:`jaxiap.descriptors.ace_rows`), else from
+K reverse-mode passes; ``fast_rows=False`` forces the latter. Both give the
+same rows to round-off.
 """
 
 from __future__ import annotations
@@ -205,13 +211,43 @@ def _chunk_rows_fn(basis: LinearBasis, periodic: bool):
     return jax.jit(jax.vmap(rows, in_axes=(0, 0, 0, 0 if periodic else None)))
 
 
+def _reference_columns(basis: LinearBasis, structures: Structures, index) -> np.ndarray:
+    """The species-count columns of ``basis`` for ``structures[index]`` as rows (C, 1 + 3N, n_species):
+    atom counts in the energy row, 0 in the force rows (as :meth:`LinearBasis.__call__`)."""
+    mask = np.asarray(structures.mask)[index]
+    species = np.asarray(structures.species)[index]
+    c, n = mask.shape
+    out = np.zeros((c, 1 + 3 * n, basis.n_species))
+    for z in range(basis.n_species):
+        out[:, 0, z] = np.sum(mask & (species == z), axis=1)
+    return out
+
+
+def _fast_rows_fn(basis: LinearBasis, structures: Structures):
+    """``rows(index) -> (C, 1 + 3N, K)`` numpy from the descriptor's fast path (plus the reference
+    columns), or None when the descriptor has none for these structures."""
+    fn = basis.descriptor.design_rows_fn(structures)
+    if fn is None:
+        return None
+
+    def rows(index):
+        b = fn(index)
+        if basis.species_reference:
+            b = np.concatenate([b, _reference_columns(basis, structures, index)], axis=2)
+        return b
+
+    return rows
+
+
 def iter_design_chunks(
-    basis: LinearBasis, dataset: Dataset, chunk_size: int = 256
+    basis: LinearBasis, dataset: Dataset, chunk_size: int = 256, *, fast_rows: bool = True
 ) -> Iterator[DesignMatrix]:
     """Yield the design matrix chunk by chunk (``chunk_size`` structures each).
 
     The last chunk is padded to the fixed chunk shape for compilation and the
     padding dropped before yielding, so memory stays O(chunk_size * (1 + 3N) * K).
+    ``fast_rows``: use the descriptor's fast rows when it has them (e.g. ACE,
+    single species, cluster or orthorhombic cells); False: always autodiff.
     """
     st = dataset.structures
     s_total, n = st.positions.shape[:2]
@@ -221,14 +257,18 @@ def iter_design_chunks(
     if st.box is not None:
         for b in np.unique(np.asarray(st.box).reshape(s_total, -1), axis=0):
             check_cell(b.reshape(np.shape(st.box)[1:]), basis.cutoff, "design_matrix: a structure's box")
-    rows_fn = _chunk_rows_fn(basis, st.box is not None)
+    fast = _fast_rows_fn(basis, st) if fast_rows else None
+    rows_fn = None if fast is not None else _chunk_rows_fn(basis, st.box is not None)
     per = 1 + 3 * n
     kind = np.concatenate([[ENERGY_ROW], np.full(3 * n, FORCE_ROW)])
     for start in range(0, s_total, chunk_size):
         idx = np.arange(start, min(start + chunk_size, s_total))
         pad = np.concatenate([idx, np.full(chunk_size - len(idx), idx[-1])])
-        box = None if st.box is None else st.box[pad]
-        A = rows_fn(st.positions[pad], st.mask[pad], st.species[pad], box)[: len(idx)]
+        if fast is not None:
+            A = jnp.asarray(fast(pad)[: len(idx)])
+        else:
+            box = None if st.box is None else st.box[pad]
+            A = rows_fn(st.positions[pad], st.mask[pad], st.species[pad], box)[: len(idx)]
         c = len(idx)
         A = A.reshape(c * per, -1)
         mask = np.asarray(st.mask[idx])
@@ -245,9 +285,10 @@ def iter_design_chunks(
         )
 
 
-def design_matrix(basis: LinearBasis, dataset: Dataset, chunk_size: int = 256) -> DesignMatrix:
-    """The full design matrix, assembled from fixed-size chunks."""
-    chunks = list(iter_design_chunks(basis, dataset, chunk_size))
+def design_matrix(basis: LinearBasis, dataset: Dataset, chunk_size: int = 256, *,
+                  fast_rows: bool = True) -> DesignMatrix:
+    """The full design matrix, assembled from fixed-size chunks (``fast_rows`` as :func:`iter_design_chunks`)."""
+    chunks = list(iter_design_chunks(basis, dataset, chunk_size, fast_rows=fast_rows))
     return DesignMatrix(*(jnp.concatenate(parts) for parts in zip(*chunks)))
 
 
@@ -257,10 +298,15 @@ def _structure_rows_batch(basis, positions, mask, species, box):
     return jax.vmap(fn, in_axes=(0, 0, 0, None if box is None else 0))(positions, mask, species, box)
 
 
-def structure_rows(basis: LinearBasis, structures: Structures):
+def structure_rows(basis: LinearBasis, structures: Structures, *, fast_rows: bool = True):
     """Unit-weight design rows of each structure, (S, 1 + 3N, K): the energy row B(x), then the
     3N force rows -dB/dx (atom-major), as in :func:`design_matrix` (rows of padded atoms are
-    not zeroed here). One jitted function of (basis, structures): compiled once per shape."""
+    not zeroed here). The descriptor's fast rows when it has them and ``fast_rows`` (all S
+    structures in one call), else one jitted autodiff function of (basis, structures), compiled
+    once per shape."""
+    fast = _fast_rows_fn(basis, structures) if fast_rows else None
+    if fast is not None:
+        return jnp.asarray(fast(np.arange(structures.positions.shape[0])))
     return _structure_rows_batch(basis, structures.positions, structures.mask, structures.species, structures.box)
 
 

@@ -45,7 +45,14 @@ reported per basis. Sparse choice (:func:`fit_bcs_support`): Bayesian
 compressive sensing (fast RVM, ``fit_bcs``) on the ACE basis with the most
 columns, on the
 rows re-weighted by the BLR noise ratio and with the force noise held at
-the BLR value; then BLR on the chosen columns.
+the BLR value; then BLR on the chosen columns. Horseshoe (:func:`jaxiap.inference.compressed.fit_horseshoe`,
+``horseshoe=True``; :func:`run_horseshoe` runs it alone, with the rows of the
+largest basis cached by :func:`largest_ace_rows`): the horseshoe prior of
+:mod:`jaxiap.inference.sparse` on the same re-weighted, scaled rows,
+QR-compressed (``compressed_statistics``: the exact likelihood at K x K
+cost), sampled by a Gibbs sampler (``horseshoe_gibbs``; NUTS and SVI
+through the library are options, but did not mix at ~500 correlated columns);
+"active" coefficients have posterior mean shrinkage kappa_k < 0.5.
 
 GP (:func:`fit_gp`): the 2+3-body GP of ``docs/gp.md`` (r_cut 5.4 Å,
 r_cut_3 3.2 Å as in the on-the-fly study), trained on the forces of
@@ -56,16 +63,12 @@ structures of every category (its prediction costs seconds per 108-atom
 structure); its energies are referenced to the perfect FCC cell (it has no
 per-atom constant).
 
-Force design rows of the ACE basis (:func:`ace_design_rows`): the chain rule
-through the atomic base, dB/dx = sum_i (dB_i/dA_i) (dA_i/dx), with the
-sparse derivatives of the invariants written out (nu = 1: constants;
-nu = 2: one factor; nu = 3: products of two factors and the Gaunt
-coefficient) and dA_i/dx from forward-mode derivatives of R_n Y_lm per
-neighbour pair (a neighbour table built on the host). It equals
-:func:`jaxiap.potentials.linear.structure_rows` (tests/test_al_accuracy.py).
-It is much cheaper than that generic path (K reverse passes over all N^2
-pairs): ~0.3 s per 108-atom structure at 496 columns on 2 loaded cores,
-against 1.4 s at 190 columns, and 75 GB requested at 760 columns.
+Force design rows of the ACE basis (:func:`ace_design_rows`): the library's
+chain-rule rows, :mod:`jaxiap.descriptors.ace_rows` (through the atomic base,
+with the sparse derivatives of the invariants written out), which
+:func:`jaxiap.potentials.linear.design_matrix` also uses for a single-species
+ACE basis; docs/ace.md ("Design rows") has their cost against the generic
+autodiff path.
 
 Units: eV, Å; RMSEs in meV/atom (energy) and meV/Å (force components).
 """
@@ -78,11 +81,12 @@ import json
 import time
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxiap.descriptors.ace_rows import ace_structure_rows
 from jaxiap.errors import JaxiapInputError
+from jaxiap.inference.compressed import _one_blas_thread, compress, fit_horseshoe
 
 #: category -> (kind, temperature K)
 CATEGORIES = {
@@ -106,7 +110,10 @@ class AccuracySettings:
     comes from the radial rows), ``chunk`` (structures per jitted call of the ACE rows), ``bcs_max_iter``,
     ``bcs_rotations`` (repeats of the BCS search on randomly rotated, mathematically equivalent
     systems); GP: ``gp`` (False: skipped), ``gp_r_cut``, ``gp_r_cut_3``, ``gp_structures``,
-    ``gp_atoms``, ``gp_opt_atoms``, ``gp_test``, ``gp_max_iterations`` (see :func:`fit_gp`)."""
+    ``gp_atoms``, ``gp_opt_atoms``, ``gp_test``, ``gp_max_iterations`` (see :func:`fit_gp`); horseshoe on the
+    largest ACE basis: ``horseshoe`` (False: skipped), ``horseshoe_method`` ("gibbs", "nuts" or "svi"),
+    ``horseshoe_warmup`` (burn-in iterations / NUTS warmup), ``horseshoe_samples`` (per chain, before
+    thinning), ``horseshoe_chains``, ``horseshoe_thin`` (Gibbs), see :func:`jaxiap.inference.compressed.fit_horseshoe`."""
 
     categories: tuple = tuple(CATEGORIES)
     repeat: int = 3
@@ -141,6 +148,12 @@ class AccuracySettings:
     gp_opt_atoms: int = 4
     gp_test: int = 2
     gp_max_iterations: int = 30
+    horseshoe: bool = False
+    horseshoe_method: str = "gibbs"
+    horseshoe_warmup: int = 5000
+    horseshoe_samples: int = 20000
+    horseshoe_chains: int = 2
+    horseshoe_thin: int = 10
 
     def data_key(self) -> str:
         """Hash of the settings that determine the data (the cache file name)."""
@@ -157,7 +170,7 @@ def quick_settings(**overrides) -> AccuracySettings:
                 ace_sizes=((2, (5,), ()), (3, (4, 2), (1,)), (4, (5, 3, 2), (2, 1)), (4, (6, 3, 2), (2, 1))),
                 ace_full=(4, (5, 3, 2), (2, 1)),
                 chunk=2, bcs_max_iter=200, bcs_rotations=1, gp_structures=1, gp_atoms=3, gp_opt_atoms=2, gp_test=1,
-                gp_max_iterations=5)
+                gp_max_iterations=5, horseshoe_warmup=200, horseshoe_samples=400, horseshoe_thin=2)
     base.update(overrides)
     return AccuracySettings(**base)
 
@@ -269,131 +282,11 @@ def to_dataset(frames: dict, n_max: int):
 # ----------------------------------------------------------------------------- design rows
 
 
-def neighbor_table(positions, mask, box, r_cut: float, capacity: int | None = None):
-    """Minimum-image neighbours within r_cut of one orthorhombic structure: (idx (N, M), vec (N, M, 3),
-    valid (N, M), count of the fullest row). Empty slots hold a far dummy vector (0, 0, 1000)."""
-    pos, mask, box = np.asarray(positions, float), np.asarray(mask, bool), np.asarray(box, float)
-    if box.shape != (3,):
-        raise JaxiapInputError(f"neighbor_table: box must be (3,) orthorhombic lengths, got {box.shape}")
-    if float(box.min()) < 2.0 * r_cut:
-        raise JaxiapInputError(f"neighbor_table: box {box.tolist()} is narrower than 2 r_cut = {2 * r_cut}")
-    dr = pos[None, :, :] - pos[:, None, :]
-    dr -= box * np.round(dr / box)
-    d = np.linalg.norm(dr, axis=-1)
-    nb = (d < r_cut) & mask[:, None] & mask[None, :] & ~np.eye(len(pos), dtype=bool)
-    count = int(nb.sum(1).max(initial=0))
-    m = max(count, 1) if capacity is None else int(capacity)
-    if count > m:
-        raise JaxiapInputError(f"neighbor_table: an atom has {count} neighbours > capacity {m}")
-    n = len(pos)
-    idx, vec, valid = np.zeros((n, m), np.int32), np.tile([0.0, 0.0, 1.0e3], (n, m, 1)), np.zeros((n, m), bool)
-    for i in range(n):
-        js = np.flatnonzero(nb[i])
-        idx[i, :len(js)], vec[i, :len(js)], valid[i, :len(js)] = js, dr[i, js], True
-    return idx, vec, valid, count
-
-
-def _derivative_terms(desc):
-    """Sparse dB/dA of the invariants as numpy arrays (feature, variable, coefficient, factor1, factor2):
-    D[feature, variable] += coefficient * a[factor1] * a[factor2], with a the flat base of one atom
-    (channels x (l_max + 1)^2) extended by a trailing 1 (index q) for absent factors."""
-    t = desc._tables
-    nlm = (max(desc.l_max, default=0) + 1) ** 2
-    q = desc.radial.n_basis * desc.n_species * nlm
-    rows, cols, coef, g1, g2 = [], [], [], [], []
-
-    def add(f, v, c, a, b):
-        for lst, val in zip((rows, cols, coef, g1, g2), (f, v, c, a, b)):
-            lst.append(np.asarray(val).reshape(-1))
-
-    f1 = len(t.c1)
-    add(np.arange(f1), t.c1 * nlm, np.ones(f1), np.full(f1, q), np.full(f1, q))
-    f0 = f1
-    if t.n_l2:
-        ra, cb = t.pairs2
-        npair = len(ra)
-        for l in range(t.n_l2):
-            f = f0 + l * npair + np.arange(npair)
-            for m in range(2 * l + 1):
-                va = t.c2[ra] * nlm + l * l + m
-                vb = t.c2[cb] * nlm + l * l + m
-                add(f, va, np.ones(npair), vb, np.full(npair, q))
-                add(f, vb, np.ones(npair), va, np.full(npair, q))
-        f0 += t.n_l2 * npair
-    if t.n3:
-        f, i1, i2, i3, c = t.terms3
-        f = f + f0
-        add(f, i1, c, i2, i3)
-        add(f, i2, c, i1, i3)
-        add(f, i3, c, i1, i2)
-    return tuple(np.concatenate(x) for x in (rows, cols, coef, g1, g2)), q
-
-
-def ace_rows_function(desc):
-    """Jitted ``rows(idx, vec, valid) -> (S, 1 + 3N, F)`` for stacked neighbour tables (S, N, M[, 3]).
-
-    Row 0 is the structure feature sum B = sum_i B_i, rows 1.. are -dB/dx_{i,a} atom-major, as
-    :func:`jaxiap.potentials.linear.structure_rows` (without a reference column). Single species,
-    no ``center_resolved``.
-    """
-    from jaxiap.descriptors.ace import _invariants, real_spherical_harmonics
-
-    if desc.n_species != 1 or desc.center_resolved:
-        raise JaxiapInputError("ace_rows_function: single-species, non-centre-resolved ACE only")
-    tables = desc._tables
-    l_max = max(desc.l_max, default=0)
-    radial = desc.radial
-    nb, nlm = radial.n_basis, (l_max + 1) ** 2
-    (d_row, d_col, d_coef, d_g1, d_g2), q = _derivative_terms(desc)
-    n_feat = desc.n_features
-    flat = jnp.asarray(d_row * q + d_col)
-    d_coef, d_g1, d_g2 = jnp.asarray(d_coef), jnp.asarray(d_g1), jnp.asarray(d_g2)
-
-    def phi(v):  # R_n(r) Y_lm(v / r), flat (n * nlm,)
-        r = jnp.sqrt(jnp.sum(v * v))
-        return (radial(r)[:, None] * real_spherical_harmonics(v / r, l_max)[None, :]).reshape(-1)
-
-    def one(idx, vec, valid):
-        n, m = idx.shape
-        vf = vec.reshape(-1, 3)
-        ok = valid.reshape(-1)
-        val = jnp.where(ok[:, None], jax.vmap(phi)(vf), 0.0)                       # (N M, q)
-        grad = jnp.where(ok[:, None, None], jax.vmap(jax.jacfwd(phi))(vf), 0.0)    # (N M, q, 3)
-        a = val.reshape(n, m, q).sum(1)                                               # (N, q): the atomic base
-        b = _invariants(a.reshape(n, 1, nb, nlm), tables)                             # (N, F)
-        a1 = jnp.concatenate([a, jnp.ones((n, 1), a.dtype)], axis=1)
-        vals = d_coef * a1[:, d_g1] * a1[:, d_g2]                                    # (N, E)
-        d = jax.vmap(lambda v: jnp.zeros(n_feat * q, a.dtype).at[flat].add(v))(vals).reshape(n, n_feat, q)
-        g = grad.reshape(n, m, q, 3).transpose(0, 2, 1, 3).reshape(n, q, m * 3)
-        t = jnp.einsum("nfq,nqk->nfk", d, g).reshape(n, n_feat, m, 3).transpose(0, 2, 1, 3)  # dB_i/dx_j
-        db = jax.ops.segment_sum(t.reshape(n * m, n_feat, 3), idx.reshape(-1), n) - t.sum(1)
-        return jnp.concatenate([b.sum(0)[None], -db.transpose(0, 2, 1).reshape(3 * n, n_feat)], axis=0)
-
-    return jax.jit(lambda idx, vec, valid: jax.lax.map(lambda x: one(*x), (idx, vec, valid)))
-
-
 def ace_design_rows(desc, datasets, chunk: int = 4) -> list:
-    """Unit-weight design rows (S, 1 + 3N, F) of an ACE basis for each dataset (orthorhombic cells, the
-    same padded N); one neighbour capacity and one compiled function for all of them."""
-    r_cut = float(desc.cutoff)
-    tabs_all = []
-    for ds in datasets:
-        st = ds.structures
-        pos, mask, box = (np.asarray(a) for a in (st.positions, st.mask, st.box))
-        tabs_all.append([(pos[k], mask[k], box[k]) for k in range(len(pos))])
-    cap = max(neighbor_table(*a, r_cut)[3] for tabs in tabs_all for a in tabs)
-    fn = ace_rows_function(desc)
-    out = []
-    for tabs in tabs_all:
-        tabs = [neighbor_table(*a, r_cut, cap) for a in tabs]
-        rows = []
-        for lo in range(0, len(tabs), chunk):
-            part = tabs[lo:lo + chunk]
-            part = part + [part[-1]] * (chunk - len(part))  # fixed chunk shape: one compilation
-            args = [jnp.asarray(np.stack([t[j] for t in part])) for j in range(3)]
-            rows.append(np.asarray(fn(*args))[:min(chunk, len(tabs) - lo)])
-        out.append(np.concatenate(rows))
-    return out
+    """Unit-weight design rows (S, 1 + 3N, F) of an ACE basis for each dataset (clusters or orthorhombic
+    cells): the library's chain-rule rows (:func:`jaxiap.descriptors.ace_rows.ace_structure_rows`), one
+    neighbour capacity and one compilation for all of them."""
+    return ace_structure_rows(desc, [ds.structures for ds in datasets], chunk)
 
 
 def radial_design_rows(radial_desc, dataset, chunk: int = 8) -> np.ndarray:
@@ -500,23 +393,6 @@ def fit_linear(rows_train: np.ndarray, train_ds, rows_test: np.ndarray, test_fra
     out["_result"] = res
     out["_scale"] = scale
     return out
-
-
-def compress(A: np.ndarray, y: np.ndarray):
-    """(R, Q^T y) of the thin QR A = Q R: the same Gram A^T A and A^T y in K rows instead of N."""
-    q, r = np.linalg.qr(A, mode="reduced")
-    return r, q.T @ y
-
-
-def _one_blas_thread():
-    """threadpoolctl's limit of numpy's BLAS to one thread (a no-op context without threadpoolctl)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover
-        import contextlib
-
-        return contextlib.nullcontext()
-    return threadpool_limits(1, user_api="blas")
 
 
 def fit_bcs_support(design, noise_var: float, max_iter: int = 2000, rotation_seed: int | None = None):
@@ -637,6 +513,31 @@ def _ace_label(size) -> str:
     return f"ACE bo{bo} n{'/'.join(map(str, n))}" + (f" l{'/'.join(map(str, l))}" if len(l) else "")
 
 
+def ace_size_rows(size, s: AccuracySettings, full, ace_rows: tuple, radial_rows: tuple, datasets: tuple):
+    """Rows (with the count column) of one ``ace_sizes`` entry for each dataset, from the full ACE rows
+    (label-matched columns) and, for a body-order-2 block wider than ``full``'s, the radial rows
+    (ACE nu = 1 = 2 / sqrt(4 pi) x radial): (rows per dataset..., labels incl. ("count",), wide)."""
+    desc = ace_descriptor(size, s)
+    wide = size[1][0] > full.n_max[0]
+    n_rad = radial_rows[0].shape[2]
+    if wide:
+        if size[1][0] > n_rad:
+            raise JaxiapInputError(f"ACE size {size}: n_max[0] = {size[1][0]} exceeds both the full ACE basis "
+                                   f"({full.n_max[0]}) and the largest radial basis ({n_rad})")
+        many = [lab for lab in desc.labels if len(lab) > 1]
+        cols = column_subset(full, many)
+        n1 = size[1][0]
+        nu1 = 2.0 / np.sqrt(4.0 * np.pi)
+        parts = [(nu1 * rad[..., :n1], ace[..., cols]) for ace, rad in zip(ace_rows, radial_rows)]
+        labels = [lab for lab in desc.labels if len(lab) == 1] + many
+    else:
+        cols = column_subset(full, desc)
+        parts = [(ace[..., cols],) for ace in ace_rows]
+        labels = list(desc.labels)
+    rows = [with_count_column(np.concatenate(p, axis=2), ds) for p, ds in zip(parts, datasets)]
+    return (*rows, labels + [("count",)], bool(wide))
+
+
 def run_study(s: AccuracySettings, folder, progress: bool = False) -> dict:
     """Data, every linear model, BCS on the largest ACE basis, the GP: a JSON-able dict."""
     from jaxiap.descriptors.radial import RadialBasis, RadialDescriptor
@@ -687,31 +588,14 @@ def run_study(s: AccuracySettings, folder, progress: bool = False) -> dict:
     timings["ace_rows"] = time.perf_counter() - t
     if progress:
         print(f"# ACE rows, {full.n_features} features: {timings['ace_rows']:.1f} s", flush=True)
-    nu1 = 2.0 / np.sqrt(4.0 * np.pi)
     largest = None
     for size in s.ace_sizes:
-        desc = ace_descriptor(size, s)
-        wide = size[1][0] > full.n_max[0]
-        if wide:
-            if size[1][0] > rad_tr.shape[2]:
-                raise JaxiapInputError(f"ACE size {size}: n_max[0] = {size[1][0]} exceeds both the full ACE basis "
-                                       f"({full.n_max[0]}) and the largest radial basis ({rad_tr.shape[2]})")
-            many = [lab for lab in desc.labels if len(lab) > 1]
-            cols = column_subset(full, many)
-            n1 = size[1][0]
-            parts_tr = (nu1 * rad_tr[..., :n1], ace_tr[..., cols])
-            parts_te = (nu1 * rad_te[..., :n1], ace_te[..., cols])
-            labels = [lab for lab in desc.labels if len(lab) == 1] + many
-        else:
-            cols = column_subset(full, desc)
-            parts_tr, parts_te = (ace_tr[..., cols],), (ace_te[..., cols],)
-            labels = list(desc.labels)
-        rows_tr = with_count_column(np.concatenate(parts_tr, axis=2), train_ds)
-        rows_te = with_count_column(np.concatenate(parts_te, axis=2), test_ds)
+        rows_tr, rows_te, labels, wide = ace_size_rows(size, s, full, (ace_tr, ace_te), (rad_tr, rad_te),
+                                                       (train_ds, test_ds))
         r = record("ace", _ace_label(size), rows_tr, rows_te, body_order=size[0], n_max=list(size[1]),
                    l_max=list(size[2]), two_body_from_radial=bool(wide))
         if largest is None or r["n_basis"] > largest[0]["n_basis"]:
-            largest = (r, rows_tr, rows_te, labels + [("count",)], size)
+            largest = (r, rows_tr, rows_te, labels, size)
 
     # BCS chooses the active functions of the largest ACE basis
     t = time.perf_counter()
@@ -741,6 +625,15 @@ def run_study(s: AccuracySettings, folder, progress: bool = False) -> dict:
     bcs_fit["rotations"] = repeats
     timings["bcs"] = time.perf_counter() - t
 
+    # the horseshoe on the same basis (its own BLR re-weighting and scaling), if asked for
+    if s.horseshoe:
+        t = time.perf_counter()
+        hs = horseshoe_entry(s, full_fit, full_te, labels, size, test_f, n_max)
+        models.append(hs)
+        timings["horseshoe"] = time.perf_counter() - t
+        if progress:
+            print("# " + report_horseshoe(hs).split("\n")[-1], flush=True)
+
     for m in models:
         m.pop("_result", None)
         m.pop("_scale", None)
@@ -748,6 +641,92 @@ def run_study(s: AccuracySettings, folder, progress: bool = False) -> dict:
                 n_train_force_rows=int(3 * np.asarray(train_ds.structures.mask).sum()),
                 atoms_per_category={c: int(data[c]["positions"].shape[1]) for c in s.categories},
                 models=models, gp=gp_res, timings=timings)
+
+
+def largest_ace_rows(s: AccuracySettings, folder, train_ds, test_ds, progress: bool = False):
+    """(rows_train, rows_test, labels, size) of the ``ace_sizes`` entry with the most columns (as
+    :func:`run_study` builds them), cached in ``folder``/al_accuracy_rows_<hash>.npz (a hash of the data
+    and basis settings), so a rerun skips the ~1 min of rows."""
+    from jaxiap import runfolder
+    from jaxiap.descriptors.radial import RadialBasis, RadialDescriptor
+
+    size = max(s.ace_sizes, key=lambda z: ace_descriptor(z, s).n_features)
+    blob = json.dumps(dict(data=s.data_key(), size=size, full=s.ace_full, r_cut=s.r_cut, r_min=s.r_min,
+                           radial=max(s.radial_sizes)), sort_keys=True, default=list)
+    path = Path(folder) / f"al_accuracy_rows_{hashlib.sha256(blob.encode()).hexdigest()[:12]}.npz"
+    labels_of = lambda lab: [tuple(tuple(f) if isinstance(f, (list, tuple)) else f for f in x) for x in lab]  # noqa
+    if path.exists():
+        with np.load(path, allow_pickle=False) as z:
+            return z["train"], z["test"], labels_of(json.loads(str(z["labels"]))), size
+    t = time.perf_counter()
+    full = ace_descriptor(s.ace_full, s)
+    ace = ace_design_rows(full, [train_ds, test_ds], s.chunk)
+    big = RadialDescriptor(RadialBasis("chebyshev", max(s.radial_sizes), s.r_min, s.r_cut))
+    rad = (radial_design_rows(big, train_ds), radial_design_rows(big, test_ds))
+    rows_tr, rows_te, labels, _ = ace_size_rows(size, s, full, ace, rad, (train_ds, test_ds))
+    runfolder.savez(path, train=rows_tr, test=rows_te, labels=np.asarray(json.dumps(labels)))
+    if progress:
+        print(f"# rows of {_ace_label(size)} ({rows_tr.shape[2]} columns): {time.perf_counter() - t:.1f} s, "
+              f"cached in {path}", flush=True)
+    return rows_tr, rows_te, labels, size
+
+
+def horseshoe_entry(s: AccuracySettings, blr_fit: dict, rows_test: np.ndarray, labels, size, test_frames: dict,
+                    n_max: int) -> dict:
+    """The horseshoe on a BLR-fitted basis (its noise-ratio re-weighted rows, column scaling, and its mean and
+    noise as the start), with the ``horseshoe_*`` settings: a models entry (family "horseshoe") with test
+    RMSEs of the posterior mean and the active count (posterior mean kappa_k < 0.5, :func:`jaxiap.inference.compressed.fit_horseshoe`)."""
+    res = blr_fit["_result"]
+    kw = dict(method=s.horseshoe_method, seed=s.seed, num_warmup=s.horseshoe_warmup, n_samples=s.horseshoe_samples,
+              num_chains=s.horseshoe_chains, thin=s.horseshoe_thin)
+    hs = fit_horseshoe(res.design, init_mean=np.asarray(res.posterior.mean), init_sigma=res.sigma_force, **kw)
+    e, f = predict_rows(rows_test / blr_fit["_scale"], hs["mean"], n_max)
+    per_order = {}
+    for c in np.flatnonzero(hs["kappa"] < 0.5):
+        order = "ref" if tuple(labels[c]) == ("count",) else str(len(labels[c]) + 1)
+        per_order[order] = per_order.get(order, 0) + 1
+    return dict(family="horseshoe", label=f"horseshoe ({s.horseshoe_method}) on {_ace_label(size)}",
+                of_basis=blr_fit.get("label", _ace_label(size)), n_basis=int(rows_test.shape[2]),
+                n_active=hs["n_active"], m_eff=hs["m_eff"], active_per_body_order=per_order,
+                n_interval_excludes_0=hs["n_interval_excludes_0"],
+                sigma_force=hs["sigma"], tau=hs["tau"], diagnostics=hs["diagnostics"], settings=kw,
+                test=rmse_table(e, f, test_frames, n_max), fit_seconds=hs["seconds"], kappa=hs["kappa"].tolist())
+
+
+def run_horseshoe(s: AccuracySettings, folder, progress: bool = False) -> dict:
+    """The horseshoe on the largest ACE basis alone, data and rows cached in ``folder``: BLR first, then
+    :func:`horseshoe_entry`; also returns the BLR errors (``blr_test``) and the timings."""
+    t0 = time.perf_counter()
+    data = load_data(s, folder, progress)
+    train_f, test_f = split_data(data, s)
+    n_max = max(len(x) for x in train_f["positions"] + test_f["positions"])
+    train_ds, test_ds = to_dataset(train_f, n_max), to_dataset(test_f, n_max)
+    rows_tr, rows_te, labels, size = largest_ace_rows(s, folder, train_ds, test_ds, progress)
+    t1 = time.perf_counter()
+    blr = fit_linear(rows_tr, train_ds, rows_te, test_f, n_max)
+    blr["label"] = _ace_label(size)
+    if progress:
+        a = blr["test"]["all"]
+        print(f"# BLR {_ace_label(size)}: K = {blr['n_basis']}, test E {a['energy_meV_atom']:.2f} meV/atom, "
+              f"F {a['force_meV_A']:.1f} meV/Å ({blr['fit_seconds']:.1f} s)", flush=True)
+    out = horseshoe_entry(s, blr, rows_te, labels, size, test_f, n_max)
+    out.update(rows_seconds=t1 - t0, blr_test=blr["test"]["all"], blr_sigma_force=blr["sigma_force"],
+               wall_seconds=time.perf_counter() - t0)
+    return out
+
+
+def report_horseshoe(res: dict) -> str:
+    """One markdown table row (the columns of :func:`report_markdown`) and a summary line."""
+    a = res["test"]["all"]
+    row = (f"| {res['label']} | {res['n_basis']} ({res['n_active']} with kappa < 0.5) | - | "
+           f"{a['energy_meV_atom']:.2f} | {a['force_meV_A']:.1f} | - | {1e3 * res['sigma_force']:.1f} |")
+    line = (f"horseshoe: {res['n_active']} of {res['n_basis']} coefficients with posterior mean shrinkage "
+            f"kappa < 0.5 (per body order: " + ", ".join(f"{k}: {v}" for k, v in
+                                                        sorted(res["active_per_body_order"].items()))
+            + f"), m_eff = sum(1 - kappa) = {res['m_eff']:.1f}, "
+            f"{res['n_interval_excludes_0']} with a 95% interval excluding 0, tau median {res['tau']:.3g} (unit-RMS targets); "
+            f"fit {res['fit_seconds']:.0f} s; " + ", ".join(f"{k} {v:.3g}" for k, v in res["diagnostics"].items()))
+    return row + "\n\n" + line
 
 
 # ----------------------------------------------------------------------------- report
@@ -759,6 +738,8 @@ def report_markdown(result: dict) -> str:
     lines = ["| model | basis functions | log evidence | test E RMSE (meV/atom) | test F RMSE (meV/Å) | "
              "sigma_E (meV) | sigma_F (meV/Å) |", "|---|---|---|---|---|---|---|"]
     for m in result["models"]:
+        if m["family"] == "horseshoe":
+            continue
         a = m["test"]["all"]
         lines.append(f"| {m['label']} | {m['n_basis']} | {m['log_evidence']:.1f} | {a['energy_meV_atom']:.2f} | "
                      f"{a['force_meV_A']:.1f} | {1e3 * m['sigma_energy']:.1f} | {1e3 * m['sigma_force']:.1f} |")
@@ -767,6 +748,8 @@ def report_markdown(result: dict) -> str:
         a = m["bcs_mean"]["test"]["all"]
         lines.append(f"| BCS posterior mean (noise fixed) | {m['n_basis']} | - | {a['energy_meV_atom']:.2f} | "
                      f"{a['force_meV_A']:.1f} | - | - |")
+    horseshoes = [m for m in result["models"] if m["family"] == "horseshoe"]
+    lines += [report_horseshoe(m).split("\n")[0] for m in horseshoes]
     gp = result.get("gp")
     if gp:
         a = gp["test"]["all"]
@@ -784,6 +767,7 @@ def report_markdown(result: dict) -> str:
                         f"{r['n_basis']} columns ({r['overlap']} shared, {r['iterations']} iterations, converged "
                         f"{r['converged']}), test F {r['test']['force_meV_A']:.1f} meV/Å, E "
                         f"{r['test']['energy_meV_atom']:.2f} meV/atom" for r in m["rotations"]), ""]
+    out += [report_horseshoe(m).split("\n")[-1] + "\n" for m in horseshoes]
     if gp:
         h = gp["hyperparameters"]
         out += [f"GP: {gp['n_train_atoms']} training atoms ({gp['n_rows']} force rows), hyperparameters from "
@@ -843,6 +827,9 @@ def plot_accuracy(result: dict, path) -> None:
         if m["family"] == "bcs":
             ax.plot([m["n_basis"]], [m["test"]["all"]["force_meV_A"]], "*", ms=12, color="k",
                     label=f"BCS-chosen subset of the largest ACE ({m['n_basis']})")
+        if m["family"] == "horseshoe":
+            ax.plot([m["n_active"]], [m["test"]["all"]["force_meV_A"]], "P", ms=10, color="C5",
+                    label=f"horseshoe posterior mean ({m['n_active']} with kappa < 0.5)")
     gp = result.get("gp")
     if gp:
         ax.axhline(gp["test"]["all"]["force_meV_A"], color="gray", ls="--",
