@@ -85,6 +85,7 @@ def _emt_nve(config: OTFConfig, ps: float = 5.0):
 
 def _environment(x, cell, r_cut):
     """(vectors (N, N*27, 3), mask, species, centre species) of every atom within r_cut, images included."""
+    x = x - jnp.floor(x @ jnp.linalg.inv(cell)) @ cell  # wrapped: the -1..1 shifts reach every image only then
     shifts = jnp.asarray(np.array(np.meshgrid(*[np.arange(-1, 2)] * 3, indexing="ij")).reshape(3, -1).T, x.dtype)
     d = (x[None, :, None, :] + (shifts @ cell)[None, None] - x[:, None, None, :]).reshape(x.shape[0], -1, 3)
     r2 = jnp.sum(d**2, axis=-1)

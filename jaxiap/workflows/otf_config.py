@@ -17,7 +17,7 @@ from jaxiap.errors import JaxiapInputError
 from jaxiap.workflows.lj13_config import check_seed, field_text
 
 PRESETS = {
-    # the FLARE protocol: 10 ps, melt at 5 ps; about 30 minutes on 2 CPU cores (README, docs/otf.md)
+    # the FLARE protocol: 10 ps, melt at 5 ps; about 10 minutes on 2 CPU cores (README, docs/otf.md)
     "cpu": {},
     # seconds-long smoke runs for tests and notebooks
     "tiny": dict(repeat=1, n_steps=30, melt_ps=0.075, dt_fs=5.0, r_cut=4.2, r_cut_3=None, n_test=4,
