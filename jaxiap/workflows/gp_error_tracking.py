@@ -144,6 +144,7 @@ def environment_capacities(structures, r_cut: float, r_cut_3: float | None = Non
     n_nb, n_3, n_t = 0, 0, 0
     for s in structures:
         pos, cell = np.asarray(s["positions"], float), np.asarray(s["cell"], float)
+        pos = pos - np.floor(pos @ np.linalg.inv(cell)) @ cell  # wrapped, as the GP's environments are
         offsets = image_shifts(cell, r_cut) @ cell
         cand = (pos[None, :, None, :] + offsets[None, None, :, :] - pos[:, None, None, :]).reshape(len(pos), -1, 3)
         d2 = np.sum(cand**2, -1)
