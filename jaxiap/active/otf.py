@@ -22,15 +22,12 @@ Algorithm (Vandermause et al. 2020; docs/otf.md):
    a given step.
 6. Optional ``distance_guard`` (Å; not in FLARE): the oracle is also called
    when two atoms come closer than the closest pair of any labelled frame
-   minus the guard, and that pair's atoms join the training set first. The
-   squared-exponential kernel extrapolates smoothly, so its std stays small
-   where the true repulsion steepens (a liquid at 5000 K drove pairs to
-   1.3 Å with a predicted std below sigma_n).
+   minus the guard, and that pair's atoms join the training set first.
 7. ``max_noise`` caps sigma_n and ``hyp_step_factor`` (after the freeze)
    keeps each update's hyperparameters within that factor of the previous
-   ones: one labelled close contact (7 eV/Å at 1.74 Å) otherwise moved the
-   likelihood optimum of liquid Al to an all-noise model (sigma_n at its
-   bound of 1 eV/Å), the threshold with it, and the MD ran away.
+   ones. Options 6 and 7 were added while a periodic-image bug (fixed;
+   docs/otf.md, "History") made the liquid run away; ``jaxiap otf`` keeps
+   them on, and the default run has not been repeated without them.
 
 Integrator: velocity Verlet (NVE between rescalings), ASE units (Å, eV,
 amu; dt in fs). Every oracle call is logged; the run checkpoints to a folder
