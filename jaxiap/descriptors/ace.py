@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxiap.descriptors.ace_rows import design_rows_fn
 from jaxiap.descriptors.base import Descriptor
 from jaxiap.descriptors.radial import RadialBasis
 from jaxiap.errors import JaxiapInputError
@@ -451,11 +452,16 @@ class ACEDescriptor(Descriptor):
         onehot = jax.nn.one_hot(sp, self.n_species, dtype=feats.dtype)
         return (onehot[:, :, None] * feats[:, None, :]).reshape(positions.shape[0], -1)
 
+    def harmonics(self, unit_vectors):
+        """Real spherical harmonics (..., (l_max + 1)^2) of unit vectors (..., 3) up to this basis's l_max."""
+        return real_spherical_harmonics(unit_vectors, max(self.l_max, default=0))
+
+    def invariants(self, base):
+        """Invariants (N, F) of atomic bases A (N, n_species, n_radial, (l_max + 1)^2) (:meth:`base`)."""
+        return _invariants(base, self._tables)
+
     def design_rows_fn(self, structures):
         """Chain-rule design rows (:mod:`jaxiap.descriptors.ace_rows`) of ``structures``, or None when not
         supported (several species, ``center_resolved``, triclinic cells, traced arrays): see
         :meth:`jaxiap.descriptors.base.Descriptor.design_rows_fn`."""
-        # lazy: ace_rows imports this module (the invariants and harmonics), so a top-level import is circular
-        from jaxiap.descriptors.ace_rows import design_rows_fn
-
         return design_rows_fn(self, structures)

@@ -29,7 +29,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxiap.descriptors.ace import _invariants, real_spherical_harmonics
 from jaxiap.errors import JaxiapInputError
 
 _FAR = 1.0e3  # dummy vector length of empty neighbour slots: beyond any cutoff, finite derivatives
@@ -136,7 +135,6 @@ def _derivative_terms(desc):
 
 def _one_structure_rows(desc, idx, vec, valid):
     """Rows (1 + 3N, F) of one neighbour table (N, M[, 3]) (traced; the tables come from static fields)."""
-    tables = desc._tables
     l_max = max(desc.l_max, default=0)
     radial = desc.radial
     nb, nlm = radial.n_basis, (l_max + 1) ** 2
@@ -147,7 +145,7 @@ def _one_structure_rows(desc, idx, vec, valid):
 
     def phi(v):  # R_n(r) Y_lm(v / r), flat (n * nlm,)
         r = jnp.sqrt(jnp.sum(v * v))
-        return (radial(r)[:, None] * real_spherical_harmonics(v / r, l_max)[None, :]).reshape(-1)
+        return (radial(r)[:, None] * desc.harmonics(v / r)[None, :]).reshape(-1)
 
     n, m = idx.shape
     vf = vec.reshape(-1, 3)
@@ -155,7 +153,7 @@ def _one_structure_rows(desc, idx, vec, valid):
     val = jnp.where(ok[:, None], jax.vmap(phi)(vf), 0.0)                       # (N M, q)
     grad = jnp.where(ok[:, None, None], jax.vmap(jax.jacfwd(phi))(vf), 0.0)    # (N M, q, 3)
     a = val.reshape(n, m, q).sum(1)                                               # (N, q): the atomic base
-    b = _invariants(a.reshape(n, 1, nb, nlm), tables)                             # (N, F)
+    b = desc.invariants(a.reshape(n, 1, nb, nlm))                                 # (N, F)
     a1 = jnp.concatenate([a, jnp.ones((n, 1), a.dtype)], axis=1)
     vals = d_coef * a1[:, d_g1] * a1[:, d_g2]                                    # (N, E)
     d = jax.vmap(lambda v: jnp.zeros(n_feat * q, a.dtype).at[flat].add(v))(vals).reshape(n, n_feat, q)
