@@ -26,8 +26,9 @@ Algorithm (Vandermause et al. 2020; docs/otf.md):
 7. ``max_noise`` caps sigma_n and ``hyp_step_factor`` (after the freeze)
    keeps each update's hyperparameters within that factor of the previous
    ones. Options 6 and 7 were added while a periodic-image bug (fixed;
-   docs/otf.md, "History") made the liquid run away; ``jaxiap otf`` keeps
-   them on, and the default run has not been repeated without them.
+   docs/otf.md, "History") made the liquid run away. ``jaxiap otf`` keeps
+   them on; without them (FLARE's rule alone) the study also completes
+   within the paper's budget (docs/otf.md, "Results").
 
 Integrator: velocity Verlet (NVE between rescalings), ASE units (Å, eV,
 amu; dt in fs). Every oracle call is logged; the run checkpoints to a folder
