@@ -36,22 +36,12 @@ import sys
 import time
 
 
-def _early_blas_threads(argv):
-    """--blas-threads must act before numpy loads OpenBLAS, so it is read here, ahead of the imports."""
-    for i, a in enumerate(argv):
-        if a == "--blas-threads" and i + 1 < len(argv):
-            return argv[i + 1]
-        if a.startswith("--blas-threads="):
-            return a.split("=", 1)[1]
-    return "1"
-
-
-for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[_var] = str(int(_early_blas_threads(sys.argv[1:])))
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # this checkout's jaxiap
 sys.path.insert(0, HERE)
+from _blas import set_blas_threads_from_argv  # noqa: E402  (imports no numpy)
+
+set_blas_threads_from_argv(sys.argv[1:], default="1")  # before numpy loads OpenBLAS
 
 import jaxiap  # noqa: F401, E402  (float64)
 from _common import footer, header  # noqa: E402

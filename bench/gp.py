@@ -63,22 +63,11 @@ import time
 from pathlib import Path
 
 
-def _early_blas_threads(argv):
-    """--blas-threads must act before numpy loads OpenBLAS, so it is read here, ahead of the imports."""
-    for i, a in enumerate(argv):
-        if a == "--blas-threads" and i + 1 < len(argv):
-            return argv[i + 1]
-        if a.startswith("--blas-threads="):
-            return a.split("=", 1)[1]
-    return None
-
-
-if _early_blas_threads(sys.argv[1:]) is not None:
-    for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[_var] = str(int(_early_blas_threads(sys.argv[1:])))
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's jaxiap
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _blas import set_blas_threads_from_argv  # noqa: E402  (imports no numpy)
+
+set_blas_threads_from_argv(sys.argv[1:], default=None)  # before numpy loads OpenBLAS
 from _common import footer, header, med, spread  # noqa: E402
 
 import numpy as np  # noqa: E402
